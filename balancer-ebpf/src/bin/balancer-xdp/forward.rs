@@ -1,0 +1,161 @@
+//! Applying a flow entry to a packet: NAT rewrite with incremental checksums, TTL, next-hop
+//! MACs, and the way out (same interface or redirect).
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+    EbpfContext,
+};
+use balancer_ebpf::{
+    csum::{apply_delta, apply_delta_udp},
+    direction,
+    parse::{ptr_at_mut, read, write, EthHdr, Ipv4Hdr, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
+    Counter, Flow, PROTO_TCP,
+};
+
+use crate::counters::{self, Counters};
+
+const AF_INET: u8 = 2;
+
+/// Rewrites the packet as `flow` says and returns the XDP verdict. `flow` may point into
+/// the flow table; a next hop resolved here is stored in it.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters) -> u32 {
+    if pkt.first_fragment {
+        // The rest of the datagram arrives without ports and could not be translated.
+        stats.inc(Counter::DropFragment);
+        return xdp_action::XDP_DROP;
+    }
+    if pkt.ttl <= 1 {
+        stats.inc(Counter::PassTtlExceeded);
+        return xdp_action::XDP_PASS;
+    }
+    if rewrite(ctx, pkt, flow).is_none() {
+        // Headers were checked by the parser; only a changed frame gets here.
+        stats.inc(Counter::PassMalformed);
+        return xdp_action::XDP_PASS;
+    }
+
+    if flow.l2_valid == 0 {
+        match resolve_next_hop(ctx, pkt, flow) {
+            NextHop::Resolved => {}
+            NextHop::NoNeighbour => {
+                // The kernel forwards this one and resolves the neighbour; later packets
+                // find it in the neighbour table.
+                stats.inc(Counter::PassNoNeighbour);
+                return xdp_action::XDP_PASS;
+            }
+            NextHop::NoRoute => {
+                stats.inc(Counter::DropNoRoute);
+                return xdp_action::XDP_DROP;
+            }
+        }
+    }
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let Some(eth) = ptr_at_mut::<EthHdr>(start, end, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds-checked by ptr_at_mut.
+    unsafe {
+        (*eth).dst = flow.dmac;
+        (*eth).src = flow.smac;
+    }
+
+    let bytes = (end - start) as u64;
+    if let Some(b) = counters::backend(flow.backend) {
+        if flow.direction == direction::TO_BACKEND {
+            b.packets_to += 1;
+            b.bytes_to += bytes;
+        } else {
+            b.packets_from += 1;
+            b.bytes_from += bytes;
+        }
+    }
+    stats.add(Counter::TxBytes, bytes);
+    // SAFETY: reading the context field of the running program.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    if flow.ifindex == ingress {
+        stats.inc(Counter::TxSameInterface);
+        xdp_action::XDP_TX
+    } else {
+        stats.inc(Counter::TxRedirect);
+        // SAFETY: plain helper call; returns XDP_REDIRECT, or XDP_ABORTED on a bad ifindex.
+        unsafe { bpf_redirect(flow.ifindex, 0) as u32 }
+    }
+}
+
+/// Writes the new addresses and ports, takes one off the TTL, and updates the IPv4 and
+/// TCP/UDP checksums with the flow's precomputed deltas.
+#[inline(always)]
+fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Option<()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let ip = ptr_at_mut::<Ipv4Hdr>(start, end, pkt.l3_off)?;
+    // SAFETY: every pointer below is bounds-checked by ptr_at_mut right before use.
+    unsafe {
+        let mut h: Ipv4Hdr = read(ip);
+        h.src = flow.new_src;
+        h.dst = flow.new_dst;
+        h.ttl -= 1;
+        h.check = apply_delta(h.check, flow.ip_csum_delta);
+        write(ip, h);
+
+        let ports = ptr_at_mut::<[u16; 2]>(start, end, pkt.l4_off)?;
+        write(ports, [flow.new_sport, flow.new_dport]);
+        if pkt.key.proto == PROTO_TCP {
+            let check = ptr_at_mut::<u16>(start, end, pkt.l4_off + TCP_CHECK_OFF)?;
+            write(check, apply_delta(read(check), flow.l4_csum_delta));
+        } else {
+            let check = ptr_at_mut::<u16>(start, end, pkt.l4_off + UDP_CHECK_OFF)?;
+            write(check, apply_delta_udp(read(check), flow.l4_csum_delta));
+        }
+    }
+    Some(())
+}
+
+enum NextHop {
+    Resolved,
+    NoNeighbour,
+    NoRoute,
+}
+
+/// Asks the kernel's FIB for the egress interface and MACs towards the packet's (new)
+/// destination, and caches the answer in the flow.
+#[inline(always)]
+fn resolve_next_hop(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow) -> NextHop {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    params.l4_protocol = pkt.key.proto;
+    params.sport = flow.new_sport;
+    params.dport = flow.new_dport;
+    // SAFETY: reading the context field of the running program.
+    params.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    params.__bindgen_anon_3.ipv4_src = flow.new_src;
+    params.__bindgen_anon_4.ipv4_dst = flow.new_dst;
+    // SAFETY: params is a valid bpf_fib_lookup of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            flow.ifindex = params.ifindex;
+            flow.dmac = params.dmac;
+            flow.smac = params.smac;
+            flow.l2_valid = 1;
+            NextHop::Resolved
+        }
+        BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::NoNeighbour,
+        _ => NextHop::NoRoute,
+    }
+}

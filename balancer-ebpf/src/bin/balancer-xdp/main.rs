@@ -1,0 +1,139 @@
+//! The balancer's XDP program.
+//!
+//! One entry (`balancer`) per packet: parse, look the 5-tuple up in the flow table, and
+//! either apply the entry, or, for a packet to a service without one, pick a backend with
+//! the service's Maglev table and create the entries of both directions. Everything that
+//! is not for a service is passed to the kernel untouched, so the gateway keeps routing.
+#![no_std]
+#![no_main]
+
+mod counters;
+mod forward;
+mod maps;
+mod select;
+
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
+use balancer_ebpf::{
+    flow::{is_syn, new_entries, still_valid, track},
+    parse::{parse_packet, ptr_at, read, EthHdr, ParseError},
+    Config, Counter, ServiceKey, PROTO_TCP,
+};
+
+use crate::{
+    counters::Counters,
+    maps::{CONFIG, FLOWS, SERVICES},
+};
+
+#[xdp]
+pub fn balancer(ctx: XdpContext) -> u32 {
+    match try_balancer(&ctx) {
+        Ok(action) => action,
+        // Only a missing per-CPU counter block gets here: never drop for our own fault.
+        Err(()) => xdp_action::XDP_PASS,
+    }
+}
+
+/// Returns `XDP_PASS` and nothing else: the benchmark baseline, and what test topologies
+/// attach to veth peers so that they receive redirected frames.
+#[xdp]
+pub fn xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[inline(always)]
+fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
+    let stats = Counters::get().ok_or(())?;
+    stats.inc(Counter::RxPackets);
+
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let pkt = match parse_packet(start, end) {
+        Ok(p) => p,
+        Err(ParseError::NotIpv4 | ParseError::NotTcpUdp) => {
+            stats.inc(Counter::PassNotService);
+            return Ok(xdp_action::XDP_PASS);
+        }
+        Err(ParseError::NonFirstFragment) => {
+            stats.inc(Counter::PassFragment);
+            return Ok(xdp_action::XDP_PASS);
+        }
+        Err(ParseError::Truncated | ParseError::Invalid) => {
+            stats.inc(Counter::PassMalformed);
+            return Ok(xdp_action::XDP_PASS);
+        }
+    };
+
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let config = match CONFIG.get(0) {
+        Some(c) => *c,
+        None => Config::default(),
+    };
+
+    if let Some(entry) = FLOWS.get_ptr_mut(&pkt.key) {
+        // SAFETY: a pointer to the map value, valid for this program run.
+        let flow = unsafe { &mut *entry };
+        if still_valid(flow, &pkt, now, &config) {
+            track(flow, &pkt, now);
+            return Ok(forward::forward(ctx, &pkt, flow, &stats));
+        }
+    }
+
+    let service_key = ServiceKey {
+        addr: pkt.key.dst,
+        port: pkt.key.dport,
+        proto: pkt.key.proto,
+        _pad: 0,
+    };
+    // SAFETY: the value is copied out right away.
+    let Some(service) = (unsafe { SERVICES.get(&service_key) }).copied() else {
+        stats.inc(Counter::PassNotService);
+        return Ok(xdp_action::XDP_PASS);
+    };
+    let Some((slot, backend)) = select::pick(&service, &pkt.key) else {
+        stats.inc(Counter::DropNoBackend);
+        return Ok(xdp_action::XDP_DROP);
+    };
+    if pkt.key.proto == PROTO_TCP && !is_syn(&pkt) {
+        // Mid-connection packet without an entry (evicted, expired, or the table was
+        // lost): the consistent hash gives the same backend as long as the backend set
+        // did not change, so the connection survives.
+        stats.inc(Counter::FlowMisses);
+    } else {
+        stats.inc(Counter::NewFlows);
+        if let Some(b) = counters::backend(slot) {
+            b.new_flows += 1;
+        }
+    }
+
+    let eth = match ptr_at::<EthHdr>(start, end, 0) {
+        // SAFETY: bounds-checked by ptr_at.
+        Some(p) => unsafe { read(p) },
+        None => return Ok(xdp_action::XDP_PASS),
+    };
+    // SAFETY: reading the context field of the running program.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let (key, mut forward_entry, reply_key, reply_entry) =
+        new_entries(&pkt, &eth, ingress, slot, &backend, now);
+    if FLOWS.insert(&reply_key, &reply_entry, 0).is_err() {
+        stats.inc(Counter::DropFlowTableFull);
+        return Ok(xdp_action::XDP_DROP);
+    }
+    let action = forward::forward(ctx, &pkt, &mut forward_entry, &stats);
+    // Inserted after forwarding so the next hop resolved there is stored with it.
+    if FLOWS.insert(&key, &forward_entry, 0).is_err() {
+        stats.inc(Counter::DropFlowTableFull);
+        return Ok(xdp_action::XDP_DROP);
+    }
+    Ok(action)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

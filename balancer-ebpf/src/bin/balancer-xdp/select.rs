@@ -1,0 +1,26 @@
+//! Backend selection for new flows: the service's Maglev table, filled by the control plane.
+
+use balancer_ebpf::{backend_state, hash::flow_hash, Backend, FlowKey, Service, RING_SIZE};
+
+use crate::maps::{BACKENDS, RING};
+
+/// Slot value for "no backend" (the control plane's `maglev::NO_BACKEND`).
+const NO_BACKEND: u32 = u32::MAX;
+
+/// Picks the backend for a new flow of `service`: `None` when the table is empty or the
+/// backend it names can no longer take new flows.
+#[inline(always)]
+pub fn pick(service: &Service, key: &FlowKey) -> Option<(u32, Backend)> {
+    let index = service.id * RING_SIZE + flow_hash(key) % RING_SIZE;
+    let slot = *RING.get(index)?;
+    if slot == NO_BACKEND {
+        return None;
+    }
+    let backend = *BACKENDS.get(slot)?;
+    // The control plane removes draining and down backends from the table before it
+    // changes their state, but a flow can race with that update: check again.
+    if backend.state != backend_state::UP {
+        return None;
+    }
+    Some((slot, backend))
+}

@@ -1,0 +1,240 @@
+//! The flow table's logic: what each direction of a connection rewrites to, its TCP
+//! state and idle timeout. The XDP program keeps the entries in the FLOWS map.
+
+use crate::{
+    csum::rewrite_delta,
+    direction, flow_state,
+    parse::{EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    Backend, Config, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, PROTO_TCP,
+};
+
+/// True for a connection-opening SYN (not a SYN-ACK).
+#[inline(always)]
+pub fn is_syn(pkt: &Packet) -> bool {
+    pkt.key.proto == PROTO_TCP && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// Whether an existing entry still applies to this packet: not idle past its timeout,
+/// and not a fresh SYN reusing the 5-tuple of a connection that got past its handshake
+/// (that is a new connection, which gets a new backend decision).
+#[inline(always)]
+pub fn still_valid(flow: &Flow, pkt: &Packet, now: u64, config: &Config) -> bool {
+    if now.saturating_sub(flow.last_seen_ns) > config.timeout_ns(flow.state) {
+        return false;
+    }
+    !(is_syn(pkt) && flow.state != flow_state::SYN)
+}
+
+/// State an entry moves to after a packet with `flags` (TCP) passes through it.
+#[inline(always)]
+pub fn next_state(state: u8, proto: u8, flags: u8) -> u8 {
+    if proto != PROTO_TCP {
+        return flow_state::UDP;
+    }
+    if flags & TCP_RST != 0 {
+        flow_state::CLOSED
+    } else if flags & TCP_FIN != 0 && state != flow_state::CLOSED {
+        flow_state::FIN
+    } else if state == flow_state::SYN && flags & TCP_ACK != 0 {
+        flow_state::ESTABLISHED
+    } else {
+        state
+    }
+}
+
+/// Updates state and last-seen time of an entry in the map.
+#[inline(always)]
+pub fn track(flow: &mut Flow, pkt: &Packet, now: u64) {
+    let state = next_state(flow.state, pkt.key.proto, pkt.tcp_flags);
+    // Writing the shared entry on every packet would bounce its cache line between CPUs;
+    // the timeouts are in seconds, so a refresh per second is enough.
+    if state != flow.state || now.saturating_sub(flow.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+        flow.state = state;
+        flow.last_seen_ns = now;
+    }
+}
+
+/// The two entries of a new flow from the packet that opens it: client -> VIP becomes
+/// client -> backend, backend -> client becomes VIP -> client. The reply direction sends
+/// frames back to where the client's frame came from (its source MAC, ingress interface);
+/// the forward direction's next hop is resolved by a FIB lookup on first use.
+#[inline(always)]
+pub fn new_entries(
+    pkt: &Packet,
+    eth: &EthHdr,
+    ingress_ifindex: u32,
+    slot: u32,
+    backend: &Backend,
+    now: u64,
+) -> (FlowKey, Flow, FlowKey, Flow) {
+    let k = pkt.key;
+    // A flow opens with a SYN (or any UDP packet); one re-created after a table miss
+    // starts as established, or closing if the packet says so.
+    let (state, reply_state) = if k.proto != PROTO_TCP {
+        (flow_state::UDP, flow_state::UDP)
+    } else if is_syn(pkt) {
+        (flow_state::SYN, flow_state::SYN)
+    } else {
+        (
+            next_state(flow_state::ESTABLISHED, k.proto, pkt.tcp_flags),
+            flow_state::ESTABLISHED,
+        )
+    };
+    let (ip_fwd, l4_fwd) =
+        rewrite_delta(k.src, k.dst, k.sport, k.dport, k.src, backend.addr, k.sport, backend.port);
+    let forward = Flow {
+        new_src: k.src,
+        new_dst: backend.addr,
+        new_sport: k.sport,
+        new_dport: backend.port,
+        ip_csum_delta: ip_fwd,
+        l4_csum_delta: l4_fwd,
+        backend: slot,
+        ifindex: 0,
+        dmac: [0; 6],
+        smac: [0; 6],
+        direction: direction::TO_BACKEND,
+        state,
+        l2_valid: 0,
+        _pad: [0; 5],
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    let reply_key = FlowKey {
+        src: backend.addr,
+        dst: k.src,
+        sport: backend.port,
+        dport: k.sport,
+        proto: k.proto,
+        _pad: [0; 3],
+    };
+    let (ip_rev, l4_rev) =
+        rewrite_delta(backend.addr, k.src, backend.port, k.sport, k.dst, k.src, k.dport, k.sport);
+    let reply = Flow {
+        new_src: k.dst,
+        new_dst: k.src,
+        new_sport: k.dport,
+        new_dport: k.sport,
+        ip_csum_delta: ip_rev,
+        l4_csum_delta: l4_rev,
+        backend: slot,
+        ifindex: ingress_ifindex,
+        dmac: eth.src,
+        smac: eth.dst,
+        direction: direction::TO_CLIENT,
+        state: reply_state,
+        l2_valid: 1,
+        _pad: [0; 5],
+        created_ns: now,
+        last_seen_ns: now,
+    };
+    (k, forward, reply_key, reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::parse_slice;
+    use etherparse::PacketBuilder;
+    use std::vec::Vec;
+
+    fn packet(flags: &str) -> (Vec<u8>, Packet) {
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4([198, 18, 0, 2], [198, 18, 100, 1], 64)
+            .tcp(40000, 80, 1000, 65535);
+        let b = match flags {
+            "syn" => b.syn(),
+            "synack" => b.syn().ack(1),
+            "ack" => b.ack(1),
+            "fin" => b.fin().ack(1),
+            "rst" => b.rst(),
+            _ => unreachable!(),
+        };
+        let mut f = Vec::new();
+        b.write(&mut f, &[]).unwrap();
+        let p = parse_slice(&f).unwrap();
+        (f, p)
+    }
+
+    fn backend() -> Backend {
+        Backend {
+            addr: u32::from_ne_bytes([198, 18, 1, 3]),
+            port: 8080u16.to_be(),
+            state: crate::backend_state::UP,
+            _pad: 0,
+            service: 0,
+            weight: 1,
+        }
+    }
+
+    #[test]
+    fn tcp_state_machine() {
+        use flow_state::*;
+        let t = PROTO_TCP;
+        assert_eq!(next_state(SYN, t, TCP_SYN), SYN);
+        assert_eq!(next_state(SYN, t, TCP_ACK), ESTABLISHED);
+        assert_eq!(next_state(ESTABLISHED, t, TCP_ACK | TCP_FIN), FIN);
+        assert_eq!(next_state(FIN, t, TCP_ACK), FIN);
+        assert_eq!(next_state(ESTABLISHED, t, TCP_RST), CLOSED);
+        assert_eq!(next_state(CLOSED, t, TCP_FIN), CLOSED);
+        assert_eq!(next_state(SYN, crate::PROTO_UDP, 0), UDP);
+    }
+
+    #[test]
+    fn entries_mirror_each_other() {
+        let (f, p) = packet("syn");
+        let eth = unsafe { crate::parse::read(f.as_ptr() as *const EthHdr) };
+        let (fk, fwd, rk, rev) = new_entries(&p, &eth, 7, 3, &backend(), 1000);
+        assert_eq!(fk, p.key);
+        assert_eq!(fwd.new_dst, backend().addr);
+        assert_eq!(fwd.new_dport, backend().port);
+        assert_eq!(fwd.new_src, p.key.src);
+        assert_eq!(fwd.state, flow_state::SYN);
+        assert_eq!(fwd.l2_valid, 0);
+        // The reply key is what the backend's answer carries; it is rewritten to come
+        // from the VIP and goes back out the client's interface to the client's MAC.
+        assert_eq!((rk.src, rk.sport, rk.dst, rk.dport), (fwd.new_dst, fwd.new_dport, p.key.src, p.key.sport));
+        assert_eq!((rev.new_src, rev.new_sport), (p.key.dst, p.key.dport));
+        assert_eq!((rev.ifindex, rev.dmac, rev.smac, rev.l2_valid), (7, eth.src, eth.dst, 1));
+        assert_eq!(rev.direction, direction::TO_CLIENT);
+        assert_eq!(fwd.backend, 3);
+    }
+
+    #[test]
+    fn entry_recreated_mid_connection_is_established() {
+        let (f, p) = packet("ack");
+        let eth = unsafe { crate::parse::read(f.as_ptr() as *const EthHdr) };
+        let (_, fwd, _, rev) = new_entries(&p, &eth, 1, 0, &backend(), 0);
+        assert_eq!(fwd.state, flow_state::ESTABLISHED);
+        assert_eq!(rev.state, flow_state::ESTABLISHED);
+    }
+
+    #[test]
+    fn validity_timeouts_and_port_reuse() {
+        let config = Config::default();
+        let (f, syn) = packet("syn");
+        let eth = unsafe { crate::parse::read(f.as_ptr() as *const EthHdr) };
+        let (_, mut fwd, _, _) = new_entries(&syn, &eth, 1, 0, &backend(), 0);
+        // A retransmitted SYN keeps the decision.
+        assert!(still_valid(&fwd, &syn, 1_000_000_000, &config));
+        // Past the handshake timeout the entry is stale.
+        assert!(!still_valid(&fwd, &syn, 31_000_000_000, &config));
+        let (_, ack) = packet("ack");
+        track(&mut fwd, &ack, 2_000_000_000);
+        assert_eq!(fwd.state, flow_state::ESTABLISHED);
+        assert_eq!(fwd.last_seen_ns, 2_000_000_000);
+        // A new SYN on an established 5-tuple is a new connection.
+        assert!(!still_valid(&fwd, &syn, 3_000_000_000, &config));
+        assert!(still_valid(&fwd, &ack, 800_000_000_000, &config));
+        // last_seen is refreshed at most once a second.
+        track(&mut fwd, &ack, 2_500_000_000);
+        assert_eq!(fwd.last_seen_ns, 2_000_000_000);
+        let (_, fin) = packet("fin");
+        track(&mut fwd, &fin, 2_600_000_000);
+        assert_eq!((fwd.state, fwd.last_seen_ns), (flow_state::FIN, 2_600_000_000));
+        let (_, rst) = packet("rst");
+        track(&mut fwd, &rst, 2_700_000_000);
+        assert_eq!(fwd.state, flow_state::CLOSED);
+        let _ = packet("synack");
+    }
+}

@@ -1,0 +1,18 @@
+//! Code shared by the XDP program and userspace.
+//!
+//! Everything here is `no_std` and free of BPF helpers, so the exact functions the XDP
+//! program runs (header parsing, checksum arithmetic, flow hashing) are unit-tested and
+//! fuzzed on the host. The `#[repr(C)]` types are the layout of the pinned maps; they have
+//! no implicit padding (checked by `const` assertions in [`types`]).
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod csum;
+pub mod flow;
+pub mod hash;
+pub mod parse;
+pub mod types;
+
+pub use types::*;

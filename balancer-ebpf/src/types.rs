@@ -1,0 +1,358 @@
+//! Map layout shared by the XDP program and userspace.
+//!
+//! Addresses and ports are stored in network byte order, exactly as they appear in the
+//! packet, so the data plane compares and copies them without byte swaps. Userspace
+//! converts at its edge.
+
+/// Services (VIP, port, protocol) one instance can hold.
+pub const MAX_SERVICES: u32 = 64;
+/// Backend slots across all services of one instance.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Maglev lookup-table size per service: a prime, so every backend's permutation visits
+/// every slot.
+pub const RING_SIZE: u32 = 65537;
+/// Default capacity of the flow table (entries; each TCP/UDP flow uses two, one per
+/// direction). Settable at attach time.
+pub const DEFAULT_FLOW_CAPACITY: u32 = 262_144;
+
+/// Names of the maps, which are also their file names in the pin directory.
+pub mod map_names {
+    pub const CONFIG: &str = "BALANCER_CONFIG";
+    pub const SERVICES: &str = "BALANCER_SERVICES";
+    pub const BACKENDS: &str = "BALANCER_BACKENDS";
+    pub const RING: &str = "BALANCER_RING";
+    pub const FLOWS: &str = "BALANCER_FLOWS";
+    pub const STATS: &str = "BALANCER_STATS";
+    pub const BACKEND_STATS: &str = "BALANCER_BACKEND_STATS";
+    /// Every map the data plane pins, in the order `balancer` reports them.
+    pub const ALL: [&str; 7] = [
+        CONFIG,
+        SERVICES,
+        BACKENDS,
+        RING,
+        FLOWS,
+        STATS,
+        BACKEND_STATS,
+    ];
+}
+
+/// Name of the XDP program in the object file.
+pub const PROGRAM_NAME: &str = "balancer";
+/// A program that only returns `XDP_PASS`: the benchmark baseline, and what test
+/// topologies attach to veth peers so that redirected frames are received (a veth peer
+/// without XDP or GRO drops them).
+pub const PASS_PROGRAM_NAME: &str = "xdp_pass";
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of the services map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServiceKey {
+    /// VIP, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of the services map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    /// Index of this service: selects its block of the ring map.
+    pub id: u32,
+    /// `SERVICE_F_*` bits.
+    pub flags: u32,
+}
+
+/// Backend slot states.
+pub mod backend_state {
+    /// Slot not in use.
+    pub const EMPTY: u8 = 0;
+    /// Receives new flows (if its weight is non-zero).
+    pub const UP: u8 = 1;
+    /// Keeps its existing flows, receives no new ones.
+    pub const DRAINING: u8 = 2;
+    /// Receives no new flows (health checks failed, or set by the operator).
+    pub const DOWN: u8 = 3;
+}
+
+/// Value of the backends map (an array indexed by backend slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Address, network byte order.
+    pub addr: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// One of [`backend_state`].
+    pub state: u8,
+    pub _pad: u8,
+    /// Id of the service this backend belongs to.
+    pub service: u32,
+    /// Relative share of new flows (1..=`MAX_WEIGHT`); 0 takes no new flows.
+    pub weight: u32,
+}
+
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// Key of the flow table: the 5-tuple as seen on the wire, for one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Which way a flow-table entry rewrites.
+pub mod direction {
+    /// Client -> VIP, rewritten to client -> backend.
+    pub const TO_BACKEND: u8 = 1;
+    /// Backend -> client, rewritten to VIP -> client.
+    pub const TO_CLIENT: u8 = 2;
+}
+
+/// Connection state of one direction's entry.
+pub mod flow_state {
+    /// TCP: SYN seen, handshake not complete.
+    pub const SYN: u8 = 1;
+    /// TCP: data or handshake ACK seen.
+    pub const ESTABLISHED: u8 = 2;
+    /// TCP: FIN seen in this direction.
+    pub const FIN: u8 = 3;
+    /// TCP: RST seen.
+    pub const CLOSED: u8 = 4;
+    /// UDP: any packet.
+    pub const UDP: u8 = 5;
+
+    pub fn name(state: u8) -> &'static str {
+        match state {
+            SYN => "syn",
+            ESTABLISHED => "established",
+            FIN => "fin",
+            CLOSED => "closed",
+            UDP => "udp",
+            _ => "unknown",
+        }
+    }
+}
+
+/// Value of the flow table: what to write into a packet of this direction and where to
+/// send it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    /// Addresses and ports written into the packet, network byte order.
+    pub new_src: u32,
+    pub new_dst: u32,
+    pub new_sport: u16,
+    pub new_dport: u16,
+    /// Precomputed one's-complement sums (RFC 1624) of the rewrite: added to the IPv4
+    /// header checksum (addresses and the TTL decrement) and to the TCP/UDP checksum
+    /// (pseudo-header addresses and ports). Constant for a flow, so the per-packet update is
+    /// one addition each.
+    pub ip_csum_delta: u32,
+    pub l4_csum_delta: u32,
+    /// Backend slot this flow belongs to (for per-backend counters).
+    pub backend: u32,
+    /// Egress interface, and the MACs to write. Valid when `l2_valid` is 1.
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// One of [`direction`].
+    pub direction: u8,
+    /// One of [`flow_state`].
+    pub state: u8,
+    pub l2_valid: u8,
+    pub _pad: [u8; 5],
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) when the flow was created.
+    pub created_ns: u64,
+    /// Last packet, refreshed at most once per [`LAST_SEEN_GRANULARITY_NS`] to keep the
+    /// established path free of shared-cache-line writes.
+    pub last_seen_ns: u64,
+}
+
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// Data-plane settings (array map with one element).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Idle timeout of established TCP flows.
+    pub tcp_established_timeout_s: u32,
+    /// Idle timeout of TCP flows in SYN, FIN or RST state.
+    pub tcp_transient_timeout_s: u32,
+    /// Idle timeout of UDP flows.
+    pub udp_timeout_s: u32,
+    pub flags: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            tcp_established_timeout_s: 900,
+            tcp_transient_timeout_s: 30,
+            udp_timeout_s: 60,
+            flags: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Idle timeout for an entry in `state`, in nanoseconds.
+    #[inline(always)]
+    pub fn timeout_ns(&self, state: u8) -> u64 {
+        let seconds = match state {
+            flow_state::ESTABLISHED => self.tcp_established_timeout_s,
+            flow_state::UDP => self.udp_timeout_s,
+            _ => self.tcp_transient_timeout_s,
+        };
+        seconds as u64 * 1_000_000_000
+    }
+}
+
+macro_rules! counters {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[doc = $doc:literal])* $variant:ident = $label:literal,)* }) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $vis enum $name { $($(#[doc = $doc])* $variant,)* }
+
+        impl $name {
+            pub const COUNT: usize = [$($name::$variant),*].len();
+            pub const ALL: [$name; Self::COUNT] = [$($name::$variant),*];
+            /// Stable name used in CLI tables, JSON and metrics.
+            pub const fn label(self) -> &'static str {
+                match self { $($name::$variant => $label,)* }
+            }
+            /// One-line meaning, for `balancer stats --help` and the README.
+            pub const fn help(self) -> &'static str {
+                match self { $($name::$variant => concat!($($doc),*),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Global counters, one `u64` each in a per-CPU array (the STATS map is indexed by
+    /// these values).
+    pub enum Counter {
+        /// Packets seen by the program.
+        RxPackets = "rx_packets",
+        /// Not for a service (other protocols, other destinations): passed to the kernel untouched.
+        PassNotService = "pass_not_service",
+        /// Truncated or invalid Ethernet/IPv4/TCP/UDP headers: passed untouched.
+        PassMalformed = "pass_malformed",
+        /// Non-first IPv4 fragments (no L4 header to match): passed untouched.
+        PassFragment = "pass_fragment",
+        /// Service packets with TTL <= 1: passed so the kernel answers with ICMP time exceeded.
+        PassTtlExceeded = "pass_ttl_exceeded",
+        /// Rewritten packets whose next hop has no resolved neighbour yet: passed to the kernel, which resolves it and forwards.
+        PassNoNeighbour = "pass_no_neighbour",
+        /// Replies from a backend with no flow entry (e.g. evicted): passed untouched.
+        PassReplyNoFlow = "pass_reply_no_flow",
+        /// Packets rewritten and sent back out of the interface they arrived on.
+        TxSameInterface = "tx_same_interface",
+        /// Packets rewritten and redirected to another interface.
+        TxRedirect = "tx_redirect",
+        /// Bytes of forwarded packets (both directions).
+        TxBytes = "tx_bytes",
+        /// New flows created (SYN or first UDP packet).
+        NewFlows = "new_flows",
+        /// TCP non-SYN packets to a service without a flow entry: backend chosen again by the consistent hash and the flow re-created.
+        FlowMisses = "flow_misses",
+        /// First fragments addressed to a service: dropped (the rest of the datagram could not be translated).
+        DropFragment = "drop_fragment",
+        /// Service has no backend able to take a new flow.
+        DropNoBackend = "drop_no_backend",
+        /// No route to the backend or client (FIB lookup failed).
+        DropNoRoute = "drop_no_route",
+        /// Flow table full and no entry could be created.
+        DropFlowTableFull = "drop_flow_table_full",
+    }
+}
+
+/// Per-CPU global counter block (value of the STATS map).
+pub type GlobalStats = [u64; Counter::COUNT];
+
+/// Per-backend counters (value of the per-CPU BACKEND_STATS array, indexed by backend slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendStats {
+    /// Packets forwarded to the backend.
+    pub packets_to: u64,
+    /// Bytes forwarded to the backend.
+    pub bytes_to: u64,
+    /// Packets forwarded from the backend to clients.
+    pub packets_from: u64,
+    /// Bytes forwarded from the backend to clients.
+    pub bytes_from: u64,
+    /// Flows assigned to the backend.
+    pub new_flows: u64,
+}
+
+impl BackendStats {
+    pub fn add(&mut self, other: &BackendStats) {
+        self.packets_to += other.packets_to;
+        self.bytes_to += other.bytes_to;
+        self.packets_from += other.packets_from;
+        self.bytes_from += other.bytes_from;
+        self.new_flows += other.new_flows;
+    }
+}
+
+// The map value types must have no implicit padding: the kernel copies them byte for byte,
+// and uninitialised padding would leak into userspace and break equality.
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 8);
+    assert!(core::mem::size_of::<Service>() == 8);
+    assert!(core::mem::size_of::<Backend>() == 16);
+    assert!(core::mem::size_of::<FlowKey>() == 16);
+    assert!(core::mem::size_of::<Flow>() == 64);
+    assert!(core::mem::size_of::<Config>() == 16);
+    assert!(core::mem::size_of::<BackendStats>() == 40);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)] plain data without padding (asserted above).
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for Service {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for BackendStats {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_labels_are_unique_and_documented() {
+        for (i, a) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*a as usize, i);
+            assert!(!a.help().is_empty(), "{:?} has no doc", a);
+            for b in &Counter::ALL[i + 1..] {
+                assert_ne!(a.label(), b.label());
+            }
+        }
+    }
+
+    #[test]
+    fn timeouts_follow_state() {
+        let c = Config::default();
+        assert_eq!(c.timeout_ns(flow_state::ESTABLISHED), 900_000_000_000);
+        assert_eq!(c.timeout_ns(flow_state::SYN), 30_000_000_000);
+        assert_eq!(c.timeout_ns(flow_state::UDP), 60_000_000_000);
+    }
+}

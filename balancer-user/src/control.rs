@@ -1,0 +1,426 @@
+//! Services and backends: the read-validate-write operations behind `balancer service`
+//! and `balancer backend`.
+//!
+//! Every operation validates its whole input against the current maps before writing
+//! anything, and writes in an order that never lets the data plane see a half-made
+//! change: a backend slot is filled before the ring points at it, and the ring stops
+//! pointing at a backend before its slot is cleared.
+
+use std::net::Ipv4Addr;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
+use balancer_ebpf::{
+    backend_state, map_names, Backend, BackendStats, Service, ServiceKey, MAX_BACKENDS,
+    MAX_SERVICES, MAX_WEIGHT, RING_SIZE,
+};
+use serde::Serialize;
+
+use crate::{
+    addr::{ip_from_map, ip_to_map, parse_endpoint, ServiceAddr},
+    dataplane::Balancer,
+    error::{map_ctx, Error, Result},
+    maglev::{self, Member, NO_BACKEND},
+};
+
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// A service as listed by `balancer service list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceInfo {
+    pub service: String,
+    #[serde(skip)]
+    pub addr: ServiceAddr,
+    pub id: u32,
+    pub backends: usize,
+    /// Backends currently taking new flows.
+    pub active_backends: usize,
+}
+
+/// A backend to add.
+#[derive(Clone, Copy, Debug)]
+pub struct BackendSpec {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+}
+
+impl BackendSpec {
+    pub fn parse(endpoint: &str, weight: u32) -> Result<Self> {
+        let (addr, port) = parse_endpoint("backend address", endpoint)?;
+        validate_weight(weight)?;
+        Ok(BackendSpec { addr, port, weight })
+    }
+}
+
+/// A backend as listed by `balancer backend list`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendInfo {
+    pub service: String,
+    pub backend: String,
+    pub slot: u32,
+    pub state: &'static str,
+    pub weight: u32,
+    /// Fraction of the service's lookup table (new flows) this backend gets.
+    pub table_share: f64,
+}
+
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        backend_state::UP => "up",
+        backend_state::DRAINING => "draining",
+        backend_state::DOWN => "down",
+        _ => "empty",
+    }
+}
+
+fn validate_weight(weight: u32) -> Result<()> {
+    if weight == 0 || weight > MAX_WEIGHT {
+        return Err(Error::invalid(
+            "weight",
+            weight,
+            format!("must be 1..={MAX_WEIGHT} (use `backend drain` to stop new flows)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Typed handles on the maps the operations use.
+struct Maps {
+    services: HashMap<MapData, ServiceKey, Service>,
+    backends: Array<MapData, Backend>,
+    ring: Array<MapData, u32>,
+}
+
+impl Maps {
+    fn open(b: &Balancer) -> Result<Self> {
+        Ok(Maps {
+            services: b
+                .map(map_names::SERVICES)?
+                .try_into()
+                .map_err(map_ctx("SERVICES map"))?,
+            backends: b
+                .map(map_names::BACKENDS)?
+                .try_into()
+                .map_err(map_ctx("BACKENDS map"))?,
+            ring: b.map(map_names::RING)?.try_into().map_err(map_ctx("RING map"))?,
+        })
+    }
+
+    fn services(&self) -> Result<Vec<(ServiceAddr, Service)>> {
+        let mut out = Vec::new();
+        for item in self.services.iter() {
+            let (k, v) = item.map_err(map_ctx("reading SERVICES"))?;
+            if let Some(addr) = ServiceAddr::from_key(&k) {
+                out.push((addr, v));
+            }
+        }
+        out.sort_by_key(|(a, _)| *a);
+        Ok(out)
+    }
+
+    fn service(&self, addr: &ServiceAddr) -> Result<Service> {
+        self.services
+            .get(&addr.key(), 0)
+            .map_err(|_| Error::UnknownService(addr.to_string()))
+    }
+
+    /// All used backend slots.
+    fn backends(&self) -> Result<Vec<(u32, Backend)>> {
+        let mut out = Vec::new();
+        for slot in 0..MAX_BACKENDS {
+            let b = self.backends.get(&slot, 0).map_err(map_ctx("reading BACKENDS"))?;
+            if b.state != backend_state::EMPTY {
+                out.push((slot, b));
+            }
+        }
+        Ok(out)
+    }
+
+    fn backends_of(&self, service: &Service) -> Result<Vec<(u32, Backend)>> {
+        Ok(self
+            .backends()?
+            .into_iter()
+            .filter(|(_, b)| b.service == service.id)
+            .collect())
+    }
+
+    fn find_backend(&self, addr: &ServiceAddr, service: &Service, spec: (Ipv4Addr, u16)) -> Result<(u32, Backend)> {
+        self.backends_of(service)?
+            .into_iter()
+            .find(|(_, b)| ip_from_map(b.addr) == spec.0 && u16::from_be(b.port) == spec.1)
+            .ok_or_else(|| Error::UnknownBackend {
+                service: addr.to_string(),
+                backend: format!("{}:{}", spec.0, spec.1),
+            })
+    }
+
+    fn ring_block(&self, service: &Service) -> Result<Vec<u32>> {
+        let base = service.id * RING_SIZE;
+        (0..RING_SIZE)
+            .map(|i| self.ring.get(&(base + i), 0).map_err(map_ctx("reading RING")))
+            .collect()
+    }
+
+    /// Writes the entries of `new` that differ from `old`.
+    fn write_ring(&mut self, service: &Service, old: &[u32], new: &[u32]) -> Result<()> {
+        let base = service.id * RING_SIZE;
+        for (i, (o, n)) in old.iter().zip(new).enumerate() {
+            if o != n {
+                self.ring
+                    .set(base + i as u32, n, 0)
+                    .map_err(map_ctx("writing RING"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Recomputes the service's lookup table from its backends' current states and
+    /// weights, moving as few entries as possible.
+    fn rebuild_ring(&mut self, service: &Service) -> Result<()> {
+        let members: Vec<Member> = self
+            .backends_of(service)?
+            .into_iter()
+            .filter(|(_, b)| b.state == backend_state::UP && b.weight > 0)
+            .map(|(slot, b)| Member {
+                slot,
+                identity: Member::identity_of(ip_from_map(b.addr), u16::from_be(b.port)),
+                weight: b.weight,
+            })
+            .collect();
+        let old = self.ring_block(service)?;
+        let new = maglev::update(&old, &members);
+        self.write_ring(service, &old, &new)
+    }
+}
+
+fn zero_backend_stats(b: &Balancer, slot: u32) -> Result<()> {
+    let mut stats: PerCpuArray<MapData, BackendStats> = b
+        .map(map_names::BACKEND_STATS)?
+        .try_into()
+        .map_err(map_ctx("BACKEND_STATS map"))?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io {
+        context: "counting possible CPUs".into(),
+        source: e,
+    })?;
+    let zeros = PerCpuValues::try_from(vec![BackendStats::default(); cpus])
+        .map_err(|e| Error::Io { context: "building per-CPU values".into(), source: e })?;
+    stats
+        .set(slot, zeros, 0)
+        .map_err(map_ctx("clearing BACKEND_STATS"))
+}
+
+impl Balancer {
+    pub fn add_service(&self, addr: ServiceAddr) -> Result<ServiceInfo> {
+        let mut maps = Maps::open(self)?;
+        let existing = maps.services()?;
+        if existing.iter().any(|(a, _)| *a == addr) {
+            return Err(Error::DuplicateService(addr.to_string()));
+        }
+        let id = (0..MAX_SERVICES)
+            .find(|id| existing.iter().all(|(_, s)| s.id != *id))
+            .ok_or(Error::ServicesFull(MAX_SERVICES))?;
+        let service = Service { id, flags: 0 };
+        // The block may hold entries of a removed service: clear it before the service
+        // becomes visible.
+        let old = maps.ring_block(&service)?;
+        maps.write_ring(&service, &old, &vec![NO_BACKEND; RING_SIZE as usize])?;
+        maps.services
+            .insert(addr.key(), service, 0)
+            .map_err(map_ctx("writing SERVICES"))?;
+        Ok(ServiceInfo {
+            service: addr.to_string(),
+            addr,
+            id,
+            backends: 0,
+            active_backends: 0,
+        })
+    }
+
+    /// Removes a service and its backends. Established flows keep their translation until
+    /// they end or time out; new connections to the VIP are no longer answered.
+    pub fn remove_service(&self, addr: ServiceAddr) -> Result<()> {
+        let mut maps = Maps::open(self)?;
+        let service = maps.service(&addr)?;
+        let backends = maps.backends_of(&service)?;
+        maps.services
+            .remove(&addr.key())
+            .map_err(map_ctx("removing from SERVICES"))?;
+        let old = maps.ring_block(&service)?;
+        maps.write_ring(&service, &old, &vec![NO_BACKEND; RING_SIZE as usize])?;
+        for (slot, _) in backends {
+            maps.backends
+                .set(slot, Backend::default(), 0)
+                .map_err(map_ctx("clearing BACKENDS"))?;
+        }
+        Ok(())
+    }
+
+    pub fn services(&self) -> Result<Vec<ServiceInfo>> {
+        let maps = Maps::open(self)?;
+        let backends = maps.backends()?;
+        Ok(maps
+            .services()?
+            .into_iter()
+            .map(|(addr, s)| {
+                let mine: Vec<_> = backends.iter().filter(|(_, b)| b.service == s.id).collect();
+                ServiceInfo {
+                    service: addr.to_string(),
+                    addr,
+                    id: s.id,
+                    backends: mine.len(),
+                    active_backends: mine
+                        .iter()
+                        .filter(|(_, b)| b.state == backend_state::UP)
+                        .count(),
+                }
+            })
+            .collect())
+    }
+
+    pub fn add_backend(&self, addr: ServiceAddr, spec: BackendSpec) -> Result<BackendInfo> {
+        validate_weight(spec.weight)?;
+        let mut maps = Maps::open(self)?;
+        let service = maps.service(&addr)?;
+        let all = maps.backends()?;
+        let duplicate = all.iter().any(|(_, b)| {
+            b.service == service.id
+                && ip_from_map(b.addr) == spec.addr
+                && u16::from_be(b.port) == spec.port
+        });
+        if duplicate {
+            return Err(Error::DuplicateBackend {
+                service: addr.to_string(),
+                backend: format!("{}:{}", spec.addr, spec.port),
+            });
+        }
+        let slot = (0..MAX_BACKENDS)
+            .find(|s| all.iter().all(|(used, _)| used != s))
+            .ok_or(Error::BackendsFull(MAX_BACKENDS))?;
+        zero_backend_stats(self, slot)?;
+        let backend = Backend {
+            addr: ip_to_map(spec.addr),
+            port: spec.port.to_be(),
+            state: backend_state::UP,
+            _pad: 0,
+            service: service.id,
+            weight: spec.weight,
+        };
+        maps.backends
+            .set(slot, backend, 0)
+            .map_err(map_ctx("writing BACKENDS"))?;
+        maps.rebuild_ring(&service)?;
+        self.backend_info(&maps, &addr, &service, slot)
+    }
+
+    /// Removes a backend: it gets no new flows; flows already bound to it keep their
+    /// translation until they end or time out.
+    pub fn remove_backend(&self, addr: ServiceAddr, endpoint: &str) -> Result<()> {
+        let target = parse_endpoint("backend address", endpoint)?;
+        let mut maps = Maps::open(self)?;
+        let service = maps.service(&addr)?;
+        let (slot, mut backend) = maps.find_backend(&addr, &service, target)?;
+        // Take it out of the table first, then free the slot.
+        backend.state = backend_state::DOWN;
+        maps.backends
+            .set(slot, backend, 0)
+            .map_err(map_ctx("writing BACKENDS"))?;
+        maps.rebuild_ring(&service)?;
+        maps.backends
+            .set(slot, Backend::default(), 0)
+            .map_err(map_ctx("clearing BACKENDS"))
+    }
+
+    /// Sets a backend's state (`backend_state::UP`, `DRAINING` or `DOWN`).
+    pub fn set_backend_state(&self, addr: ServiceAddr, endpoint: &str, state: u8) -> Result<BackendInfo> {
+        if !matches!(state, backend_state::UP | backend_state::DRAINING | backend_state::DOWN) {
+            return Err(Error::invalid("backend state", state, "expected up, draining or down"));
+        }
+        let target = parse_endpoint("backend address", endpoint)?;
+        let mut maps = Maps::open(self)?;
+        let service = maps.service(&addr)?;
+        let (slot, mut backend) = maps.find_backend(&addr, &service, target)?;
+        if backend.state != state {
+            backend.state = state;
+            maps.backends
+                .set(slot, backend, 0)
+                .map_err(map_ctx("writing BACKENDS"))?;
+            maps.rebuild_ring(&service)?;
+        }
+        self.backend_info(&maps, &addr, &service, slot)
+    }
+
+    pub fn set_backend_weight(&self, addr: ServiceAddr, endpoint: &str, weight: u32) -> Result<BackendInfo> {
+        validate_weight(weight)?;
+        let target = parse_endpoint("backend address", endpoint)?;
+        let mut maps = Maps::open(self)?;
+        let service = maps.service(&addr)?;
+        let (slot, mut backend) = maps.find_backend(&addr, &service, target)?;
+        if backend.weight != weight {
+            backend.weight = weight;
+            maps.backends
+                .set(slot, backend, 0)
+                .map_err(map_ctx("writing BACKENDS"))?;
+            maps.rebuild_ring(&service)?;
+        }
+        self.backend_info(&maps, &addr, &service, slot)
+    }
+
+    /// Backends of one service, or of all services.
+    pub fn backends(&self, filter: Option<ServiceAddr>) -> Result<Vec<BackendInfo>> {
+        let maps = Maps::open(self)?;
+        let services = maps.services()?;
+        if let Some(f) = filter {
+            if !services.iter().any(|(a, _)| *a == f) {
+                return Err(Error::UnknownService(f.to_string()));
+            }
+        }
+        let mut out = Vec::new();
+        for (addr, service) in services {
+            if filter.is_some_and(|f| f != addr) {
+                continue;
+            }
+            let shares = maglev::shares(&maps.ring_block(&service)?);
+            for (slot, b) in maps.backends_of(&service)? {
+                out.push(describe(&addr, slot, &b, &shares));
+            }
+        }
+        Ok(out)
+    }
+
+    fn backend_info(&self, maps: &Maps, addr: &ServiceAddr, service: &Service, slot: u32) -> Result<BackendInfo> {
+        let b = maps.backends.get(&slot, 0).map_err(map_ctx("reading BACKENDS"))?;
+        let shares = maglev::shares(&maps.ring_block(service)?);
+        Ok(describe(addr, slot, &b, &shares))
+    }
+
+    /// Service address and backend address of every used backend slot (for counters).
+    pub(crate) fn slot_names(&self) -> Result<std::collections::HashMap<u32, (String, String, &'static str)>> {
+        let maps = Maps::open(self)?;
+        let services = maps.services()?;
+        let mut out = std::collections::HashMap::new();
+        for (slot, b) in maps.backends()? {
+            let service = services
+                .iter()
+                .find(|(_, s)| s.id == b.service)
+                .map(|(a, _)| a.to_string())
+                .unwrap_or_else(|| format!("#{}", b.service));
+            out.insert(slot, (service, endpoint_of(&b), state_name(b.state)));
+        }
+        Ok(out)
+    }
+}
+
+fn endpoint_of(b: &Backend) -> String {
+    format!("{}:{}", ip_from_map(b.addr), u16::from_be(b.port))
+}
+
+fn describe(addr: &ServiceAddr, slot: u32, b: &Backend, shares: &std::collections::HashMap<u32, usize>) -> BackendInfo {
+    BackendInfo {
+        service: addr.to_string(),
+        backend: endpoint_of(b),
+        slot,
+        state: state_name(b.state),
+        weight: b.weight,
+        table_share: *shares.get(&slot).unwrap_or(&0) as f64 / RING_SIZE as f64,
+    }
+}

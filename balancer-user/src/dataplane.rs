@@ -1,0 +1,354 @@
+//! Loading, pinning, attaching and detaching the XDP data plane.
+//!
+//! Pin directory layout (one per instance, `<bpffs root>/<instance>/`):
+//! - `BALANCER_*`: the maps (see `balancer_ebpf::map_names`), pinned by the loader;
+//! - `prog_balancer`: the XDP program;
+//! - `link_<ifname>`: one BPF link per attached interface.
+//!
+//! The links are pinned, so the program stays attached and forwarding after the process
+//! that attached it exits, and `detach` is the only thing that removes it.
+
+use std::{
+    fs,
+    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    EbpfLoader,
+};
+use balancer_ebpf::{map_names, Config, PROGRAM_NAME};
+
+use crate::error::{io_ctx, map_ctx, prog_ctx, Error, Result};
+
+/// Where instances live unless told otherwise.
+pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/balancer";
+pub const PROGRAM_PIN: &str = "prog_balancer";
+const LINK_PREFIX: &str = "link_";
+
+/// The compiled XDP object, built by build.rs.
+pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-xdp"));
+
+/// XDP attach mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// In the driver (veth, most 10G+ NICs).
+    #[default]
+    Native,
+    /// In the generic (skb) path: works everywhere, slower.
+    Generic,
+}
+
+impl Mode {
+    fn xdp_mode(self) -> XdpMode {
+        match self {
+            Mode::Native => XdpMode::Driver,
+            Mode::Generic => XdpMode::Skb,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct AttachOptions {
+    pub interfaces: Vec<String>,
+    pub mode: Mode,
+    /// Flow-table entries; only used when the maps are created.
+    pub flow_capacity: u32,
+    pub config: Config,
+}
+
+/// Fails unless running as root: everything here needs bpffs and BPF syscalls.
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(Error::NotRoot(euid));
+    }
+    Ok(())
+}
+
+/// Pin directory of an instance.
+pub fn instance_dir(root: &Path, instance: &str) -> Result<PathBuf> {
+    let ok = !instance.is_empty()
+        && instance.len() <= 64
+        && instance
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return Err(Error::invalid(
+            "instance name",
+            instance,
+            "use 1-64 letters, digits, '-' or '_'",
+        ));
+    }
+    Ok(root.join(instance))
+}
+
+/// An instance's pinned data plane, opened for reading and changing its maps.
+///
+/// Holds an exclusive `flock` on the pin directory for its lifetime, so two `balancer`
+/// processes never interleave a read-modify-write of the same maps.
+pub struct Balancer {
+    dir: PathBuf,
+    _lock: fs::File,
+}
+
+impl Balancer {
+    /// Opens the instance pinned at `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        require_root()?;
+        if !dir.join(PROGRAM_PIN).exists() {
+            return Err(not_attached(dir));
+        }
+        let lock = lock_dir(dir)?;
+        Ok(Balancer {
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Opens one pinned map.
+    pub fn map(&self, name: &str) -> Result<Map> {
+        let data = MapData::from_pin(self.dir.join(name))
+            .map_err(map_ctx(format!("opening pinned map {name}")))?;
+        Map::from_map_data(data).map_err(map_ctx(format!("opening pinned map {name}")))
+    }
+
+    /// Opens the pinned XDP program (for `BPF_PROG_TEST_RUN` and introspection).
+    pub fn program(&self) -> Result<Xdp> {
+        Xdp::from_pin(
+            self.dir.join(PROGRAM_PIN),
+            aya_obj::programs::XdpAttachType::Interface,
+        )
+        .map_err(prog_ctx("opening the pinned XDP program"))
+    }
+
+    /// Names of the interfaces with a pinned link.
+    pub fn interfaces(&self) -> Result<Vec<String>> {
+        attached_interfaces(&self.dir)
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        let array: Array<MapData, Config> = self
+            .map(map_names::CONFIG)?
+            .try_into()
+            .map_err(map_ctx("CONFIG map"))?;
+        array.get(&0, 0).map_err(map_ctx("reading CONFIG"))
+    }
+}
+
+fn not_attached(dir: &Path) -> Error {
+    Error::NotAttached {
+        instance: dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        path: dir.to_path_buf(),
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<fs::File> {
+    let f = fs::File::open(dir).map_err(io_ctx(format!("opening {}", dir.display())))?;
+    // SAFETY: plain flock on a file descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io_ctx(format!("locking {}", dir.display()))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(f)
+}
+
+fn attached_interfaces(dir: &Path) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_ctx(format!("reading {}", dir.display())))? {
+        let entry = entry.map_err(io_ctx(format!("reading {}", dir.display())))?;
+        if let Some(name) = entry.file_name().to_str().and_then(|n| n.strip_prefix(LINK_PREFIX)) {
+            out.push(name.to_string());
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn interface_index(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| Error::invalid("interface name", name, "contains a NUL byte"))?;
+    // SAFETY: c is a valid C string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if index == 0 {
+        return Err(Error::UnknownInterface(name.to_string()));
+    }
+    Ok(index)
+}
+
+/// Loads the XDP object into the kernel and pins program and maps under `dir`, unless a
+/// program is pinned there already (then nothing changes: maps and program are adopted as
+/// they are). Returns true if it loaded a new program.
+pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bool> {
+    require_root()?;
+    if dir.join(PROGRAM_PIN).exists() {
+        return Ok(false);
+    }
+    if flow_capacity < 2 {
+        return Err(Error::invalid(
+            "flow capacity",
+            flow_capacity,
+            "needs at least 2 entries (one per direction)",
+        ));
+    }
+    create_dir_private(dir)?;
+    let result = (|| {
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(dir)
+            .map_max_entries(map_names::FLOWS, flow_capacity)
+            .load(XDP_OBJECT)?;
+        let mut config_map: Array<&mut MapData, Config> = ebpf
+            .map_mut(map_names::CONFIG)
+            .ok_or_else(|| missing_in_object(map_names::CONFIG))?
+            .try_into()
+            .map_err(map_ctx("CONFIG map"))?;
+        config_map.set(0, config, 0).map_err(map_ctx("writing CONFIG"))?;
+        let program: &mut Xdp = ebpf
+            .program_mut(PROGRAM_NAME)
+            .ok_or_else(|| missing_in_object(PROGRAM_NAME))?
+            .try_into()
+            .map_err(prog_ctx("XDP program"))?;
+        program.load().map_err(prog_ctx("loading the XDP program (verifier)"))?;
+        program
+            .pin(dir.join(PROGRAM_PIN))
+            .map_err(|e| io_ctx("pinning the XDP program")(std::io::Error::other(e.to_string())))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        // Leave nothing half-created behind.
+        remove_pins(dir);
+    }
+    result.map(|()| true)
+}
+
+fn missing_in_object(name: &str) -> Error {
+    Error::invalid("XDP object", name, "is missing from the compiled object")
+}
+
+fn create_dir_private(dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+    // Root only: the maps steer traffic.
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let _ = fs::set_permissions(d, fs::Permissions::from_mode(0o700));
+    }
+    Ok(())
+}
+
+/// Loads (or adopts) the data plane under `dir` and attaches it to `opts.interfaces`.
+/// On any failure, whatever this call created is undone: interfaces attached before the
+/// call stay attached, a program loaded by this call is unloaded again.
+pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
+    require_root()?;
+    if opts.interfaces.is_empty() {
+        return Err(Error::invalid("interfaces", "", "name at least one interface"));
+    }
+    // Validate everything before touching any state.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut targets = Vec::new();
+    for name in &opts.interfaces {
+        if !seen.insert(name) {
+            return Err(Error::invalid("interfaces", name, "named twice"));
+        }
+        let index = interface_index(name)?;
+        if dir.join(format!("{LINK_PREFIX}{name}")).exists() {
+            return Err(Error::AlreadyAttached(name.clone()));
+        }
+        targets.push((name.clone(), index));
+    }
+    let loaded_now = load_pinned(dir, opts.flow_capacity, &opts.config)?;
+    let balancer = Balancer::open(dir)?;
+    let mut done: Vec<PathBuf> = Vec::new();
+    let result = (|| {
+        let mut program = balancer.program()?;
+        for (name, index) in &targets {
+            let link_id = program
+                .attach_to_if_index(*index, opts.mode.xdp_mode())
+                .map_err(prog_ctx(format!("attaching to {name}")))?;
+            let link = program
+                .take_link(link_id)
+                .map_err(prog_ctx(format!("taking the link of {name}")))?;
+            let fd_link: FdLink = link.try_into().map_err(|e| {
+                io_ctx(format!(
+                    "{name}: the kernel attached XDP without a BPF link, which cannot be pinned"
+                ))(std::io::Error::other(format!("{e}")))
+            })?;
+            let path = dir.join(format!("{LINK_PREFIX}{name}"));
+            fd_link
+                .pin(&path)
+                .map_err(|e| io_ctx(format!("pinning the link of {name}"))(std::io::Error::other(e.to_string())))?;
+            done.push(path);
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        for path in done {
+            unpin_link(&path);
+        }
+        drop(balancer);
+        if loaded_now {
+            remove_pins(dir);
+        }
+        return Err(e);
+    }
+    Ok(targets.into_iter().map(|(n, _)| n).collect())
+}
+
+fn unpin_link(path: &Path) {
+    // Dropping the unpinned link detaches the program from the interface.
+    if let Ok(link) = PinnedLink::from_pin(path) {
+        let _ = link.unpin();
+    } else {
+        let _ = fs::remove_file(path);
+    }
+}
+
+/// Detaches the instance from every interface and removes its program, maps and pin
+/// directory (and the bpffs root directory if no other instance is left).
+pub fn detach(dir: &Path) -> Result<Vec<String>> {
+    require_root()?;
+    if !dir.join(PROGRAM_PIN).exists() && !dir.exists() {
+        return Err(not_attached(dir));
+    }
+    let interfaces = attached_interfaces(dir)?;
+    {
+        let _lock = lock_dir(dir)?;
+        for name in &interfaces {
+            unpin_link(&dir.join(format!("{LINK_PREFIX}{name}")));
+        }
+    }
+    remove_pins(dir);
+    Ok(interfaces)
+}
+
+/// Removes every pin under `dir`, the directory, and its parent if empty.
+fn remove_pins(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(LINK_PREFIX))
+            {
+                unpin_link(&path);
+            } else {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+    if let Some(parent) = dir.parent() {
+        let _ = fs::remove_dir(parent); // only succeeds when empty
+    }
+}

@@ -1,0 +1,83 @@
+//! The flow table as operators see it: one row per connection (the client-side entry),
+//! with the backend it is bound to.
+
+use std::net::Ipv4Addr;
+
+use aya::maps::{HashMap, MapData};
+use balancer_ebpf::{direction, flow_state, map_names, Flow, FlowKey};
+use serde::Serialize;
+
+use crate::{
+    addr::{ip_from_map, Proto},
+    dataplane::Balancer,
+    error::{map_ctx, Result},
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowInfo {
+    pub proto: Proto,
+    pub client: String,
+    pub service: String,
+    pub backend: String,
+    pub backend_slot: u32,
+    /// State of the client -> backend direction.
+    pub state: &'static str,
+    pub age_s: f64,
+    pub idle_s: f64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_coarse_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn endpoint(addr: u32, port: u16) -> String {
+    format!("{}:{}", ip_from_map(addr), u16::from_be(port))
+}
+
+impl Balancer {
+    /// Client-side flow entries (at most `limit`), oldest first.
+    pub fn flows(&self, limit: usize) -> Result<Vec<FlowInfo>> {
+        let map: HashMap<MapData, FlowKey, Flow> = self
+            .map(map_names::FLOWS)?
+            .try_into()
+            .map_err(map_ctx("FLOWS map"))?;
+        let now = monotonic_ns();
+        let mut out = Vec::new();
+        for item in map.iter() {
+            // Entries can be evicted while we walk the table; skip those.
+            let Ok((k, f)) = item else { continue };
+            if f.direction != direction::TO_BACKEND {
+                continue;
+            }
+            let Some(proto) = Proto::from_number(k.proto) else { continue };
+            out.push(FlowInfo {
+                proto,
+                client: endpoint(k.src, k.sport),
+                service: format!("{}/{}", endpoint(k.dst, k.dport), proto),
+                backend: endpoint(f.new_dst, f.new_dport),
+                backend_slot: f.backend,
+                state: flow_state::name(f.state),
+                age_s: now.saturating_sub(f.created_ns) as f64 / 1e9,
+                idle_s: now.saturating_sub(f.last_seen_ns) as f64 / 1e9,
+            });
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out.sort_by(|a, b| b.age_s.total_cmp(&a.age_s));
+        Ok(out)
+    }
+}
+
+/// Parses "a.b.c.d:port" back into parts (for tests and tools reading `flows --json`).
+pub fn split_endpoint(s: &str) -> Option<(Ipv4Addr, u16)> {
+    let (a, p) = s.rsplit_once(':')?;
+    Some((a.parse().ok()?, p.parse().ok()?))
+}

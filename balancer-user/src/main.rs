@@ -1,0 +1,420 @@
+//! `balancer`: the operator's CLI. Every command works from the pinned state of one
+//! instance, so it needs no daemon. Errors are printed on one line and exit non-zero.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use balancer_ebpf::{backend_state, Config, Counter, DEFAULT_FLOW_CAPACITY};
+use balancer_user::{
+    control::DEFAULT_WEIGHT,
+    dataplane::{self, DEFAULT_BPFFS_ROOT},
+    AttachOptions, BackendSpec, Balancer, Mode, Proto, ServiceAddr,
+};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "balancer", version, about = "XDP layer-4 load balancer appliance")]
+struct Cli {
+    /// Instance name: selects the pin directory <bpffs-root>/<instance>.
+    #[arg(long, global = true, default_value = "default")]
+    instance: String,
+    /// Directory on a bpffs mount that holds the instances.
+    #[arg(long, global = true, default_value = DEFAULT_BPFFS_ROOT)]
+    bpffs_root: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the data plane (or adopt the pinned one) and attach it to interfaces.
+    Attach(AttachArgs),
+    /// Detach from all interfaces and remove the instance's program, maps and pins.
+    Detach,
+    /// Show the instance: pin directory, interfaces, limits.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage virtual services (VIP:PORT/proto).
+    #[command(subcommand)]
+    Service(ServiceCmd),
+    /// Manage a service's backends.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// Show traffic counters from the pinned maps.
+    Stats {
+        #[arg(long)]
+        json: bool,
+        /// Repeat every SECONDS until interrupted.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+    },
+    /// List connections in the flow table.
+    Flows {
+        #[arg(long)]
+        json: bool,
+        /// Show at most this many flows.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+}
+
+#[derive(Args)]
+struct AttachArgs {
+    /// Interface to attach to (repeat for client- and server-facing interfaces).
+    #[arg(long = "iface", required = true, value_name = "IFNAME")]
+    interfaces: Vec<String>,
+    #[arg(long, value_enum, default_value_t = ModeArg::Native)]
+    mode: ModeArg,
+    /// Flow-table capacity in entries (two per connection); used when the maps are created.
+    #[arg(long, default_value_t = DEFAULT_FLOW_CAPACITY)]
+    flow_capacity: u32,
+    /// Idle timeout of established TCP flows, seconds.
+    #[arg(long, default_value_t = Config::default().tcp_established_timeout_s)]
+    tcp_timeout: u32,
+    /// Idle timeout of TCP flows in handshake or closing, seconds.
+    #[arg(long, default_value_t = Config::default().tcp_transient_timeout_s)]
+    tcp_transient_timeout: u32,
+    /// Idle timeout of UDP flows, seconds.
+    #[arg(long, default_value_t = Config::default().udp_timeout_s)]
+    udp_timeout: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Native,
+    Generic,
+}
+
+#[derive(Args, Clone)]
+struct ServiceRef {
+    /// Service address, VIP:PORT.
+    service: String,
+    #[arg(long, default_value = "tcp")]
+    proto: String,
+}
+
+impl ServiceRef {
+    fn parse(&self) -> Result<ServiceAddr> {
+        Ok(ServiceAddr::parse(&self.service, self.proto.parse::<Proto>()?)?)
+    }
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// Add a service.
+    Add(ServiceRef),
+    /// Remove a service and its backends (open connections keep their translation).
+    Remove(ServiceRef),
+    /// List services.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct BackendRef {
+    #[command(flatten)]
+    service: ServiceRef,
+    /// Backend address, IP:PORT.
+    backend: String,
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    /// Add a backend to a service.
+    Add {
+        #[command(flatten)]
+        target: BackendRef,
+        #[arg(long, default_value_t = DEFAULT_WEIGHT)]
+        weight: u32,
+    },
+    /// Remove a backend (its open connections keep their translation).
+    Remove(BackendRef),
+    /// Stop new flows to a backend; its open connections continue.
+    Drain(BackendRef),
+    /// Let a drained (or down) backend take new flows again.
+    Undrain(BackendRef),
+    /// Change a backend's weight (1..=10000).
+    SetWeight {
+        #[command(flatten)]
+        target: BackendRef,
+        weight: u32,
+    },
+    /// List backends (of one service, or all).
+    List {
+        /// Service address VIP:PORT (all services when omitted).
+        service: Option<String>,
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("balancer: error: {}", one_line(&e));
+        std::process::exit(1);
+    }
+}
+
+/// The error and its causes on one line.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let dir = dataplane::instance_dir(&cli.bpffs_root, &cli.instance)?;
+    match cli.command {
+        Command::Attach(a) => {
+            let opts = AttachOptions {
+                interfaces: a.interfaces,
+                mode: match a.mode {
+                    ModeArg::Native => Mode::Native,
+                    ModeArg::Generic => Mode::Generic,
+                },
+                flow_capacity: a.flow_capacity,
+                config: Config {
+                    tcp_established_timeout_s: nonzero("--tcp-timeout", a.tcp_timeout)?,
+                    tcp_transient_timeout_s: nonzero("--tcp-transient-timeout", a.tcp_transient_timeout)?,
+                    udp_timeout_s: nonzero("--udp-timeout", a.udp_timeout)?,
+                    flags: 0,
+                },
+            };
+            let attached = dataplane::attach(&dir, &opts)?;
+            println!("attached instance '{}' to {}", cli.instance, attached.join(", "));
+        }
+        Command::Detach => {
+            let detached = dataplane::detach(&dir)?;
+            println!(
+                "detached instance '{}' from {}",
+                cli.instance,
+                if detached.is_empty() { "no interface".to_string() } else { detached.join(", ") }
+            );
+        }
+        Command::Status { json } => status(&Balancer::open(&dir)?, &cli.instance, json)?,
+        Command::Service(cmd) => service(&Balancer::open(&dir)?, cmd)?,
+        Command::Backend(cmd) => backend(&Balancer::open(&dir)?, cmd)?,
+        Command::Stats { json, watch } => {
+            let b = Balancer::open(&dir)?;
+            loop {
+                print_stats(&b, json)?;
+                match watch {
+                    Some(s) => std::thread::sleep(Duration::from_secs(s.max(1))),
+                    None => break,
+                }
+                if !json {
+                    println!();
+                }
+            }
+        }
+        Command::Flows { json, limit } => {
+            let flows = Balancer::open(&dir)?.flows(limit)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&flows)?);
+            } else {
+                let rows = flows
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            f.proto.to_string(),
+                            f.client.clone(),
+                            f.service.clone(),
+                            f.backend.clone(),
+                            f.state.to_string(),
+                            format!("{:.1}", f.age_s),
+                            format!("{:.1}", f.idle_s),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                print_table(&["PROTO", "CLIENT", "SERVICE", "BACKEND", "STATE", "AGE_S", "IDLE_S"], &rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn nonzero(flag: &str, v: u32) -> Result<u32> {
+    if v == 0 {
+        anyhow::bail!("invalid {flag} '0': a timeout must be at least 1 second");
+    }
+    Ok(v)
+}
+
+fn status(b: &Balancer, instance: &str, json: bool) -> Result<()> {
+    let interfaces = b.interfaces()?;
+    let config = b.config()?;
+    let services = b.services()?;
+    if json {
+        let v = serde_json::json!({
+            "instance": instance,
+            "pin_dir": b.dir(),
+            "interfaces": interfaces,
+            "services": services.len(),
+            "tcp_timeout_s": config.tcp_established_timeout_s,
+            "tcp_transient_timeout_s": config.tcp_transient_timeout_s,
+            "udp_timeout_s": config.udp_timeout_s,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("instance:   {instance}");
+        println!("pin dir:    {}", b.dir().display());
+        println!("interfaces: {}", if interfaces.is_empty() { "-".into() } else { interfaces.join(", ") });
+        println!("services:   {}", services.len());
+        println!(
+            "timeouts:   tcp {}s, tcp handshake/closing {}s, udp {}s",
+            config.tcp_established_timeout_s, config.tcp_transient_timeout_s, config.udp_timeout_s
+        );
+    }
+    Ok(())
+}
+
+fn service(b: &Balancer, cmd: ServiceCmd) -> Result<()> {
+    match cmd {
+        ServiceCmd::Add(s) => {
+            let info = b.add_service(s.parse()?)?;
+            println!("added service {}", info.service);
+        }
+        ServiceCmd::Remove(s) => {
+            let addr = s.parse()?;
+            b.remove_service(addr)?;
+            println!("removed service {addr}");
+        }
+        ServiceCmd::List { json } => {
+            let services = b.services()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&services)?);
+            } else {
+                let rows = services
+                    .iter()
+                    .map(|s| vec![s.service.clone(), s.backends.to_string(), s.active_backends.to_string()])
+                    .collect::<Vec<_>>();
+                print_table(&["SERVICE", "BACKENDS", "ACTIVE"], &rows);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn backend(b: &Balancer, cmd: BackendCmd) -> Result<()> {
+    let info = match cmd {
+        BackendCmd::Add { target, weight } => {
+            let spec = BackendSpec::parse(&target.backend, weight)?;
+            let info = b.add_backend(target.service.parse()?, spec)?;
+            println!("added backend {} to {}", info.backend, info.service);
+            info
+        }
+        BackendCmd::Remove(t) => {
+            let addr = t.service.parse()?;
+            b.remove_backend(addr, &t.backend)?;
+            println!("removed backend {} from {addr}", t.backend);
+            return Ok(());
+        }
+        BackendCmd::Drain(t) => b.set_backend_state(t.service.parse()?, &t.backend, backend_state::DRAINING)?,
+        BackendCmd::Undrain(t) => b.set_backend_state(t.service.parse()?, &t.backend, backend_state::UP)?,
+        BackendCmd::SetWeight { target, weight } => {
+            b.set_backend_weight(target.service.parse()?, &target.backend, weight)?
+        }
+        BackendCmd::List { service, proto, json } => {
+            let filter = match service {
+                Some(s) => Some(ServiceAddr::parse(&s, proto.parse::<Proto>()?)?),
+                None => None,
+            };
+            let list = b.backends(filter)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows = list
+                    .iter()
+                    .map(|x| {
+                        vec![
+                            x.service.clone(),
+                            x.backend.clone(),
+                            x.state.to_string(),
+                            x.weight.to_string(),
+                            format!("{:.1}%", x.table_share * 100.0),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                print_table(&["SERVICE", "BACKEND", "STATE", "WEIGHT", "NEW-FLOW SHARE"], &rows);
+            }
+            return Ok(());
+        }
+    };
+    println!(
+        "{} {}: state {}, weight {}, {:.1}% of new flows",
+        info.service,
+        info.backend,
+        info.state,
+        info.weight,
+        info.table_share * 100.0
+    );
+    Ok(())
+}
+
+fn print_stats(b: &Balancer, json: bool) -> Result<()> {
+    let stats = b.stats()?;
+    if json {
+        println!("{}", serde_json::to_string(&stats)?);
+        return Ok(());
+    }
+    let rows = Counter::ALL
+        .iter()
+        .map(|c| vec![c.label().to_string(), stats.get(*c).to_string(), c.help().to_string()])
+        .collect::<Vec<_>>();
+    print_table(&["COUNTER", "VALUE", "MEANING"], &rows);
+    println!();
+    let rows = stats
+        .backends
+        .iter()
+        .map(|x| {
+            vec![
+                x.service.clone(),
+                x.backend.clone(),
+                x.state.to_string(),
+                x.counters.new_flows.to_string(),
+                x.counters.packets_to.to_string(),
+                x.counters.bytes_to.to_string(),
+                x.counters.packets_from.to_string(),
+                x.counters.bytes_from.to_string(),
+            ]
+        })
+        .collect::<Vec<_>>();
+    print_table(
+        &["SERVICE", "BACKEND", "STATE", "FLOWS", "PKTS_TO", "BYTES_TO", "PKTS_FROM", "BYTES_FROM"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}

@@ -1,0 +1,108 @@
+//! Counters read from the per-CPU maps, summed over CPUs.
+
+use aya::maps::{MapData, PerCpuArray};
+use balancer_ebpf::{map_names, BackendStats, Counter, GlobalStats};
+use serde::Serialize;
+
+use crate::{
+    dataplane::Balancer,
+    error::{map_ctx, Result},
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendCounters {
+    pub service: String,
+    pub backend: String,
+    pub slot: u32,
+    pub state: &'static str,
+    #[serde(flatten)]
+    pub counters: BackendCountersValues,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct BackendCountersValues {
+    pub packets_to: u64,
+    pub bytes_to: u64,
+    pub packets_from: u64,
+    pub bytes_from: u64,
+    pub new_flows: u64,
+}
+
+impl From<BackendStats> for BackendCountersValues {
+    fn from(s: BackendStats) -> Self {
+        BackendCountersValues {
+            packets_to: s.packets_to,
+            bytes_to: s.bytes_to,
+            packets_from: s.packets_from,
+            bytes_from: s.bytes_from,
+            new_flows: s.new_flows,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    /// Global counters by name, in `Counter` order.
+    pub global: serde_json::Map<String, serde_json::Value>,
+    pub backends: Vec<BackendCounters>,
+}
+
+impl Stats {
+    /// A global counter's value.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.global
+            .get(counter.label())
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    }
+}
+
+impl Balancer {
+    /// Global counters summed over CPUs, in `Counter` order.
+    pub fn global_counters(&self) -> Result<GlobalStats> {
+        let stats: PerCpuArray<MapData, GlobalStats> = self
+            .map(map_names::STATS)?
+            .try_into()
+            .map_err(map_ctx("STATS map"))?;
+        let per_cpu = stats.get(&0, 0).map_err(map_ctx("reading STATS"))?;
+        let mut total = [0u64; Counter::COUNT];
+        for cpu in per_cpu.iter() {
+            for (t, v) in total.iter_mut().zip(cpu.iter()) {
+                *t += v;
+            }
+        }
+        Ok(total)
+    }
+
+    pub fn stats(&self) -> Result<Stats> {
+        let total = self.global_counters()?;
+        let mut global = serde_json::Map::new();
+        for c in Counter::ALL {
+            global.insert(c.label().to_string(), total[c as usize].into());
+        }
+        let per_backend: PerCpuArray<MapData, BackendStats> = self
+            .map(map_names::BACKEND_STATS)?
+            .try_into()
+            .map_err(map_ctx("BACKEND_STATS map"))?;
+        let mut names: Vec<_> = self.slot_names()?.into_iter().collect();
+        names.sort_by(|a, b| (&a.1 .0, &a.1 .1).cmp(&(&b.1 .0, &b.1 .1)));
+        let mut backends = Vec::new();
+        for (slot, (service, backend, state)) in names {
+            let per_cpu = per_backend
+                .get(&slot, 0)
+                .map_err(map_ctx("reading BACKEND_STATS"))?;
+            let mut sum = BackendStats::default();
+            for cpu in per_cpu.iter() {
+                sum.add(cpu);
+            }
+            backends.push(BackendCounters {
+                service,
+                backend,
+                slot,
+                state,
+                counters: sum.into(),
+            });
+        }
+        Ok(Stats { global, backends })
+    }
+}

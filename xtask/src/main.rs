@@ -1,0 +1,91 @@
+//! Project tasks, run as `cargo xtask <task>` (alias in .cargo/config.toml).
+//!
+//! Every task that needs the toolchain or the kernel runs setup first when a
+//! prerequisite is missing, so a fresh Debian 12 machine only needs `cargo xtask test`.
+
+mod run;
+mod setup;
+mod summary;
+mod tasks;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Build, test and run the XDP balancer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install all prerequisites, skipping those present (Debian packages, nightly
+    /// rust-src, bpf-linker, bpffs). Must run as root.
+    Setup,
+    /// Release build of all binaries (runs setup first if something is missing).
+    Build,
+    /// Build, then run the end-to-end demo; arguments after `--` go to balancer-demo.
+    Demo {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The full test suite, as CI runs it: fmt, clippy, unit and integration tests.
+    /// Arguments after `--` go to the final `cargo test` (e.g. a test name filter).
+    Test {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run the benchmarks, writing target/bench/results.json.
+    Bench {
+        /// Short run, for a quick sanity check rather than stable numbers.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// Prints errors as one `error: what failed: why` line; anyhow's default `Debug` report
+/// would add a backtrace whenever RUST_BACKTRACE is set, burying the message.
+fn main() -> ExitCode {
+    match run_task(Cli::parse().task) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> Result<ExitCode> {
+    match task {
+        Task::Setup => setup::setup()?,
+        Task::Build => tasks::build()?,
+        Task::Demo { args } => return tasks::demo(&args),
+        Task::Test { args } => tasks::test(&args)?,
+        Task::Bench { quick } => return tasks::bench(quick),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Everything after the first `--` is passed on verbatim, including a second `--`
+    /// (so `cargo xtask test -- -- --nocapture` reaches the test harness).
+    #[test]
+    fn passes_trailing_args_verbatim() {
+        let cli = Cli::try_parse_from(["xtask", "test", "--", "filter", "--", "--nocapture"])
+            .expect("valid command line");
+        let Task::Test { args } = cli.task else {
+            panic!("parsed as another task");
+        };
+        assert_eq!(args, ["filter", "--", "--nocapture"]);
+    }
+}

@@ -1,0 +1,148 @@
+//! The build, demo, test and bench tasks. Each runs setup first when a prerequisite is
+//! missing, so they work on a fresh machine without a separate `cargo xtask setup`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+
+use crate::run::{self, cargo, command, target_dir};
+use crate::setup;
+use crate::summary::Tally;
+
+/// `cargo xtask build`: release build of every host binary.
+pub fn build() -> Result<()> {
+    setup::ensure()?;
+    build_release()
+}
+
+/// `cargo xtask demo`: runs the end-to-end demo against freshly built binaries and
+/// exits with the demo's own exit code.
+pub fn demo(extra: &[String]) -> Result<ExitCode> {
+    setup::ensure()?;
+    build_release()?;
+    let mut args = vec![
+        "--balancer".into(),
+        release_bin("balancer")?.into_os_string(),
+        "--testsrv".into(),
+        release_bin("balancer-testsrv")?.into_os_string(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    let status = run::status(&mut command(release_bin("balancer-demo")?, args))?;
+    Ok(run::exit_code(status))
+}
+
+/// `cargo xtask bench`: runs the benchmark suite, writing target/bench/results.json, and
+/// exits with the benchmark's own exit code.
+pub fn bench(quick: bool) -> Result<ExitCode> {
+    setup::ensure()?;
+    build_release()?;
+    let out_dir = target_dir().join("bench");
+    std::fs::create_dir_all(&out_dir)
+        .with_context(|| format!("could not create {}", out_dir.display()))?;
+    let mut args = Vec::new();
+    if quick {
+        args.push("--quick".into());
+    }
+    args.push("--out".into());
+    args.push(out_dir.join("results.json").into_os_string());
+    let status = run::status(&mut command(release_bin("balancer-bench")?, args))?;
+    Ok(run::exit_code(status))
+}
+
+/// `cargo xtask test`: the project's full check (CI runs exactly this). Stops at the
+/// first failing step and always ends with a `xtask test: N passed, M failed` line.
+pub fn test(extra: &[String]) -> Result<()> {
+    setup::require_root(
+        "cargo xtask test must run as root (the integration tests create network \
+         namespaces and attach XDP programs)",
+    )?;
+    setup::ensure()?;
+    let mut tally = Tally::default();
+    let result = test_steps(extra, &mut tally);
+    println!("{}", tally.summary());
+    result
+}
+
+/// The steps of `cargo xtask test`, in order; cheap static checks come first.
+fn test_steps(extra: &[String], tally: &mut Tally) -> Result<()> {
+    header(1, "formatting");
+    run::run(&mut cargo(["fmt", "--all", "--", "--check"]))
+        .context("code is not formatted: run `cargo fmt --all`")?;
+
+    header(2, "clippy");
+    run::run(&mut cargo([
+        "clippy",
+        "-p",
+        "balancer-user",
+        "-p",
+        "xtask",
+        "-p",
+        "balancer-tests",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy found problems in the host crates (see above)")?;
+    // Host targets of balancer-ebpf only: its XDP binary builds for BPF alone.
+    run::run(&mut cargo([
+        "clippy",
+        "-p",
+        "balancer-ebpf",
+        "--lib",
+        "--tests",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("clippy found problems in balancer-ebpf (see above)")?;
+
+    header(3, "unit tests of the eBPF crate's shared logic");
+    cargo_test(&["-p", "balancer-ebpf", "--lib"], &[], tally)?;
+
+    // Release: the integration tests push real traffic, which debug builds make slow.
+    header(4, "userspace and integration tests");
+    let args = ["--release", "-p", "balancer-user", "-p", "balancer-tests"];
+    cargo_test(&args, extra, tally)
+}
+
+/// Runs `cargo test args extra`, adding its test counts to `tally`.
+fn cargo_test(args: &[&str], extra: &[String], tally: &mut Tally) -> Result<()> {
+    let mut cmd = cargo(["test"]);
+    cmd.args(args).args(extra);
+    let line = run::describe(&cmd);
+    let (status, output) = run::run_tee(&mut cmd)?;
+    tally.add_output(&output);
+    run::check(&line, status)
+}
+
+/// Release build of the host crates' binaries (balancer-user's build.rs also compiles
+/// the XDP program). balancer-ebpf is excluded: its binary only builds for BPF.
+fn build_release() -> Result<()> {
+    run::run(&mut cargo([
+        "build",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "balancer-ebpf",
+        "--bins",
+    ]))
+    .context("release build failed (see the compiler output above)")
+}
+
+/// Path of a release binary, failing clearly if the build did not produce it.
+fn release_bin(name: &str) -> Result<PathBuf> {
+    let path = target_dir().join("release").join(name);
+    if !path.is_file() {
+        bail!(
+            "{} was not built: no workspace package provides a `{name}` binary",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn header(step: u32, title: &str) {
+    println!("\n==> xtask test step {step}/4: {title}");
+}
