@@ -18,5 +18,7 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::default(),
     )
-    .context("building the XDP program failed; run `cargo xtask setup` if a prerequisite is missing")
+    .context(
+        "building the XDP program failed; run `cargo xtask setup` if a prerequisite is missing",
+    )
 }

@@ -60,21 +60,21 @@ pub fn ttl_decrement_delta() -> u32 {
     (!u16::from_be(0x0100)) as u32
 }
 
-/// The two deltas of a NAT rewrite of (src, dst, sport, dport), in memory order:
+/// Addresses and ports of a packet, as read from it (network byte order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// The two deltas of a NAT rewrite from `old` to `new`, in memory order:
 /// `(ip_header_delta, l4_delta)`. The IP header delta includes the TTL decrement.
 #[inline(always)]
-pub fn rewrite_delta(
-    old_src: u32,
-    old_dst: u32,
-    old_sport: u16,
-    old_dport: u16,
-    new_src: u32,
-    new_dst: u32,
-    new_sport: u16,
-    new_dport: u16,
-) -> (u32, u32) {
-    let addrs = fold(u32_delta(old_src, new_src) + u32_delta(old_dst, new_dst)) as u32;
-    let ports = fold(word_delta(old_sport, new_sport) + word_delta(old_dport, new_dport)) as u32;
+pub fn rewrite_delta(old: Endpoints, new: Endpoints) -> (u32, u32) {
+    let addrs = fold(u32_delta(old.src, new.src) + u32_delta(old.dst, new.dst)) as u32;
+    let ports = fold(word_delta(old.sport, new.sport) + word_delta(old.dport, new.dport)) as u32;
     (
         fold(addrs + ttl_decrement_delta()) as u32,
         fold(addrs + ports) as u32,
@@ -125,23 +125,38 @@ mod tests {
     #[test]
     fn incremental_update_matches_recomputation() {
         let cases = [
-            ([198, 18, 0, 2], [198, 18, 100, 1], [198, 18, 0, 2], [198, 18, 1, 3], 64u8),
-            ([10, 0, 0, 1], [255, 255, 255, 255], [0, 0, 0, 0], [1, 2, 3, 4], 2),
-            ([0, 0, 0, 0], [0, 0, 0, 0], [255, 255, 255, 255], [255, 255, 255, 255], 255),
+            (
+                [198, 18, 0, 2],
+                [198, 18, 100, 1],
+                [198, 18, 0, 2],
+                [198, 18, 1, 3],
+                64u8,
+            ),
+            (
+                [10, 0, 0, 1],
+                [255, 255, 255, 255],
+                [0, 0, 0, 0],
+                [1, 2, 3, 4],
+                2,
+            ),
+            (
+                [0, 0, 0, 0],
+                [0, 0, 0, 0],
+                [255, 255, 255, 255],
+                [255, 255, 255, 255],
+                255,
+            ),
         ];
         for (src, dst, nsrc, ndst, ttl) in cases {
             let h = ipv4_header(src, dst, ttl);
             let old = u16::from_ne_bytes([h[10], h[11]]);
-            let (ip_delta, _) = rewrite_delta(
-                mem_u32(src),
-                mem_u32(dst),
-                0,
-                0,
-                mem_u32(nsrc),
-                mem_u32(ndst),
-                0,
-                0,
-            );
+            let ends = |s, d| Endpoints {
+                src: mem_u32(s),
+                dst: mem_u32(d),
+                sport: 0,
+                dport: 0,
+            };
+            let (ip_delta, _) = rewrite_delta(ends(src, dst), ends(nsrc, ndst));
             let updated = apply_delta(old, ip_delta);
             let expect = ipv4_header(nsrc, ndst, ttl - 1);
             assert_eq!(updated.to_ne_bytes(), [expect[10], expect[11]]);

@@ -2,7 +2,7 @@
 //! state and idle timeout. The XDP program keeps the entries in the FLOWS map.
 
 use crate::{
-    csum::rewrite_delta,
+    csum::{rewrite_delta, Endpoints},
     direction, flow_state,
     parse::{EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     Backend, Config, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, PROTO_TCP,
@@ -80,8 +80,18 @@ pub fn new_entries(
             flow_state::ESTABLISHED,
         )
     };
-    let (ip_fwd, l4_fwd) =
-        rewrite_delta(k.src, k.dst, k.sport, k.dport, k.src, backend.addr, k.sport, backend.port);
+    let client_to_vip = Endpoints {
+        src: k.src,
+        dst: k.dst,
+        sport: k.sport,
+        dport: k.dport,
+    };
+    let client_to_backend = Endpoints {
+        dst: backend.addr,
+        dport: backend.port,
+        ..client_to_vip
+    };
+    let (ip_fwd, l4_fwd) = rewrite_delta(client_to_vip, client_to_backend);
     let forward = Flow {
         new_src: k.src,
         new_dst: backend.addr,
@@ -96,20 +106,24 @@ pub fn new_entries(
         direction: direction::TO_BACKEND,
         state,
         l2_valid: 0,
-        _pad: [0; 5],
+        _pad1: 0,
+        _pad2: 0,
         created_ns: now,
         last_seen_ns: now,
     };
-    let reply_key = FlowKey {
+    let reply_key = FlowKey::new(backend.addr, k.src, backend.port, k.sport, k.proto);
+    let backend_to_client = Endpoints {
         src: backend.addr,
         dst: k.src,
         sport: backend.port,
         dport: k.sport,
-        proto: k.proto,
-        _pad: [0; 3],
     };
-    let (ip_rev, l4_rev) =
-        rewrite_delta(backend.addr, k.src, backend.port, k.sport, k.dst, k.src, k.dport, k.sport);
+    let vip_to_client = Endpoints {
+        src: k.dst,
+        sport: k.dport,
+        ..backend_to_client
+    };
+    let (ip_rev, l4_rev) = rewrite_delta(backend_to_client, vip_to_client);
     let reply = Flow {
         new_src: k.dst,
         new_dst: k.src,
@@ -124,7 +138,8 @@ pub fn new_entries(
         direction: direction::TO_CLIENT,
         state: reply_state,
         l2_valid: 1,
-        _pad: [0; 5],
+        _pad1: 0,
+        _pad2: 0,
         created_ns: now,
         last_seen_ns: now,
     };
@@ -193,9 +208,15 @@ mod tests {
         assert_eq!(fwd.l2_valid, 0);
         // The reply key is what the backend's answer carries; it is rewritten to come
         // from the VIP and goes back out the client's interface to the client's MAC.
-        assert_eq!((rk.src, rk.sport, rk.dst, rk.dport), (fwd.new_dst, fwd.new_dport, p.key.src, p.key.sport));
+        assert_eq!(
+            (rk.src, rk.sport, rk.dst, rk.dport),
+            (fwd.new_dst, fwd.new_dport, p.key.src, p.key.sport)
+        );
         assert_eq!((rev.new_src, rev.new_sport), (p.key.dst, p.key.dport));
-        assert_eq!((rev.ifindex, rev.dmac, rev.smac, rev.l2_valid), (7, eth.src, eth.dst, 1));
+        assert_eq!(
+            (rev.ifindex, rev.dmac, rev.smac, rev.l2_valid),
+            (7, eth.src, eth.dst, 1)
+        );
         assert_eq!(rev.direction, direction::TO_CLIENT);
         assert_eq!(fwd.backend, 3);
     }
@@ -231,7 +252,10 @@ mod tests {
         assert_eq!(fwd.last_seen_ns, 2_000_000_000);
         let (_, fin) = packet("fin");
         track(&mut fwd, &fin, 2_600_000_000);
-        assert_eq!((fwd.state, fwd.last_seen_ns), (flow_state::FIN, 2_600_000_000));
+        assert_eq!(
+            (fwd.state, fwd.last_seen_ns),
+            (flow_state::FIN, 2_600_000_000)
+        );
         let (_, rst) = packet("rst");
         track(&mut fwd, &rst, 2_700_000_000);
         assert_eq!(fwd.state, flow_state::CLOSED);

@@ -53,20 +53,24 @@ mod tests {
         let mut counts = [0u32; BUCKETS];
         let n = 64_000u32;
         for port in 0..n {
-            let key = FlowKey {
-                src: u32::from_ne_bytes([198, 18, 0, 2]),
-                dst: u32::from_ne_bytes([198, 18, 100, 1]),
-                sport: (port as u16).to_be(),
-                dport: 80u16.to_be(),
-                proto: 6,
-                _pad: [0; 3],
-            };
+            let key = FlowKey::new(
+                u32::from_ne_bytes([198, 18, 0, 2]),
+                u32::from_ne_bytes([198, 18, 100, 1]),
+                (port as u16).to_be(),
+                80u16.to_be(),
+                6,
+            );
             counts[(flow_hash(&key) % BUCKETS as u32) as usize] += 1;
         }
         let expected = n as f64 / BUCKETS as f64;
         for c in counts {
             let dev = (c as f64 - expected).abs() / expected;
-            assert!(dev < 0.05, "bucket off by {:.1}%: {:?}", dev * 100.0, counts);
+            assert!(
+                dev < 0.05,
+                "bucket off by {:.1}%: {:?}",
+                dev * 100.0,
+                counts
+            );
         }
     }
 

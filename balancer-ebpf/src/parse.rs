@@ -219,17 +219,23 @@ pub fn parse_packet(start: usize, end: usize) -> Result<Packet, ParseError> {
     let l4_off = l3_off + ihl;
     let ip_end = l3_off + tot_len;
     let (sport, dport, tcp_flags, payload_off) = if ip.proto == PROTO_TCP {
-        let tcp = unsafe { read(ptr_at::<TcpHdr>(start, end, l4_off).ok_or(ParseError::Truncated)?) };
+        let tcp =
+            unsafe { read(ptr_at::<TcpHdr>(start, end, l4_off).ok_or(ParseError::Truncated)?) };
         let doff = ((tcp.doff_res >> 4) as usize) * 4;
         if doff < size_of::<TcpHdr>() {
             return Err(ParseError::Invalid);
         }
         if l4_off + doff > ip_end {
-            return Err(if first_fragment { ParseError::Truncated } else { ParseError::Invalid });
+            return Err(if first_fragment {
+                ParseError::Truncated
+            } else {
+                ParseError::Invalid
+            });
         }
         (tcp.sport, tcp.dport, tcp.flags, l4_off + doff)
     } else {
-        let udp = unsafe { read(ptr_at::<UdpHdr>(start, end, l4_off).ok_or(ParseError::Truncated)?) };
+        let udp =
+            unsafe { read(ptr_at::<UdpHdr>(start, end, l4_off).ok_or(ParseError::Truncated)?) };
         if l4_off + size_of::<UdpHdr>() > ip_end {
             return Err(ParseError::Invalid);
         }
@@ -241,14 +247,7 @@ pub fn parse_packet(start: usize, end: usize) -> Result<Packet, ParseError> {
         l4_off,
         payload_off,
         ip_end,
-        key: FlowKey {
-            src: ip.src,
-            dst: ip.dst,
-            sport,
-            dport,
-            proto: ip.proto,
-            _pad: [0; 3],
-        },
+        key: FlowKey::new(ip.src, ip.dst, sport, dport, ip.proto),
         tcp_flags,
         ttl: ip.ttl,
         first_fragment,
@@ -338,10 +337,7 @@ mod tests {
         for len in 0..headers_end {
             let cut = &f[..len];
             let r = parse_slice(cut);
-            assert!(
-                matches!(r, Err(ParseError::Truncated)),
-                "len {len}: {r:?}"
-            );
+            assert!(matches!(r, Err(ParseError::Truncated)), "len {len}: {r:?}");
         }
         // Cut inside the payload: the IP total length no longer fits.
         assert_eq!(parse_slice(&f[..f.len() - 1]), Err(ParseError::Truncated));

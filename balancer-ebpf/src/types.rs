@@ -108,7 +108,25 @@ pub struct FlowKey {
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
-    pub _pad: [u8; 3],
+    // Scalar padding, not an array: the BPF backend turns zeroing a byte array into a
+    // memset call, which this struct would pay on every packet.
+    pub _pad1: u8,
+    pub _pad2: u16,
+}
+
+impl FlowKey {
+    #[inline(always)]
+    pub fn new(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> Self {
+        FlowKey {
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            _pad1: 0,
+            _pad2: 0,
+        }
+    }
 }
 
 /// Which way a flow-table entry rewrites.
@@ -171,7 +189,8 @@ pub struct Flow {
     /// One of [`flow_state`].
     pub state: u8,
     pub l2_valid: u8,
-    pub _pad: [u8; 5],
+    pub _pad1: u8,
+    pub _pad2: u32,
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) when the flow was created.
     pub created_ns: u64,
     /// Last packet, refreshed at most once per [`LAST_SEEN_GRANULARITY_NS`] to keep the
@@ -246,7 +265,7 @@ counters! {
     pub enum Counter {
         /// Packets seen by the program.
         RxPackets = "rx_packets",
-        /// Not for a service (other protocols, other destinations): passed to the kernel untouched.
+        /// Not for a service (other protocols, other destinations, replies without a flow entry): passed to the kernel untouched.
         PassNotService = "pass_not_service",
         /// Truncated or invalid Ethernet/IPv4/TCP/UDP headers: passed untouched.
         PassMalformed = "pass_malformed",
@@ -256,8 +275,6 @@ counters! {
         PassTtlExceeded = "pass_ttl_exceeded",
         /// Rewritten packets whose next hop has no resolved neighbour yet: passed to the kernel, which resolves it and forwards.
         PassNoNeighbour = "pass_no_neighbour",
-        /// Replies from a backend with no flow entry (e.g. evicted): passed untouched.
-        PassReplyNoFlow = "pass_reply_no_flow",
         /// Packets rewritten and sent back out of the interface they arrived on.
         TxSameInterface = "tx_same_interface",
         /// Packets rewritten and redirected to another interface.
@@ -272,7 +289,7 @@ counters! {
         DropFragment = "drop_fragment",
         /// Service has no backend able to take a new flow.
         DropNoBackend = "drop_no_backend",
-        /// No route to the backend or client (FIB lookup failed).
+        /// FIB lookup towards the backend failed: no route, or IP forwarding disabled on the ingress interface.
         DropNoRoute = "drop_no_route",
         /// Flow table full and no entry could be created.
         DropFlowTableFull = "drop_flow_table_full",

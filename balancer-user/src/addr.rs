@@ -145,7 +145,10 @@ mod tests {
             "",
         ] {
             let e = ServiceAddr::parse(bad, Proto::Tcp).unwrap_err();
-            assert!(e.to_string().starts_with("invalid service address"), "{bad}: {e}");
+            assert!(
+                e.to_string().starts_with("invalid service address"),
+                "{bad}: {e}"
+            );
         }
         assert!("sctp".parse::<Proto>().is_err());
         assert_eq!("UDP".parse::<Proto>().unwrap(), Proto::Udp);

@@ -102,7 +102,10 @@ impl Maps {
                 .map(map_names::BACKENDS)?
                 .try_into()
                 .map_err(map_ctx("BACKENDS map"))?,
-            ring: b.map(map_names::RING)?.try_into().map_err(map_ctx("RING map"))?,
+            ring: b
+                .map(map_names::RING)?
+                .try_into()
+                .map_err(map_ctx("RING map"))?,
         })
     }
 
@@ -128,7 +131,10 @@ impl Maps {
     fn backends(&self) -> Result<Vec<(u32, Backend)>> {
         let mut out = Vec::new();
         for slot in 0..MAX_BACKENDS {
-            let b = self.backends.get(&slot, 0).map_err(map_ctx("reading BACKENDS"))?;
+            let b = self
+                .backends
+                .get(&slot, 0)
+                .map_err(map_ctx("reading BACKENDS"))?;
             if b.state != backend_state::EMPTY {
                 out.push((slot, b));
             }
@@ -144,7 +150,12 @@ impl Maps {
             .collect())
     }
 
-    fn find_backend(&self, addr: &ServiceAddr, service: &Service, spec: (Ipv4Addr, u16)) -> Result<(u32, Backend)> {
+    fn find_backend(
+        &self,
+        addr: &ServiceAddr,
+        service: &Service,
+        spec: (Ipv4Addr, u16),
+    ) -> Result<(u32, Backend)> {
         self.backends_of(service)?
             .into_iter()
             .find(|(_, b)| ip_from_map(b.addr) == spec.0 && u16::from_be(b.port) == spec.1)
@@ -157,7 +168,11 @@ impl Maps {
     fn ring_block(&self, service: &Service) -> Result<Vec<u32>> {
         let base = service.id * RING_SIZE;
         (0..RING_SIZE)
-            .map(|i| self.ring.get(&(base + i), 0).map_err(map_ctx("reading RING")))
+            .map(|i| {
+                self.ring
+                    .get(&(base + i), 0)
+                    .map_err(map_ctx("reading RING"))
+            })
             .collect()
     }
 
@@ -174,12 +189,18 @@ impl Maps {
         Ok(())
     }
 
-    /// Recomputes the service's lookup table from its backends' current states and
-    /// weights, moving as few entries as possible.
-    fn rebuild_ring(&mut self, service: &Service) -> Result<()> {
+    /// Recomputes the service's lookup table from its backends' states and weights,
+    /// moving as few entries as possible. `pending` is a change to one slot that is not
+    /// written yet: taking a backend out of the table must happen before the data plane
+    /// can see its new state, or new flows hashing to it would be dropped in between.
+    fn rebuild_ring(&mut self, service: &Service, pending: Option<(u32, Backend)>) -> Result<()> {
         let members: Vec<Member> = self
             .backends_of(service)?
             .into_iter()
+            .map(|(slot, b)| match pending {
+                Some((p, pb)) if p == slot => (slot, pb),
+                _ => (slot, b),
+            })
             .filter(|(_, b)| b.state == backend_state::UP && b.weight > 0)
             .map(|(slot, b)| Member {
                 slot,
@@ -190,6 +211,24 @@ impl Maps {
         let old = self.ring_block(service)?;
         let new = maglev::update(&old, &members);
         self.write_ring(service, &old, &new)
+    }
+
+    /// Applies a change to a backend slot in the safe order: a backend that gains new
+    /// flows is written before the table names it; one that loses them leaves the table
+    /// first.
+    fn update_backend(&mut self, service: &Service, slot: u32, new: Backend) -> Result<()> {
+        let write = |maps: &mut Maps| {
+            maps.backends
+                .set(slot, new, 0)
+                .map_err(map_ctx("writing BACKENDS"))
+        };
+        if new.state == backend_state::UP {
+            write(self)?;
+            self.rebuild_ring(service, None)
+        } else {
+            self.rebuild_ring(service, Some((slot, new)))?;
+            write(self)
+        }
     }
 }
 
@@ -202,8 +241,11 @@ fn zero_backend_stats(b: &Balancer, slot: u32) -> Result<()> {
         context: "counting possible CPUs".into(),
         source: e,
     })?;
-    let zeros = PerCpuValues::try_from(vec![BackendStats::default(); cpus])
-        .map_err(|e| Error::Io { context: "building per-CPU values".into(), source: e })?;
+    let zeros =
+        PerCpuValues::try_from(vec![BackendStats::default(); cpus]).map_err(|e| Error::Io {
+            context: "building per-CPU values".into(),
+            source: e,
+        })?;
     stats
         .set(slot, zeros, 0)
         .map_err(map_ctx("clearing BACKEND_STATS"))
@@ -305,10 +347,7 @@ impl Balancer {
             service: service.id,
             weight: spec.weight,
         };
-        maps.backends
-            .set(slot, backend, 0)
-            .map_err(map_ctx("writing BACKENDS"))?;
-        maps.rebuild_ring(&service)?;
+        maps.update_backend(&service, slot, backend)?;
         self.backend_info(&maps, &addr, &service, slot)
     }
 
@@ -318,22 +357,27 @@ impl Balancer {
         let target = parse_endpoint("backend address", endpoint)?;
         let mut maps = Maps::open(self)?;
         let service = maps.service(&addr)?;
-        let (slot, mut backend) = maps.find_backend(&addr, &service, target)?;
-        // Take it out of the table first, then free the slot.
-        backend.state = backend_state::DOWN;
-        maps.backends
-            .set(slot, backend, 0)
-            .map_err(map_ctx("writing BACKENDS"))?;
-        maps.rebuild_ring(&service)?;
-        maps.backends
-            .set(slot, Backend::default(), 0)
-            .map_err(map_ctx("clearing BACKENDS"))
+        let (slot, _) = maps.find_backend(&addr, &service, target)?;
+        // An empty slot is not UP: the table drops it before the slot is cleared.
+        maps.update_backend(&service, slot, Backend::default())
     }
 
     /// Sets a backend's state (`backend_state::UP`, `DRAINING` or `DOWN`).
-    pub fn set_backend_state(&self, addr: ServiceAddr, endpoint: &str, state: u8) -> Result<BackendInfo> {
-        if !matches!(state, backend_state::UP | backend_state::DRAINING | backend_state::DOWN) {
-            return Err(Error::invalid("backend state", state, "expected up, draining or down"));
+    pub fn set_backend_state(
+        &self,
+        addr: ServiceAddr,
+        endpoint: &str,
+        state: u8,
+    ) -> Result<BackendInfo> {
+        if !matches!(
+            state,
+            backend_state::UP | backend_state::DRAINING | backend_state::DOWN
+        ) {
+            return Err(Error::invalid(
+                "backend state",
+                state,
+                "expected up, draining or down",
+            ));
         }
         let target = parse_endpoint("backend address", endpoint)?;
         let mut maps = Maps::open(self)?;
@@ -341,15 +385,17 @@ impl Balancer {
         let (slot, mut backend) = maps.find_backend(&addr, &service, target)?;
         if backend.state != state {
             backend.state = state;
-            maps.backends
-                .set(slot, backend, 0)
-                .map_err(map_ctx("writing BACKENDS"))?;
-            maps.rebuild_ring(&service)?;
+            maps.update_backend(&service, slot, backend)?;
         }
         self.backend_info(&maps, &addr, &service, slot)
     }
 
-    pub fn set_backend_weight(&self, addr: ServiceAddr, endpoint: &str, weight: u32) -> Result<BackendInfo> {
+    pub fn set_backend_weight(
+        &self,
+        addr: ServiceAddr,
+        endpoint: &str,
+        weight: u32,
+    ) -> Result<BackendInfo> {
         validate_weight(weight)?;
         let target = parse_endpoint("backend address", endpoint)?;
         let mut maps = Maps::open(self)?;
@@ -357,10 +403,7 @@ impl Balancer {
         let (slot, mut backend) = maps.find_backend(&addr, &service, target)?;
         if backend.weight != weight {
             backend.weight = weight;
-            maps.backends
-                .set(slot, backend, 0)
-                .map_err(map_ctx("writing BACKENDS"))?;
-            maps.rebuild_ring(&service)?;
+            maps.update_backend(&service, slot, backend)?;
         }
         self.backend_info(&maps, &addr, &service, slot)
     }
@@ -387,14 +430,25 @@ impl Balancer {
         Ok(out)
     }
 
-    fn backend_info(&self, maps: &Maps, addr: &ServiceAddr, service: &Service, slot: u32) -> Result<BackendInfo> {
-        let b = maps.backends.get(&slot, 0).map_err(map_ctx("reading BACKENDS"))?;
+    fn backend_info(
+        &self,
+        maps: &Maps,
+        addr: &ServiceAddr,
+        service: &Service,
+        slot: u32,
+    ) -> Result<BackendInfo> {
+        let b = maps
+            .backends
+            .get(&slot, 0)
+            .map_err(map_ctx("reading BACKENDS"))?;
         let shares = maglev::shares(&maps.ring_block(service)?);
         Ok(describe(addr, slot, &b, &shares))
     }
 
     /// Service address and backend address of every used backend slot (for counters).
-    pub(crate) fn slot_names(&self) -> Result<std::collections::HashMap<u32, (String, String, &'static str)>> {
+    pub(crate) fn slot_names(
+        &self,
+    ) -> Result<std::collections::HashMap<u32, (String, String, &'static str)>> {
         let maps = Maps::open(self)?;
         let services = maps.services()?;
         let mut out = std::collections::HashMap::new();
@@ -414,7 +468,12 @@ fn endpoint_of(b: &Backend) -> String {
     format!("{}:{}", ip_from_map(b.addr), u16::from_be(b.port))
 }
 
-fn describe(addr: &ServiceAddr, slot: u32, b: &Backend, shares: &std::collections::HashMap<u32, usize>) -> BackendInfo {
+fn describe(
+    addr: &ServiceAddr,
+    slot: u32,
+    b: &Backend,
+    shares: &std::collections::HashMap<u32, usize>,
+) -> BackendInfo {
     BackendInfo {
         service: addr.to_string(),
         backend: endpoint_of(b),

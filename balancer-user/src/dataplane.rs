@@ -29,7 +29,8 @@ pub const PROGRAM_PIN: &str = "prog_balancer";
 const LINK_PREFIX: &str = "link_";
 
 /// The compiled XDP object, built by build.rs.
-pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-xdp"));
+pub static XDP_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-xdp"));
 
 /// XDP attach mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -168,7 +169,11 @@ fn attached_interfaces(dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_ctx(format!("reading {}", dir.display())))? {
         let entry = entry.map_err(io_ctx(format!("reading {}", dir.display())))?;
-        if let Some(name) = entry.file_name().to_str().and_then(|n| n.strip_prefix(LINK_PREFIX)) {
+        if let Some(name) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix(LINK_PREFIX))
+        {
             out.push(name.to_string());
         }
     }
@@ -213,13 +218,17 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
             .ok_or_else(|| missing_in_object(map_names::CONFIG))?
             .try_into()
             .map_err(map_ctx("CONFIG map"))?;
-        config_map.set(0, config, 0).map_err(map_ctx("writing CONFIG"))?;
+        config_map
+            .set(0, config, 0)
+            .map_err(map_ctx("writing CONFIG"))?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| missing_in_object(PROGRAM_NAME))?
             .try_into()
             .map_err(prog_ctx("XDP program"))?;
-        program.load().map_err(prog_ctx("loading the XDP program (verifier)"))?;
+        program
+            .load()
+            .map_err(prog_ctx("loading the XDP program (verifier)"))?;
         program
             .pin(dir.join(PROGRAM_PIN))
             .map_err(|e| io_ctx("pinning the XDP program")(std::io::Error::other(e.to_string())))?;
@@ -236,7 +245,38 @@ fn missing_in_object(name: &str) -> Error {
     Error::invalid("XDP object", name, "is missing from the compiled object")
 }
 
+/// Fails unless the nearest existing ancestor of `dir` is on a bpf filesystem: pins
+/// anywhere else fail with errors that do not say why.
+fn require_bpffs(dir: &Path) -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| Path::new("/"));
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::invalid("bpffs root", dir.display(), "contains a NUL byte"))?;
+    // SAFETY: statfs writes into a zeroed struct we own; c is a valid C string.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io_ctx(format!("statfs {}", existing.display()))(
+            std::io::Error::last_os_error(),
+        ));
+    }
+    if st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(Error::invalid(
+            "bpffs root",
+            dir.display(),
+            format!(
+                "{} is not on a bpf filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`)",
+                existing.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn create_dir_private(dir: &Path) -> Result<()> {
+    require_bpffs(dir)?;
     fs::create_dir_all(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
     // Root only: the maps steer traffic.
     for d in [Some(dir), dir.parent()].into_iter().flatten() {
@@ -251,7 +291,11 @@ fn create_dir_private(dir: &Path) -> Result<()> {
 pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
     require_root()?;
     if opts.interfaces.is_empty() {
-        return Err(Error::invalid("interfaces", "", "name at least one interface"));
+        return Err(Error::invalid(
+            "interfaces",
+            "",
+            "name at least one interface",
+        ));
     }
     // Validate everything before touching any state.
     let mut seen = std::collections::BTreeSet::new();
@@ -284,9 +328,9 @@ pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
                 ))(std::io::Error::other(format!("{e}")))
             })?;
             let path = dir.join(format!("{LINK_PREFIX}{name}"));
-            fd_link
-                .pin(&path)
-                .map_err(|e| io_ctx(format!("pinning the link of {name}"))(std::io::Error::other(e.to_string())))?;
+            fd_link.pin(&path).map_err(|e| {
+                io_ctx(format!("pinning the link of {name}"))(std::io::Error::other(e.to_string()))
+            })?;
             done.push(path);
         }
         Ok(())

@@ -56,7 +56,9 @@ impl Balancer {
             if f.direction != direction::TO_BACKEND {
                 continue;
             }
-            let Some(proto) = Proto::from_number(k.proto) else { continue };
+            let Some(proto) = Proto::from_number(k.proto) else {
+                continue;
+            };
             out.push(FlowInfo {
                 proto,
                 client: endpoint(k.src, k.sport),

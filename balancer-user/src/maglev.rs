@@ -176,7 +176,12 @@ mod tests {
 
     #[test]
     fn spread_follows_weights_within_one_slot() {
-        for weights in [vec![1, 1, 1], vec![100, 200, 300, 400], vec![1, 10_000], vec![7; 13]] {
+        for weights in [
+            vec![1, 1, 1],
+            vec![100, 200, 300, 400],
+            vec![1, 10_000],
+            vec![7; 13],
+        ] {
             let m = members(&weights);
             let t = update(&empty(), &m);
             let total: u32 = weights.iter().sum();
@@ -184,7 +189,10 @@ mod tests {
             for (i, &w) in weights.iter().enumerate() {
                 let expect = RING_SIZE as f64 * w as f64 / total as f64;
                 let got = *s.get(&(i as u32)).unwrap_or(&0) as f64;
-                assert!((got - expect).abs() <= 1.0, "weights {weights:?}: slot {i} {got} vs {expect}");
+                assert!(
+                    (got - expect).abs() <= 1.0,
+                    "weights {weights:?}: slot {i} {got} vs {expect}"
+                );
             }
             assert!(t.iter().all(|&x| x != NO_BACKEND));
         }

@@ -1,11 +1,15 @@
 //! `balancer`: the operator's CLI. Every command works from the pinned state of one
 //! instance, so it needs no daemon. Errors are printed on one line and exit non-zero.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Result;
 use balancer_ebpf::{backend_state, Config, Counter, DEFAULT_FLOW_CAPACITY};
 use balancer_user::{
+    addr::parse_endpoint,
     control::DEFAULT_WEIGHT,
     dataplane::{self, DEFAULT_BPFFS_ROOT},
     AttachOptions, BackendSpec, Balancer, Mode, Proto, ServiceAddr,
@@ -13,7 +17,11 @@ use balancer_user::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "balancer", version, about = "XDP layer-4 load balancer appliance")]
+#[command(
+    name = "balancer",
+    version,
+    about = "XDP layer-4 load balancer appliance"
+)]
 struct Cli {
     /// Instance name: selects the pin directory <bpffs-root>/<instance>.
     #[arg(long, global = true, default_value = "default")]
@@ -97,7 +105,10 @@ struct ServiceRef {
 
 impl ServiceRef {
     fn parse(&self) -> Result<ServiceAddr> {
-        Ok(ServiceAddr::parse(&self.service, self.proto.parse::<Proto>()?)?)
+        Ok(ServiceAddr::parse(
+            &self.service,
+            self.proto.parse::<Proto>()?,
+        )?)
     }
 }
 
@@ -183,25 +194,36 @@ fn run(cli: Cli) -> Result<()> {
                 flow_capacity: a.flow_capacity,
                 config: Config {
                     tcp_established_timeout_s: nonzero("--tcp-timeout", a.tcp_timeout)?,
-                    tcp_transient_timeout_s: nonzero("--tcp-transient-timeout", a.tcp_transient_timeout)?,
+                    tcp_transient_timeout_s: nonzero(
+                        "--tcp-transient-timeout",
+                        a.tcp_transient_timeout,
+                    )?,
                     udp_timeout_s: nonzero("--udp-timeout", a.udp_timeout)?,
                     flags: 0,
                 },
             };
             let attached = dataplane::attach(&dir, &opts)?;
-            println!("attached instance '{}' to {}", cli.instance, attached.join(", "));
+            println!(
+                "attached instance '{}' to {}",
+                cli.instance,
+                attached.join(", ")
+            );
         }
         Command::Detach => {
             let detached = dataplane::detach(&dir)?;
             println!(
                 "detached instance '{}' from {}",
                 cli.instance,
-                if detached.is_empty() { "no interface".to_string() } else { detached.join(", ") }
+                if detached.is_empty() {
+                    "no interface".to_string()
+                } else {
+                    detached.join(", ")
+                }
             );
         }
         Command::Status { json } => status(&Balancer::open(&dir)?, &cli.instance, json)?,
-        Command::Service(cmd) => service(&Balancer::open(&dir)?, cmd)?,
-        Command::Backend(cmd) => backend(&Balancer::open(&dir)?, cmd)?,
+        Command::Service(cmd) => service(&dir, cmd)?,
+        Command::Backend(cmd) => backend(&dir, cmd)?,
         Command::Stats { json, watch } => {
             let b = Balancer::open(&dir)?;
             loop {
@@ -234,7 +256,12 @@ fn run(cli: Cli) -> Result<()> {
                         ]
                     })
                     .collect::<Vec<_>>();
-                print_table(&["PROTO", "CLIENT", "SERVICE", "BACKEND", "STATE", "AGE_S", "IDLE_S"], &rows);
+                print_table(
+                    &[
+                        "PROTO", "CLIENT", "SERVICE", "BACKEND", "STATE", "AGE_S", "IDLE_S",
+                    ],
+                    &rows,
+                );
             }
         }
     }
@@ -266,7 +293,14 @@ fn status(b: &Balancer, instance: &str, json: bool) -> Result<()> {
     } else {
         println!("instance:   {instance}");
         println!("pin dir:    {}", b.dir().display());
-        println!("interfaces: {}", if interfaces.is_empty() { "-".into() } else { interfaces.join(", ") });
+        println!(
+            "interfaces: {}",
+            if interfaces.is_empty() {
+                "-".into()
+            } else {
+                interfaces.join(", ")
+            }
+        );
         println!("services:   {}", services.len());
         println!(
             "timeouts:   tcp {}s, tcp handshake/closing {}s, udp {}s",
@@ -276,25 +310,35 @@ fn status(b: &Balancer, instance: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn service(b: &Balancer, cmd: ServiceCmd) -> Result<()> {
+// The command functions parse and validate their arguments before opening the instance,
+// so a bad argument is reported as such even where no instance is attached.
+
+fn service(dir: &Path, cmd: ServiceCmd) -> Result<()> {
     match cmd {
         ServiceCmd::Add(s) => {
-            let info = b.add_service(s.parse()?)?;
+            let addr = s.parse()?;
+            let info = Balancer::open(dir)?.add_service(addr)?;
             println!("added service {}", info.service);
         }
         ServiceCmd::Remove(s) => {
             let addr = s.parse()?;
-            b.remove_service(addr)?;
+            Balancer::open(dir)?.remove_service(addr)?;
             println!("removed service {addr}");
         }
         ServiceCmd::List { json } => {
-            let services = b.services()?;
+            let services = Balancer::open(dir)?.services()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&services)?);
             } else {
                 let rows = services
                     .iter()
-                    .map(|s| vec![s.service.clone(), s.backends.to_string(), s.active_backends.to_string()])
+                    .map(|s| {
+                        vec![
+                            s.service.clone(),
+                            s.backends.to_string(),
+                            s.active_backends.to_string(),
+                        ]
+                    })
                     .collect::<Vec<_>>();
                 print_table(&["SERVICE", "BACKENDS", "ACTIVE"], &rows);
             }
@@ -303,31 +347,51 @@ fn service(b: &Balancer, cmd: ServiceCmd) -> Result<()> {
     Ok(())
 }
 
-fn backend(b: &Balancer, cmd: BackendCmd) -> Result<()> {
+/// A backend command's service and backend address, validated.
+fn backend_target(t: &BackendRef) -> Result<(ServiceAddr, String)> {
+    let service = t.service.parse()?;
+    parse_endpoint("backend address", &t.backend)?;
+    Ok((service, t.backend.clone()))
+}
+
+fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
     let info = match cmd {
         BackendCmd::Add { target, weight } => {
+            let service = target.service.parse()?;
             let spec = BackendSpec::parse(&target.backend, weight)?;
-            let info = b.add_backend(target.service.parse()?, spec)?;
+            let info = Balancer::open(dir)?.add_backend(service, spec)?;
             println!("added backend {} to {}", info.backend, info.service);
             info
         }
         BackendCmd::Remove(t) => {
-            let addr = t.service.parse()?;
-            b.remove_backend(addr, &t.backend)?;
-            println!("removed backend {} from {addr}", t.backend);
+            let (service, endpoint) = backend_target(&t)?;
+            Balancer::open(dir)?.remove_backend(service, &endpoint)?;
+            println!("removed backend {endpoint} from {service}");
             return Ok(());
         }
-        BackendCmd::Drain(t) => b.set_backend_state(t.service.parse()?, &t.backend, backend_state::DRAINING)?,
-        BackendCmd::Undrain(t) => b.set_backend_state(t.service.parse()?, &t.backend, backend_state::UP)?,
-        BackendCmd::SetWeight { target, weight } => {
-            b.set_backend_weight(target.service.parse()?, &target.backend, weight)?
+        BackendCmd::Drain(t) => {
+            let (service, endpoint) = backend_target(&t)?;
+            Balancer::open(dir)?.set_backend_state(service, &endpoint, backend_state::DRAINING)?
         }
-        BackendCmd::List { service, proto, json } => {
+        BackendCmd::Undrain(t) => {
+            let (service, endpoint) = backend_target(&t)?;
+            Balancer::open(dir)?.set_backend_state(service, &endpoint, backend_state::UP)?
+        }
+        BackendCmd::SetWeight { target, weight } => {
+            let (service, endpoint) = backend_target(&target)?;
+            BackendSpec::parse(&endpoint, weight)?;
+            Balancer::open(dir)?.set_backend_weight(service, &endpoint, weight)?
+        }
+        BackendCmd::List {
+            service,
+            proto,
+            json,
+        } => {
             let filter = match service {
                 Some(s) => Some(ServiceAddr::parse(&s, proto.parse::<Proto>()?)?),
                 None => None,
             };
-            let list = b.backends(filter)?;
+            let list = Balancer::open(dir)?.backends(filter)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else {
@@ -343,7 +407,10 @@ fn backend(b: &Balancer, cmd: BackendCmd) -> Result<()> {
                         ]
                     })
                     .collect::<Vec<_>>();
-                print_table(&["SERVICE", "BACKEND", "STATE", "WEIGHT", "NEW-FLOW SHARE"], &rows);
+                print_table(
+                    &["SERVICE", "BACKEND", "STATE", "WEIGHT", "NEW-FLOW SHARE"],
+                    &rows,
+                );
             }
             return Ok(());
         }
@@ -367,7 +434,13 @@ fn print_stats(b: &Balancer, json: bool) -> Result<()> {
     }
     let rows = Counter::ALL
         .iter()
-        .map(|c| vec![c.label().to_string(), stats.get(*c).to_string(), c.help().to_string()])
+        .map(|c| {
+            vec![
+                c.label().to_string(),
+                stats.get(*c).to_string(),
+                c.help().to_string(),
+            ]
+        })
         .collect::<Vec<_>>();
     print_table(&["COUNTER", "VALUE", "MEANING"], &rows);
     println!();
@@ -388,7 +461,16 @@ fn print_stats(b: &Balancer, json: bool) -> Result<()> {
         })
         .collect::<Vec<_>>();
     print_table(
-        &["SERVICE", "BACKEND", "STATE", "FLOWS", "PKTS_TO", "BYTES_TO", "PKTS_FROM", "BYTES_FROM"],
+        &[
+            "SERVICE",
+            "BACKEND",
+            "STATE",
+            "FLOWS",
+            "PKTS_TO",
+            "BYTES_TO",
+            "PKTS_FROM",
+            "BYTES_FROM",
+        ],
         &rows,
     );
     Ok(())

@@ -1,1 +1,8 @@
+//! Test bed of the balancer: network namespaces and topologies, an HTTP client and the
+//! reference HTTP server, and a harness for BPF_PROG_TEST_RUN. Used by the integration
+//! tests in `tests/tests/`, the demo and the benchmark.
 
+pub mod netns;
+pub mod http;
+pub mod topology;
+pub mod testrun;

@@ -102,8 +102,20 @@ fn test_steps(extra: &[String], tally: &mut Tally) -> Result<()> {
     cargo_test(&["-p", "balancer-ebpf", "--lib"], &[], tally)?;
 
     // Release: the integration tests push real traffic, which debug builds make slow.
+    // They drive the `balancer` binary, which `cargo test` does not build for another
+    // package, so the binaries are built first.
     header(4, "userspace and integration tests");
-    let args = ["--release", "-p", "balancer-user", "-p", "balancer-tests"];
+    build_release()?;
+    let args = [
+        "--release",
+        "--no-fail-fast",
+        "-p",
+        "balancer-user",
+        "-p",
+        "balancer-tests",
+        "-p",
+        "xtask",
+    ];
     cargo_test(&args, extra, tally)
 }
 

@@ -12,7 +12,10 @@ mod forward;
 mod maps;
 mod select;
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp,
+    programs::XdpContext,
+};
 use balancer_ebpf::{
     flow::{is_syn, new_entries, still_valid, track},
     parse::{parse_packet, ptr_at, read, EthHdr, ParseError},

@@ -1,0 +1,976 @@
+//! Harness for running the XDP program on single packets with `BPF_PROG_TEST_RUN`.
+//!
+//! A [`TestBed`] is one balancer instance loaded and pinned under a unique directory of
+//! `/sys/fs/bpf/balancer-test/`, plus a fresh network namespace that gives the program's
+//! `bpf_fib_lookup` something to look up, plus a worker thread living in that namespace
+//! that performs every `BPF_PROG_TEST_RUN`. Dropping the bed (also when a test panics)
+//! stops the worker, removes the pins and deletes the namespace.
+//!
+//! # How `BPF_PROG_TEST_RUN` behaves for this program (Linux 6.18, verified here)
+//!
+//! - The kernel resolves everything about the "receiving device" in the network namespace
+//!   of the *calling thread*: without a context the packet is seen as received on that
+//!   namespace's loopback device (ifindex 1), with an `xdp_md` context on the device named
+//!   by `ingress_ifindex`. The program's FIB lookup therefore uses the routes, forwarding
+//!   sysctls and neighbour entries of the worker's namespace, never the host's.
+//! - `bpf_fib_lookup` needs forwarding enabled on the *ingress* device
+//!   (`net.ipv4.conf.<dev>.forwarding`, set for every device, `lo` included, by
+//!   `net.ipv4.ip_forward=1` in the namespace), a route to the destination, and a valid
+//!   (here: permanent) neighbour entry; without the neighbour the program passes the
+//!   packet (`pass_no_neighbour`), without a route it drops it (`drop_no_route`).
+//! - Both ways of choosing the ingress work: no context (loopback), and an `xdp_md`
+//!   context `{data: 0, data_end: frame length, data_meta: 0, ingress_ifindex: IF,
+//!   rx_queue_index: 0, egress_ifindex: 0}` naming a dummy device of the namespace (the
+//!   kernel rejects any other `data`/`data_end`/`data_meta`, a non-zero `egress_ifindex`,
+//!   and an ifindex of another namespace). The bed uses two dummy devices,
+//!   [`CLIENT_IF`] (clients' side) and [`BACKEND_IF`] (backends' side), so the forward
+//!   direction really changes interface (verdict `XDP_REDIRECT`) and a reply arriving on
+//!   the client's interface goes back out of it (`XDP_TX`).
+//! - The kernel refuses frames shorter than an Ethernet header (14 bytes) with `EINVAL`
+//!   before the program runs.
+//! - In this (non-live) mode a redirect is not carried out: the verdict is returned and
+//!   the output buffer holds the frame as the program left it.
+//! - `duration` is the kernel's `ktime_get_ns()` difference around the program run divided
+//!   by `repeat`, in nanoseconds. With `repeat = 1` it also contains the timer reads and the
+//!   per-run setup of the test loop (the same for every program), so compare paths by
+//!   their ratio to the `xdp_pass` baseline measured the same way. With `repeat > 1` the
+//!   kernel runs the program again on the frame the previous run left (see
+//!   `platform.md`): only meaningful for paths that do not rewrite the frame.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::mpsc,
+    thread,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult, Xdp};
+use balancer_ebpf::{Counter, GlobalStats, PASS_PROGRAM_NAME};
+use balancer_user::{
+    dataplane::{self, Balancer, XDP_OBJECT},
+    flows::FlowInfo,
+    BackendSpec, Proto, ServiceAddr,
+};
+use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader, VlanHeader};
+
+use crate::netns::{unique_name, Netns};
+
+// --- XDP verdicts -------------------------------------------------------------------
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+pub fn verdict_name(v: u32) -> &'static str {
+    match v {
+        XDP_ABORTED => "XDP_ABORTED",
+        XDP_DROP => "XDP_DROP",
+        XDP_PASS => "XDP_PASS",
+        XDP_TX => "XDP_TX",
+        XDP_REDIRECT => "XDP_REDIRECT",
+        _ => "unknown verdict",
+    }
+}
+
+// --- Addresses of the bed -----------------------------------------------------------
+
+/// Where the bed's pin directories go (one per bed, removed with it).
+pub const PIN_ROOT: &str = "/sys/fs/bpf/balancer-test";
+
+/// The balancer's interface towards clients, and its address and MAC.
+pub const CLIENT_IF: &str = "lbc0";
+pub const CLIENT_IF_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const CLIENT_IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xc0];
+/// The balancer's interface towards backends (198.18.1.0/24), its address and MAC.
+pub const BACKEND_IF: &str = "lbb0";
+pub const BACKEND_IF_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+pub const BACKEND_IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb0];
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub const VIP_PORT: u16 = 80;
+
+/// The MAC the bed gives the neighbour entry of a backend address: `02:00:00:00:XX:YY`
+/// from the address' last two octets.
+pub fn backend_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x02, 0, 0, 0, o[2], o[3]]
+}
+
+/// Backend `n` (0-based) of the bed's backend subnet: 198.18.1.(10 + n).
+pub fn backend_addr(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1, 10 + n)
+}
+
+pub fn vip() -> SocketAddrV4 {
+    SocketAddrV4::new(VIP, VIP_PORT)
+}
+
+pub fn client(sport: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(CLIENT, sport)
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        panic!(
+            "these tests need root (BPF_PROG_TEST_RUN, bpffs pins and network namespaces); \
+             running as uid {euid}. Run them as root, e.g. `sudo -E cargo test --release -p \
+             balancer-tests --test testrun`"
+        );
+    }
+}
+
+// --- Running programs ---------------------------------------------------------------
+
+/// Which device the frame is "received" on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ingress {
+    /// No context: the namespace's loopback device (ifindex 1).
+    Loopback,
+    /// The bed's client-side interface ([`CLIENT_IF`]).
+    Client,
+    /// The bed's backend-side interface ([`BACKEND_IF`]).
+    Backend,
+}
+
+/// An `xdp_md` for `ctx_in`: receive a frame of `len` bytes on `ifindex`, queue 0.
+pub fn xdp_md(len: usize, ifindex: u32) -> [u8; 24] {
+    let fields = [0u32, len as u32, 0, ifindex, 0, 0];
+    let mut out = [0u8; 24];
+    for (chunk, v) in out.chunks_exact_mut(4).zip(fields) {
+        chunk.copy_from_slice(&v.to_ne_bytes());
+    }
+    out
+}
+
+/// One `BPF_PROG_TEST_RUN` of `prog` on a copy of `frame`; the output frame goes to `out`
+/// (`result.data_size_out` bytes).
+pub fn test_run(
+    prog: &Xdp,
+    frame: &[u8],
+    ifindex: Option<u32>,
+    repeat: u32,
+    out: &mut [u8],
+) -> Result<TestRunResult> {
+    let ctx = ifindex.map(|i| xdp_md(frame.len(), i));
+    prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(out),
+        ctx_in: ctx.as_ref().map(|c| &c[..]),
+        repeat,
+        ..Default::default()
+    })
+    .map_err(|e| anyhow!("BPF_PROG_TEST_RUN on a {}-byte frame: {e}", frame.len()))
+}
+
+/// What one run of the program did.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    pub verdict: u32,
+    /// The frame as the program left it.
+    pub output: Vec<u8>,
+    /// Kernel-reported run time (ns, see the module docs for what it contains).
+    pub duration_ns: u64,
+}
+
+impl RunResult {
+    pub fn verdict_name(&self) -> &'static str {
+        verdict_name(self.verdict)
+    }
+}
+
+/// The programs, owned by the worker thread (which lives in the bed's namespace).
+pub struct Programs {
+    pub balancer: Xdp,
+    pin_dir: PathBuf,
+    pass: Option<aya::Ebpf>,
+    /// Interface indexes of [`CLIENT_IF`] and [`BACKEND_IF`].
+    pub client_ifindex: u32,
+    pub backend_ifindex: u32,
+}
+
+impl Programs {
+    /// The `xdp_pass` program of the same object (the benchmark baseline), loaded on first
+    /// use. The object is loaded with the instance's pin directory as its map pin
+    /// directory, so its pinned maps are the instance's existing ones: nothing new is
+    /// created or pinned, and nothing is left to clean up.
+    pub fn pass(&mut self) -> Result<&Xdp> {
+        if self.pass.is_none() {
+            let mut ebpf = aya::EbpfLoader::new()
+                .default_map_pin_directory(&self.pin_dir)
+                .load(XDP_OBJECT)
+                .context("loading the XDP object for xdp_pass")?;
+            let prog: &mut Xdp = ebpf
+                .program_mut(PASS_PROGRAM_NAME)
+                .ok_or_else(|| anyhow!("no {PASS_PROGRAM_NAME} program in the object"))?
+                .try_into()?;
+            prog.load().context("loading xdp_pass")?;
+            self.pass = Some(ebpf);
+        }
+        let prog = self
+            .pass
+            .as_ref()
+            .and_then(|e| e.program(PASS_PROGRAM_NAME))
+            .expect("loaded above");
+        Ok(prog.try_into()?)
+    }
+
+    pub fn ifindex(&self, ingress: Ingress) -> Option<u32> {
+        match ingress {
+            Ingress::Loopback => None,
+            Ingress::Client => Some(self.client_ifindex),
+            Ingress::Backend => Some(self.backend_ifindex),
+        }
+    }
+}
+
+fn run_one(prog: &Xdp, frame: &[u8], ifindex: Option<u32>) -> Result<RunResult> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = test_run(prog, frame, ifindex, 1, &mut out)?;
+    out.truncate(r.data_size_out as usize);
+    Ok(RunResult {
+        verdict: r.return_value,
+        output: out,
+        duration_ns: r.duration.as_nanos() as u64,
+    })
+}
+
+type Job = Box<dyn FnOnce(&mut Programs) + Send>;
+
+struct Worker {
+    tx: Option<mpsc::Sender<Job>>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(netns: &Netns, balancer: Xdp, pin_dir: PathBuf) -> Result<Worker> {
+        let ns = File::open(netns.path()).with_context(|| format!("opening {}", netns.path()))?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let handle = thread::Builder::new()
+            .name("testrun-worker".into())
+            .spawn(move || {
+                // SAFETY: setns on a valid namespace fd; CLONE_NEWNET affects this thread only.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    let _ = ready_tx.send(Err(anyhow!("setns: {}", std::io::Error::last_os_error())));
+                    return;
+                }
+                drop(ns);
+                let index = |name: &str| {
+                    let c = std::ffi::CString::new(name).unwrap();
+                    // SAFETY: valid C string; resolved in this thread's namespace.
+                    unsafe { libc::if_nametoindex(c.as_ptr()) }
+                };
+                let (client_ifindex, backend_ifindex) = (index(CLIENT_IF), index(BACKEND_IF));
+                if client_ifindex == 0 || backend_ifindex == 0 {
+                    let _ = ready_tx.send(Err(anyhow!("bed interfaces missing in the namespace")));
+                    return;
+                }
+                let mut programs = Programs {
+                    balancer,
+                    pin_dir,
+                    pass: None,
+                    client_ifindex,
+                    backend_ifindex,
+                };
+                let _ = ready_tx.send(Ok(()));
+                for job in rx {
+                    job(&mut programs);
+                }
+            })
+            .context("spawning the test-run worker")?;
+        let worker = Worker {
+            tx: Some(tx),
+            handle: Some(handle),
+        };
+        ready_rx
+            .recv()
+            .map_err(|_| anyhow!("test-run worker died while starting"))??;
+        Ok(worker)
+    }
+
+    fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut Programs) -> T + Send + 'static) -> Result<T> {
+        let (rtx, rrx) = mpsc::channel();
+        let job: Job = Box::new(move |p| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(p)));
+            let _ = rtx.send(r.map_err(|e| panic_message(&e)));
+        });
+        self.tx
+            .as_ref()
+            .expect("worker running")
+            .send(job)
+            .map_err(|_| anyhow!("test-run worker is gone"))?;
+        rrx.recv()
+            .map_err(|_| anyhow!("test-run worker is gone"))?
+            .map_err(|m| anyhow!("panic on the test-run worker: {m}"))
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "non-string panic".into())
+}
+
+/// Removes the instance's pins when dropped.
+struct PinGuard(PathBuf);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = dataplane::detach(&self.0);
+        }
+    }
+}
+
+// --- The test bed -------------------------------------------------------------------
+
+/// One pinned balancer instance in its own namespace, ready for single-packet runs.
+pub struct TestBed {
+    // Dropped in this order after `Drop::drop` (which stops the worker and closes the
+    // balancer handle, whose lock `detach` needs): pins, then the namespace.
+    worker: Option<Worker>,
+    balancer: Option<Balancer>,
+    pins: PinGuard,
+    netns: Netns,
+    client_ifindex: u32,
+    backend_ifindex: u32,
+}
+
+impl Drop for TestBed {
+    fn drop(&mut self) {
+        drop(self.worker.take());
+        drop(self.balancer.take());
+    }
+}
+
+impl TestBed {
+    /// A bed with a flow table of `flow_capacity` entries and no services.
+    pub fn new(flow_capacity: u32) -> Result<TestBed> {
+        require_root();
+        let netns = Netns::new("tr")?;
+        for (k, v) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv4.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.default.forwarding", "1"),
+        ] {
+            netns.sysctl(k, v)?;
+        }
+        for (name, mac, addr) in [
+            (CLIENT_IF, CLIENT_IF_MAC, CLIENT_IF_ADDR),
+            (BACKEND_IF, BACKEND_IF_MAC, BACKEND_IF_ADDR),
+        ] {
+            let mac = fmt_mac(&mac);
+            netns.ip(&["link", "add", name, "address", &mac, "type", "dummy"])?;
+            netns.ip(&["addr", "add", &format!("{addr}/24"), "dev", name])?;
+            netns.ip(&["link", "set", name, "up"])?;
+        }
+        // The FIB helper refuses to forward from a device with forwarding off; lo is the
+        // ingress of context-less runs.
+        for dev in ["lo", CLIENT_IF, BACKEND_IF] {
+            let out = netns.exec("sysctl", &["-n", &format!("net.ipv4.conf.{dev}.forwarding")])?;
+            let v = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if v != "1" {
+                bail!("net.ipv4.conf.{dev}.forwarding is {v:?} in the test namespace, expected 1");
+            }
+        }
+
+        let dir = Path::new(PIN_ROOT).join(unique_name("tr"));
+        let pins = PinGuard(dir.clone());
+        dataplane::load_pinned(&dir, flow_capacity, &balancer_ebpf::Config::default())
+            .with_context(|| format!("loading the data plane under {}", dir.display()))?;
+        let balancer = Balancer::open(&dir)?;
+        let program = balancer.program()?;
+        let worker = Worker::start(&netns, program, dir.clone())?;
+        let (client_ifindex, backend_ifindex) =
+            worker.call(|p| (p.client_ifindex, p.backend_ifindex))?;
+        Ok(TestBed {
+            worker: Some(worker),
+            balancer: Some(balancer),
+            pins,
+            netns,
+            client_ifindex,
+            backend_ifindex,
+        })
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        self.balancer.as_ref().expect("open while the bed lives")
+    }
+
+    pub fn netns(&self) -> &Netns {
+        &self.netns
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pins.0
+    }
+
+    pub fn ifindex(&self, ingress: Ingress) -> u32 {
+        match ingress {
+            Ingress::Loopback => 1,
+            Ingress::Client => self.client_ifindex,
+            Ingress::Backend => self.backend_ifindex,
+        }
+    }
+
+    /// Runs `f` on the worker thread (inside the namespace) with the programs.
+    pub fn with_programs<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Programs) -> T + Send + 'static,
+    ) -> Result<T> {
+        self.worker.as_ref().expect("worker running").call(f)
+    }
+
+    /// One run of the balancer program on `frame`.
+    pub fn run(&self, frame: &[u8], ingress: Ingress) -> Result<RunResult> {
+        let frame = frame.to_vec();
+        self.with_programs(move |p| run_one(&p.balancer, &frame, p.ifindex(ingress)))?
+    }
+
+    /// One run of the `xdp_pass` baseline on `frame`.
+    pub fn run_pass(&self, frame: &[u8], ingress: Ingress) -> Result<RunResult> {
+        let frame = frame.to_vec();
+        self.with_programs(move |p| {
+            let ifindex = p.ifindex(ingress);
+            run_one(p.pass()?, &frame, ifindex)
+        })?
+    }
+
+    /// Adds a permanent neighbour entry for `addr` on the backend side, with
+    /// [`backend_mac`] as its MAC.
+    pub fn add_neighbour(&self, addr: Ipv4Addr) -> Result<()> {
+        let mac = fmt_mac(&backend_mac(addr));
+        self.netns.ip(&[
+            "neigh", "replace", &addr.to_string(), "lladdr", &mac, "dev", BACKEND_IF, "nud",
+            "permanent",
+        ])?;
+        Ok(())
+    }
+
+    pub fn del_neighbour(&self, addr: Ipv4Addr) -> Result<()> {
+        self.netns
+            .ip(&["neigh", "del", &addr.to_string(), "dev", BACKEND_IF])?;
+        Ok(())
+    }
+
+    /// Adds a service and its backends (weight 100 each), with a neighbour entry for every
+    /// backend address.
+    pub fn add_service(&self, vip: SocketAddrV4, proto: Proto, backends: &[SocketAddrV4]) -> Result<ServiceAddr> {
+        let addr = ServiceAddr {
+            addr: *vip.ip(),
+            port: vip.port(),
+            proto,
+        };
+        self.balancer().add_service(addr)?;
+        for b in backends {
+            self.add_backend(addr, *b)?;
+        }
+        Ok(addr)
+    }
+
+    pub fn add_backend(&self, service: ServiceAddr, backend: SocketAddrV4) -> Result<()> {
+        self.add_neighbour(*backend.ip())?;
+        self.balancer().add_backend(
+            service,
+            BackendSpec {
+                addr: *backend.ip(),
+                port: backend.port(),
+                weight: balancer_user::control::DEFAULT_WEIGHT,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Sets a backend's state (`balancer_ebpf::backend_state::*`).
+    pub fn set_backend_state(&self, service: ServiceAddr, backend: SocketAddrV4, state: u8) -> Result<()> {
+        self.balancer()
+            .set_backend_state(service, &backend.to_string(), state)?;
+        Ok(())
+    }
+
+    pub fn remove_backend(&self, service: ServiceAddr, backend: SocketAddrV4) -> Result<()> {
+        self.balancer().remove_backend(service, &backend.to_string())?;
+        Ok(())
+    }
+
+    /// The global counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        Ok(Counters(self.balancer().global_counters()?))
+    }
+
+    /// Client-side flow entries.
+    pub fn flows(&self) -> Result<Vec<FlowInfo>> {
+        Ok(self.balancer().flows(usize::MAX)?)
+    }
+
+    /// The flow of `client` to `service` (as `flows()` reports it), if any.
+    pub fn flow_of(&self, client: SocketAddrV4, service: SocketAddrV4, proto: Proto) -> Result<Option<FlowInfo>> {
+        let c = client.to_string();
+        let s = format!("{service}/{proto}");
+        Ok(self
+            .flows()?
+            .into_iter()
+            .find(|f| f.client == c && f.service == s))
+    }
+}
+
+fn fmt_mac(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// A snapshot of the global counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters(pub GlobalStats);
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
+
+    /// The counters that changed since `before`, by label, with their increase.
+    pub fn delta(&self, before: &Counters) -> BTreeMap<&'static str, u64> {
+        Counter::ALL
+            .iter()
+            .filter_map(|c| {
+                let d = self.get(*c).wrapping_sub(before.get(*c));
+                (d != 0).then_some((c.label(), d))
+            })
+            .collect()
+    }
+}
+
+/// Builds the map [`Counters::delta`] returns, from `(counter, increase)` pairs.
+pub fn counter_map(entries: &[(Counter, u64)]) -> BTreeMap<&'static str, u64> {
+    entries
+        .iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|(c, n)| (c.label(), *n))
+        .collect()
+}
+
+// --- Packets ------------------------------------------------------------------------
+
+/// TCP flag set of a built segment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpFlags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub psh: bool,
+}
+
+pub const SYN: TcpFlags = TcpFlags { syn: true, ack: false, fin: false, rst: false, psh: false };
+pub const SYN_ACK: TcpFlags = TcpFlags { syn: true, ack: true, fin: false, rst: false, psh: false };
+pub const ACK: TcpFlags = TcpFlags { syn: false, ack: true, fin: false, rst: false, psh: false };
+pub const PSH_ACK: TcpFlags = TcpFlags { syn: false, ack: true, fin: false, rst: false, psh: true };
+pub const FIN_ACK: TcpFlags = TcpFlags { syn: false, ack: true, fin: true, rst: false, psh: false };
+pub const RST: TcpFlags = TcpFlags { syn: false, ack: false, fin: false, rst: true, psh: false };
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp { flags: TcpFlags, seq: u32, ack: u32 },
+    Udp,
+}
+
+/// Description of an Ethernet (+ optional 802.1Q) / IPv4 / TCP-or-UDP frame.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub vlan: Option<u16>,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub ttl: u8,
+    pub l4: L4,
+    pub payload: Vec<u8>,
+    /// Raw IPv4 options (padded to a multiple of 4 bytes by [`Frame::build`]).
+    pub ip_options: Vec<u8>,
+    /// Send the UDP datagram without a checksum (field 0).
+    pub udp_zero_checksum: bool,
+}
+
+impl Frame {
+    /// A TCP segment from the client's MAC to the balancer's client-side MAC.
+    pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: TcpFlags) -> Frame {
+        Frame {
+            src_mac: CLIENT_MAC,
+            dst_mac: CLIENT_IF_MAC,
+            vlan: None,
+            src,
+            dst,
+            ttl: 64,
+            l4: L4::Tcp {
+                flags,
+                seq: 1000,
+                ack: if flags.ack { 5000 } else { 0 },
+            },
+            payload: Vec::new(),
+            ip_options: Vec::new(),
+            udp_zero_checksum: false,
+        }
+    }
+
+    /// A UDP datagram from the client's MAC to the balancer's client-side MAC.
+    pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Frame {
+        Frame {
+            l4: L4::Udp,
+            payload: payload.to_vec(),
+            ..Frame::tcp(src, dst, SYN)
+        }
+    }
+
+    /// Client `CLIENT:sport` to `VIP:80`.
+    pub fn to_vip(sport: u16, flags: TcpFlags) -> Frame {
+        Frame::tcp(client(sport), vip(), flags)
+    }
+
+    /// A backend's answer to the client, as the backend sends it: from the backend's MAC
+    /// to the balancer's backend-side MAC.
+    pub fn reply(backend: SocketAddrV4, client: SocketAddrV4, flags: TcpFlags) -> Frame {
+        Frame {
+            src_mac: backend_mac(*backend.ip()),
+            dst_mac: BACKEND_IF_MAC,
+            l4: L4::Tcp {
+                flags,
+                seq: 9000,
+                ack: if flags.ack { 1001 } else { 0 },
+            },
+            ..Frame::tcp(backend, client, flags)
+        }
+    }
+
+    pub fn payload(mut self, p: &[u8]) -> Frame {
+        self.payload = p.to_vec();
+        self
+    }
+
+    pub fn ttl(mut self, ttl: u8) -> Frame {
+        self.ttl = ttl;
+        self
+    }
+
+    pub fn vlan(mut self, id: u16) -> Frame {
+        self.vlan = Some(id);
+        self
+    }
+
+    pub fn ip_options(mut self, opts: &[u8]) -> Frame {
+        self.ip_options = opts.to_vec();
+        self
+    }
+
+    pub fn macs(mut self, src: [u8; 6], dst: [u8; 6]) -> Frame {
+        self.src_mac = src;
+        self.dst_mac = dst;
+        self
+    }
+
+    pub fn seq(mut self, seq: u32) -> Frame {
+        if let L4::Tcp { seq: s, .. } = &mut self.l4 {
+            *s = seq;
+        }
+        self
+    }
+
+    pub fn udp_zero_checksum(mut self) -> Frame {
+        self.udp_zero_checksum = true;
+        self
+    }
+
+    /// Offset of the IPv4 header in the built frame.
+    pub fn l3_off(&self) -> usize {
+        if self.vlan.is_some() {
+            18
+        } else {
+            14
+        }
+    }
+
+    pub fn build(&self) -> Vec<u8> {
+        let eth = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
+        let mut out = Vec::new();
+        let (s, d) = (self.src.ip().octets(), self.dst.ip().octets());
+        let ip = match self.vlan {
+            Some(id) => eth
+                .single_vlan(id.try_into().expect("VLAN id < 4096"))
+                .ipv4(s, d, self.ttl),
+            None => eth.ipv4(s, d, self.ttl),
+        };
+        match self.l4 {
+            L4::Tcp { flags, seq, ack } => {
+                let mut b = ip.tcp(self.src.port(), self.dst.port(), seq, 64240);
+                if flags.syn {
+                    b = b.syn();
+                }
+                if flags.ack {
+                    b = b.ack(ack);
+                }
+                if flags.fin {
+                    b = b.fin();
+                }
+                if flags.rst {
+                    b = b.rst();
+                }
+                if flags.psh {
+                    b = b.psh();
+                }
+                b.write(&mut out, &self.payload).expect("building a TCP frame");
+            }
+            L4::Udp => {
+                ip.udp(self.src.port(), self.dst.port())
+                    .write(&mut out, &self.payload)
+                    .expect("building a UDP frame");
+                if self.udp_zero_checksum {
+                    let off = self.l3_off() + 20 + 6;
+                    out[off..off + 2].copy_from_slice(&[0, 0]);
+                }
+            }
+        }
+        if !self.ip_options.is_empty() {
+            let mut opts = self.ip_options.clone();
+            opts.resize(opts.len().div_ceil(4) * 4, 0);
+            assert!(opts.len() <= 40, "at most 40 bytes of IPv4 options");
+            let l3 = self.l3_off();
+            out.splice(l3 + 20..l3 + 20, opts.iter().copied());
+            out[l3] = 0x40 | ((20 + opts.len()) / 4) as u8;
+            let tot = u16::from_be_bytes([out[l3 + 2], out[l3 + 3]]) + opts.len() as u16;
+            out[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
+            fix_ipv4_checksum(&mut out, l3);
+        }
+        out
+    }
+}
+
+/// Recomputes the IPv4 header checksum of the header at `l3`.
+pub fn fix_ipv4_checksum(frame: &mut [u8], l3: usize) {
+    let ihl = (frame[l3] & 0x0f) as usize * 4;
+    frame[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+    let c = internet_checksum(&frame[l3..l3 + ihl.max(20)], 0);
+    frame[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// An ARP request frame (not IPv4: must be passed untouched).
+pub fn arp_frame() -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0xff; 6]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&CLIENT_MAC);
+    f.extend_from_slice(&CLIENT.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&VIP.octets());
+    f.resize(60, 0);
+    f
+}
+
+/// A TCP SYN over IPv6 to port 80.
+pub fn ipv6_syn_frame() -> Vec<u8> {
+    let mut v6_vip = [0u8; 16];
+    v6_vip[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    v6_vip[15] = 1;
+    let mut v6_client = v6_vip;
+    v6_client[15] = 2;
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, CLIENT_IF_MAC)
+        .ipv6(v6_client, v6_vip, 64)
+        .tcp(40000, VIP_PORT, 1, 64240)
+        .syn()
+        .write(&mut f, &[])
+        .unwrap();
+    f
+}
+
+/// An ICMP echo request to the VIP.
+pub fn icmp_echo_frame() -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, CLIENT_IF_MAC)
+        .ipv4(CLIENT.octets(), VIP.octets(), 64)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut f, b"ping")
+        .unwrap();
+    f
+}
+
+// --- Checking output frames ---------------------------------------------------------
+
+/// RFC 1071 checksum over `data` with an initial one's-complement sum (independent of the
+/// data plane's own arithmetic).
+pub fn internet_checksum(data: &[u8], initial: u32) -> u16 {
+    let mut sum = initial as u64;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
+        sum += w as u64;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The fields of a decoded Ethernet/IPv4/TCP-or-UDP frame.
+#[derive(Clone, Debug)]
+pub struct Decoded {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub vlan: Option<u16>,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    pub ttl: u8,
+    pub proto: u8,
+    pub ip_options: Vec<u8>,
+    pub tcp_flags: Option<TcpFlags>,
+    pub seq: Option<u32>,
+    /// The checksum fields as found (UDP 0 = "no checksum").
+    pub ip_checksum: u16,
+    pub l4_checksum: u16,
+    pub payload: Vec<u8>,
+}
+
+/// Decodes `frame` with etherparse and checks that the IPv4 header checksum and the
+/// TCP/UDP checksum are correct (a UDP checksum of 0 means "none" and is accepted).
+pub fn decode_checked(frame: &[u8]) -> Result<Decoded> {
+    let h = PacketHeaders::from_ethernet_slice(frame).map_err(|e| anyhow!("etherparse: {e}"))?;
+    let Some(etherparse::LinkHeader::Ethernet2(eth)) = h.link else {
+        bail!("no Ethernet header");
+    };
+    let vlan = match h.vlan {
+        None => None,
+        Some(VlanHeader::Single(v)) => Some(v.vlan_id.value()),
+        Some(VlanHeader::Double(_)) => bail!("double VLAN tag"),
+    };
+    let Some(NetHeaders::Ipv4(ip, _)) = h.net else {
+        bail!("not IPv4");
+    };
+    let l3 = if vlan.is_some() { 18 } else { 14 };
+    let ihl = (frame[l3] & 0x0f) as usize * 4;
+    if internet_checksum(&frame[l3..l3 + ihl], 0) != 0 {
+        bail!(
+            "bad IPv4 header checksum {:#06x} (expected {:#06x})",
+            ip.header_checksum,
+            ip.calc_header_checksum()
+        );
+    }
+    if ip.calc_header_checksum() != ip.header_checksum {
+        bail!("etherparse disagrees on the IPv4 header checksum");
+    }
+    let ip_end = l3 + ip.total_len as usize;
+    let segment = &frame[l3 + ihl..ip_end];
+    let (sport, dport, flags, seq, l4_checksum, payload) = match h.transport {
+        Some(TransportHeader::Tcp(t)) => (
+            t.source_port,
+            t.destination_port,
+            Some(TcpFlags {
+                syn: t.syn,
+                ack: t.ack,
+                fin: t.fin,
+                rst: t.rst,
+                psh: t.psh,
+            }),
+            Some(t.sequence_number),
+            t.checksum,
+            segment[t.header_len()..].to_vec(),
+        ),
+        Some(TransportHeader::Udp(u)) => (
+            u.source_port,
+            u.destination_port,
+            None,
+            None,
+            u.checksum,
+            segment[8..].to_vec(),
+        ),
+        _ => bail!("neither TCP nor UDP"),
+    };
+    let proto = ip.protocol.0;
+    if !(proto == 17 && l4_checksum == 0) {
+        let mut pseudo = Vec::with_capacity(12);
+        pseudo.extend_from_slice(&ip.source);
+        pseudo.extend_from_slice(&ip.destination);
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+        let mut all = pseudo;
+        all.extend_from_slice(segment);
+        if internet_checksum(&all, 0) != 0 {
+            bail!(
+                "bad {} checksum {l4_checksum:#06x}",
+                if proto == 6 { "TCP" } else { "UDP" }
+            );
+        }
+    }
+    Ok(Decoded {
+        src_mac: eth.source,
+        dst_mac: eth.destination,
+        vlan,
+        src: SocketAddrV4::new(Ipv4Addr::from(ip.source), sport),
+        dst: SocketAddrV4::new(Ipv4Addr::from(ip.destination), dport),
+        ttl: ip.time_to_live,
+        proto,
+        ip_options: ip.options.as_slice().to_vec(),
+        tcp_flags: flags,
+        seq,
+        ip_checksum: ip.header_checksum,
+        l4_checksum,
+        payload,
+    })
+}
+
+/// Checks that `out` is `input` with exactly the rewrite of a forwarded packet applied:
+/// new addresses/ports, TTL - 1, new MACs, valid checksums, everything else unchanged
+/// (payload, options, flags, sequence numbers, VLAN tag).
+pub fn check_forwarded(
+    input: &[u8],
+    out: &[u8],
+    new_src: SocketAddrV4,
+    new_dst: SocketAddrV4,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Result<Decoded> {
+    let i = decode_checked(input).context("input frame")?;
+    let o = decode_checked(out).context("output frame")?;
+    if out.len() != input.len() {
+        bail!("length changed: {} -> {}", input.len(), out.len());
+    }
+    let want = (new_src, new_dst, src_mac, dst_mac, i.ttl.wrapping_sub(1));
+    let got = (o.src, o.dst, o.src_mac, o.dst_mac, o.ttl);
+    if want != got {
+        bail!("rewrite differs: want (src, dst, smac, dmac, ttl) = {want:?}, got {got:?}");
+    }
+    let same = (i.vlan, i.proto, &i.ip_options, i.tcp_flags, i.seq, &i.payload);
+    let o_same = (o.vlan, o.proto, &o.ip_options, o.tcp_flags, o.seq, &o.payload);
+    if same != o_same {
+        bail!("fields that must not change changed: {same:?} -> {o_same:?}");
+    }
+    if i.proto == 17 && (i.l4_checksum == 0) != (o.l4_checksum == 0) {
+        bail!(
+            "UDP checksum presence changed: {:#06x} -> {:#06x}",
+            i.l4_checksum,
+            o.l4_checksum
+        );
+    }
+    Ok(o)
+}

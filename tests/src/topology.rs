@@ -1,0 +1,473 @@
+//! Test topologies: a client, the gateway running the balancer, and backends, each in its
+//! own network namespace, all in 198.18.0.0/15.
+//!
+//! Two-arm ([`Topology::two_arm`]):
+//! ```text
+//! client 198.18.0.2/24 --veth-- [cli0 198.18.0.1/24] gateway [srv0 198.18.1.1/24] --veth--
+//!     lan (bridge br0) --veths-- backend i: 198.18.1.(10+i)/24, default via 198.18.1.1
+//! ```
+//! One-arm ([`Topology::one_arm`]): client, gateway and backends share one bridge; the
+//! gateway's single interface `eth0` has 198.18.0.1/24 and 198.18.1.1/24, the client
+//! (198.18.0.2/24) reaches the VIPs and backends through 198.18.0.1, the backends
+//! (198.18.1.(10+i)/24) answer through 198.18.1.1. Different subnets on one segment keep
+//! backends from answering the client directly.
+//!
+//! In both, the client routes 198.18.0.0/15 (VIPs in 198.18.100.0/24 included) through the
+//! gateway, which forwards (`ip_forward=1`, no ICMP redirects). Every veth end has
+//! checksum offload off and GRO on (see [`netns::veth`]).
+//!
+//! Dropping a `Topology` detaches the balancer instance (removing its pins), kills the
+//! test servers and deletes the namespaces, also when a test panics.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::netns::{self, Netns};
+
+/// The service address the tests and the demo use.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub const SERVICE_PORT: u16 = 80;
+/// Port the test servers listen on in the backend namespaces.
+pub const BACKEND_PORT: u16 = 8080;
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+/// Gateway address on the client side (the client's next hop).
+pub const GATEWAY_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// Gateway address on the server side (the backends' default route).
+pub const GATEWAY_SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+/// Bpffs root the `balancer` CLI uses by default.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf/balancer";
+/// Most backends a topology can have (addresses 198.18.1.10..).
+pub const MAX_BACKENDS: usize = 200;
+
+/// `VIP:SERVICE_PORT`, as a socket address.
+pub fn vip() -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(VIP, SERVICE_PORT))
+}
+
+/// `VIP:SERVICE_PORT` as the CLI takes it.
+pub fn service_arg() -> String {
+    format!("{VIP}:{SERVICE_PORT}")
+}
+
+/// Address of backend `i` (0-based): 198.18.1.(10+i).
+pub fn backend_addr(i: usize) -> Ipv4Addr {
+    assert!(i < MAX_BACKENDS, "backend index {i} out of range");
+    Ipv4Addr::new(198, 18, 1, 10 + i as u8)
+}
+
+/// Name of backend `i` (0-based) and of its test server: be1, be2, ...
+pub fn backend_name(i: usize) -> String {
+    format!("be{}", i + 1)
+}
+
+/// The `balancer` binary: `$BALANCER_BIN` if set, else next to the running executable's
+/// directory (`target/<profile>/balancer` for tests in `target/<profile>/deps/`), else in
+/// the same directory (binaries in `target/<profile>/`).
+pub fn balancer_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("BALANCER_BIN") {
+        let p = PathBuf::from(p);
+        if !p.is_file() {
+            bail!("BALANCER_BIN={} is not a file", p.display());
+        }
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let dir = exe.parent().context("executable has no directory")?;
+    let candidates = [dir.join("../balancer"), dir.join("balancer")];
+    for c in &candidates {
+        if c.is_file() {
+            return Ok(c.clone());
+        }
+    }
+    bail!(
+        "the balancer binary is not at {}: build it first (`cargo build --release -p \
+         balancer-user --bins`) or set BALANCER_BIN",
+        candidates[0].display()
+    )
+}
+
+/// Fails with a clear message unless running as root (namespaces, XDP and bpffs need it).
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        bail!(
+            "must run as root (effective uid {euid}): the topology creates network namespaces \
+             and attaches XDP programs"
+        );
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arms {
+    /// Client and backends on different gateway interfaces.
+    Two,
+    /// Client and backends behind the gateway's single interface.
+    One,
+}
+
+/// A backend host: its namespace, address and name.
+pub struct BackendHost {
+    pub ns: Netns,
+    pub addr: Ipv4Addr,
+    /// Name its test server answers with (be1, be2, ...).
+    pub name: String,
+}
+
+impl BackendHost {
+    /// `addr:BACKEND_PORT` as the CLI takes it.
+    pub fn endpoint(&self) -> String {
+        format!("{}:{BACKEND_PORT}", self.addr)
+    }
+
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::V4(SocketAddrV4::new(self.addr, BACKEND_PORT))
+    }
+}
+
+struct Server {
+    name: String,
+    child: Child,
+}
+
+pub struct Topology {
+    // Field order matters only for what Drop::drop leaves: servers are killed there, the
+    // namespaces are deleted when the fields drop afterwards.
+    servers: Vec<Server>,
+    instance: String,
+    balancer_bin: PathBuf,
+    attach_tried: bool,
+    pub arms: Arms,
+    pub client: Netns,
+    pub gateway: Netns,
+    /// Interfaces of the gateway the balancer attaches to.
+    pub gateway_ifaces: Vec<String>,
+    /// Holds the bridge the backends (and, one-arm, everyone) are connected to.
+    pub lan: Netns,
+    pub backends: Vec<BackendHost>,
+}
+
+impl Topology {
+    /// Two-arm topology with `n_backends` backends, using [`balancer_bin`].
+    pub fn two_arm(n_backends: usize) -> Result<Topology> {
+        Self::build(Arms::Two, n_backends, balancer_bin()?)
+    }
+
+    /// One-arm topology with `n_backends` backends, using [`balancer_bin`].
+    pub fn one_arm(n_backends: usize) -> Result<Topology> {
+        Self::build(Arms::One, n_backends, balancer_bin()?)
+    }
+
+    /// Builds a topology that runs the given `balancer` binary. On failure, whatever was
+    /// created is removed again.
+    pub fn build(arms: Arms, n_backends: usize, balancer_bin: PathBuf) -> Result<Topology> {
+        require_root()?;
+        if n_backends > MAX_BACKENDS {
+            bail!("at most {MAX_BACKENDS} backends");
+        }
+        let client = Netns::new("lbc")?;
+        let gateway = Netns::new("lbg")?;
+        let lan = Netns::new("lbl")?;
+        lan.ip(&["link", "add", "br0", "type", "bridge"])?;
+        lan.ip(&["link", "set", "br0", "up"])?;
+        // Before the interfaces exist, so they inherit it.
+        gateway.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv4.conf.all.send_redirects=0",
+                "net.ipv4.conf.default.send_redirects=0",
+                "net.ipv4.conf.all.rp_filter=0",
+                "net.ipv4.conf.default.rp_filter=0",
+            ],
+        )?;
+        let gw_client = |a: Ipv4Addr| format!("{a}/24");
+        let gateway_ifaces = match arms {
+            Arms::Two => {
+                netns::veth(&client, "eth0", &gateway, "cli0")?;
+                netns::veth(&gateway, "srv0", &lan, "gw0")?;
+                lan.ip(&["link", "set", "gw0", "master", "br0"])?;
+                gateway.ip(&["addr", "add", &gw_client(GATEWAY_CLIENT_ADDR), "dev", "cli0"])?;
+                gateway.ip(&["addr", "add", &gw_client(GATEWAY_SERVER_ADDR), "dev", "srv0"])?;
+                vec!["cli0".to_string(), "srv0".to_string()]
+            }
+            Arms::One => {
+                netns::veth(&client, "eth0", &lan, "cl0")?;
+                netns::veth(&gateway, "eth0", &lan, "gw0")?;
+                for port in ["cl0", "gw0"] {
+                    lan.ip(&["link", "set", port, "master", "br0"])?;
+                }
+                gateway.ip(&["addr", "add", &gw_client(GATEWAY_CLIENT_ADDR), "dev", "eth0"])?;
+                gateway.ip(&["addr", "add", &gw_client(GATEWAY_SERVER_ADDR), "dev", "eth0"])?;
+                vec!["eth0".to_string()]
+            }
+        };
+        client.ip(&["addr", "add", &format!("{CLIENT_ADDR}/24"), "dev", "eth0"])?;
+        client.ip(&[
+            "route",
+            "add",
+            "198.18.0.0/15",
+            "via",
+            &GATEWAY_CLIENT_ADDR.to_string(),
+        ])?;
+        let mut backends = Vec::with_capacity(n_backends);
+        for i in 0..n_backends {
+            let ns = Netns::new("lbb")?;
+            let port = format!("be{i}");
+            netns::veth(&ns, "eth0", &lan, &port)?;
+            lan.ip(&["link", "set", &port, "master", "br0"])?;
+            let addr = backend_addr(i);
+            ns.ip(&["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+            ns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &GATEWAY_SERVER_ADDR.to_string(),
+            ])?;
+            backends.push(BackendHost {
+                ns,
+                addr,
+                name: backend_name(i),
+            });
+        }
+        Ok(Topology {
+            servers: Vec::new(),
+            instance: netns::unique_name("lbt"),
+            balancer_bin,
+            attach_tried: false,
+            arms,
+            client,
+            gateway,
+            gateway_ifaces,
+            lan,
+            backends,
+        })
+    }
+
+    /// The balancer instance name of this topology (unique per topology).
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Pin directory of this topology's instance.
+    pub fn pin_dir(&self) -> PathBuf {
+        Path::new(BPFFS_ROOT).join(&self.instance)
+    }
+
+    pub fn balancer_bin(&self) -> &Path {
+        &self.balancer_bin
+    }
+
+    /// `balancer --instance <this instance>` in the gateway's network namespace (host
+    /// mounts kept, so bpffs is visible).
+    pub fn balancer_command(&self) -> Command {
+        let mut c = self.gateway.command(&self.balancer_bin.to_string_lossy());
+        c.arg("--instance").arg(&self.instance);
+        c
+    }
+
+    /// Runs the CLI with `args` and returns its output, whatever its exit status.
+    pub fn balancer_output(&self, args: &[&str]) -> Result<Output> {
+        self.balancer_command()
+            .args(args)
+            .output()
+            .with_context(|| format!("running {}", self.balancer_bin.display()))
+    }
+
+    /// Runs the CLI with `args`; fails with its stderr if it exits non-zero.
+    pub fn balancer(&self, args: &[&str]) -> Result<Output> {
+        let out = self.balancer_output(args)?;
+        if !out.status.success() {
+            bail!(
+                "balancer {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs the CLI with `args` (which should include `--json`) and parses its stdout.
+    pub fn balancer_json(&self, args: &[&str]) -> Result<Value> {
+        let out = self.balancer(args)?;
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "balancer {}: output is not JSON: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Attaches the balancer to the gateway's interfaces (native XDP).
+    pub fn attach(&mut self) -> Result<()> {
+        self.attach_with(&[])
+    }
+
+    /// Attaches with extra `attach` arguments (e.g. `--mode generic`).
+    pub fn attach_with(&mut self, extra: &[&str]) -> Result<()> {
+        let mut args = vec!["attach"];
+        for iface in &self.gateway_ifaces {
+            args.extend(["--iface", iface.as_str()]);
+        }
+        args.extend_from_slice(extra);
+        self.attach_tried = true;
+        self.balancer(&args)?;
+        Ok(())
+    }
+
+    /// Adds the service `VIP:SERVICE_PORT` with every backend (`addr:BACKEND_PORT`).
+    pub fn add_service_with_backends(&self) -> Result<()> {
+        let service = service_arg();
+        self.balancer(&["service", "add", &service])?;
+        for b in &self.backends {
+            self.balancer(&["backend", "add", &service, &b.endpoint()])?;
+        }
+        Ok(())
+    }
+
+    /// Global counters (`stats --json` → `global`).
+    pub fn global_stats(&self) -> Result<Value> {
+        Ok(self.balancer_json(&["stats", "--json"])?["global"].clone())
+    }
+
+    /// One global counter.
+    pub fn counter(&self, label: &str) -> Result<u64> {
+        self.global_stats()?[label]
+            .as_u64()
+            .with_context(|| format!("no counter {label} in `stats --json`"))
+    }
+
+    /// Detaches the balancer now (Drop does it too).
+    pub fn detach(&mut self) -> Result<()> {
+        self.attach_tried = false;
+        self.balancer(&["detach"])?;
+        Ok(())
+    }
+
+    /// Starts a test server on every backend (`addr:BACKEND_PORT`, named be1, be2, ...)
+    /// and waits until each accepts connections.
+    pub fn start_servers(&mut self, testsrv: &Path) -> Result<()> {
+        for i in 0..self.backends.len() {
+            self.spawn_server(i, testsrv)?;
+        }
+        for i in 0..self.backends.len() {
+            self.wait_listening(i)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the test server of backend `i` and waits until it accepts connections.
+    pub fn start_server(&mut self, i: usize, testsrv: &Path) -> Result<()> {
+        self.spawn_server(i, testsrv)?;
+        self.wait_listening(i)
+    }
+
+    fn spawn_server(&mut self, i: usize, testsrv: &Path) -> Result<()> {
+        let b = &self.backends[i];
+        if self.servers.iter().any(|s| s.name == b.name) {
+            bail!("server {} already runs", b.name);
+        }
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", b.ns.name()])
+            .arg(testsrv)
+            .arg("--listen")
+            .arg(b.socket_addr().to_string())
+            .arg("--name")
+            .arg(&b.name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        // Own process group: a Ctrl-C at the terminal reaches the demo (which then tears
+        // down in order) but not the servers directly.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} in {}", testsrv.display(), b.ns.name()))?;
+        self.servers.push(Server {
+            name: b.name.clone(),
+            child,
+        });
+        Ok(())
+    }
+
+    fn wait_listening(&mut self, i: usize) -> Result<()> {
+        let addr = self.backends[i].socket_addr();
+        let name = self.backends[i].name.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let connected = self.backends[i].ns.run(move || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })?;
+            if connected {
+                return Ok(());
+            }
+            if let Some(s) = self.servers.iter_mut().find(|s| s.name == name) {
+                if let Some(status) = s.child.try_wait()? {
+                    bail!("test server {name} exited ({status}) before listening on {addr}");
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("test server {name} does not listen on {addr} after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the test server of backend `i` (e.g. to simulate a failed backend).
+    pub fn stop_server(&mut self, i: usize) -> Result<()> {
+        let name = &self.backends[i].name;
+        let pos = self
+            .servers
+            .iter()
+            .position(|s| &s.name == name)
+            .with_context(|| format!("no server {name} runs"))?;
+        let mut s = self.servers.remove(pos);
+        let _ = s.child.kill();
+        s.child.wait()?;
+        Ok(())
+    }
+
+    /// Index of the backend with this name.
+    pub fn backend_index(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.name == name)
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        if self.attach_tried {
+            match self.balancer_output(&["detach"]) {
+                Ok(out) if out.status.success() => {}
+                Ok(out) => eprintln!(
+                    "topology: detaching instance {} failed: {}",
+                    self.instance,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Err(e) => eprintln!("topology: detaching instance {}: {e:#}", self.instance),
+            }
+            if self.pin_dir().exists() {
+                eprintln!(
+                    "topology: {} is still there after detach",
+                    self.pin_dir().display()
+                );
+            }
+        }
+        for s in &mut self.servers {
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+        // The namespaces (fields) are deleted when they drop after this.
+    }
+}
