@@ -69,6 +69,13 @@ pub struct Endpoints {
     pub dport: u16,
 }
 
+/// Cancels [`ttl_decrement_delta`] inside an accumulated delta, for a rewrite that leaves
+/// the TTL as it is.
+#[inline(always)]
+pub fn ttl_restore_delta() -> u32 {
+    u16::from_be(0x0100) as u32
+}
+
 /// The two deltas of a NAT rewrite from `old` to `new`, in memory order:
 /// `(ip_header_delta, l4_delta)`. The IP header delta includes the TTL decrement.
 #[inline(always)]
@@ -161,6 +168,22 @@ mod tests {
             let expect = ipv4_header(nsrc, ndst, ttl - 1);
             assert_eq!(updated.to_ne_bytes(), [expect[10], expect[11]]);
         }
+    }
+
+    #[test]
+    fn restoring_the_ttl_cancels_its_decrement() {
+        let h = ipv4_header([198, 18, 0, 2], [198, 18, 100, 1], 64);
+        let old = u16::from_ne_bytes([h[10], h[11]]);
+        let ends = |d: [u8; 4]| Endpoints {
+            src: mem_u32([198, 18, 0, 2]),
+            dst: mem_u32(d),
+            sport: 0,
+            dport: 0,
+        };
+        let (delta, _) = rewrite_delta(ends([198, 18, 100, 1]), ends([198, 18, 1, 10]));
+        let updated = apply_delta(old, delta + ttl_restore_delta());
+        let expect = ipv4_header([198, 18, 0, 2], [198, 18, 1, 10], 64);
+        assert_eq!(updated.to_ne_bytes(), [expect[10], expect[11]]);
     }
 
     #[test]

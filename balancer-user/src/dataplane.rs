@@ -277,7 +277,15 @@ fn require_bpffs(dir: &Path) -> Result<()> {
 
 fn create_dir_private(dir: &Path) -> Result<()> {
     require_bpffs(dir)?;
-    fs::create_dir_all(dir).map_err(io_ctx(format!("creating {}", dir.display())))?;
+    // A concurrent `detach` of the last other instance removes the shared root directory
+    // when it becomes empty; if that happens between our two mkdirs, try again.
+    let mut attempts = 0;
+    while let Err(e) = fs::create_dir_all(dir) {
+        attempts += 1;
+        if e.kind() != std::io::ErrorKind::NotFound || attempts >= 5 {
+            return Err(io_ctx(format!("creating {}", dir.display()))(e));
+        }
+    }
     // Root only: the maps steer traffic.
     for d in [Some(dir), dir.parent()].into_iter().flatten() {
         let _ = fs::set_permissions(d, fs::Permissions::from_mode(0o700));

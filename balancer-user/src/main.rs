@@ -166,7 +166,28 @@ enum BackendCmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout as clap formats them.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // Usage errors: one line saying what is wrong (clap's first line), like every
+        // other error of this command.
+        Err(e) => {
+            let rendered = e.to_string();
+            // clap's first paragraph is the message; usage and hints follow.
+            let message: Vec<&str> = rendered
+                .lines()
+                .map(str::trim)
+                .skip_while(|l| l.is_empty())
+                .take_while(|l| !l.is_empty())
+                .collect();
+            eprintln!(
+                "balancer: error: {} (see --help)",
+                message.join(" ").trim_start_matches("error: ")
+            );
+            std::process::exit(2);
+        }
+    };
     if let Err(e) = run(cli) {
         eprintln!("balancer: error: {}", one_line(&e));
         std::process::exit(1);

@@ -77,7 +77,10 @@ impl Fnv64 {
 /// end of stream before any byte of the line.
 pub fn read_line<R: BufRead>(r: &mut R) -> std::io::Result<Option<String>> {
     let mut buf = Vec::new();
-    let n = r.by_ref().take(MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
+    let n = r
+        .by_ref()
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)?;
     if n == 0 {
         return Ok(None);
     }
@@ -103,7 +106,10 @@ pub fn read_headers<R: BufRead>(r: &mut R) -> std::io::Result<Vec<(String, Strin
     let mut headers = Vec::new();
     loop {
         let line = read_line(r)?.ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream in headers")
+            std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "end of stream in headers",
+            )
         })?;
         if line.is_empty() {
             return Ok(headers);
@@ -247,9 +253,11 @@ impl Conn {
         stream.write_all(head.as_bytes()).with_context(what)?;
         stream.write_all(body).with_context(what)?;
         let response = read_response(&mut self.reader, method == "HEAD").with_context(what)?;
-        if response.closes() || headers.iter().any(|(n, v)| {
-            n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")
-        }) {
+        if response.closes()
+            || headers.iter().any(|(n, v)| {
+                n.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close")
+            })
+        {
             self.closed = true;
         }
         Ok(response)
@@ -301,7 +309,8 @@ fn read_chunked<R: BufRead>(r: &mut R, body: &mut Vec<u8>) -> Result<()> {
     loop {
         let line = read_line(r)?.context("end of stream in chunked body")?;
         let size = line.split(';').next().unwrap_or_default().trim();
-        let size = u64::from_str_radix(size, 16).with_context(|| format!("bad chunk size {line:?}"))?;
+        let size =
+            u64::from_str_radix(size, 16).with_context(|| format!("bad chunk size {line:?}"))?;
         if size == 0 {
             // Trailers up to the empty line.
             read_headers(r)?;

@@ -84,7 +84,9 @@ impl Netns {
     /// keeping the host's mounts: what `balancer` needs to reach /sys/fs/bpf.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -143,7 +145,9 @@ impl Drop for Netns {
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     let tmp_a = unique_name("va");
     let tmp_b = unique_name("vb");
-    ip(&["link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b])?;
+    ip(&[
+        "link", "add", &tmp_a, "type", "veth", "peer", "name", &tmp_b,
+    ])?;
     let moved = ip(&["link", "set", &tmp_a, "netns", a.name(), "name", a_if])
         .and_then(|_| ip(&["link", "set", &tmp_b, "netns", b.name(), "name", b_if]));
     if let Err(e) = moved {
@@ -158,7 +162,10 @@ pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     // changes on a running device, not when a device with GRO already on comes up (seen
     // on 6.18: frames redirected into a peer configured the other way round are dropped).
     for (ns, ifname) in [(a, a_if), (b, b_if)] {
-        ns.exec("ethtool", &["-K", ifname, "tx", "off", "rx", "off", "gro", "on"])?;
+        ns.exec(
+            "ethtool",
+            &["-K", ifname, "tx", "off", "rx", "off", "gro", "on"],
+        )?;
     }
     Ok(())
 }

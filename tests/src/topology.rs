@@ -16,11 +16,19 @@
 //! gateway, which forwards (`ip_forward=1`, no ICMP redirects). Every veth end has
 //! checksum offload off and GRO on (see [`netns::veth`]).
 //!
+//! The peers of the gateway's interfaces also get a trivial XDP program that returns
+//! `XDP_PASS` ([`attach_xdp_pass`]): GRO is enough for frames the balancer *redirects*
+//! into a veth, but frames it sends back with `XDP_TX` are queued on the peer and its NAPI
+//! is only kicked if the peer has an XDP program (kernel `veth_xdp_flush`); without one
+//! they wait until some other packet wakes the peer (seen: SYN-ACKs delayed by a second
+//! or more and connections timing out in the one-arm topology).
+//!
 //! Dropping a `Topology` detaches the balancer instance (removing its pins), kills the
 //! test servers and deletes the namespaces, also when a test panics.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    os::fd::{FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
@@ -142,6 +150,8 @@ pub struct Topology {
     // Field order matters only for what Drop::drop leaves: servers are killed there, the
     // namespaces are deleted when the fields drop afterwards.
     servers: Vec<Server>,
+    /// BPF links of the XDP_PASS programs on the gateway interfaces' peers.
+    _pass_links: Vec<OwnedFd>,
     instance: String,
     balancer_bin: PathBuf,
     attach_tried: bool,
@@ -191,13 +201,28 @@ impl Topology {
             ],
         )?;
         let gw_client = |a: Ipv4Addr| format!("{a}/24");
+        let mut pass_links = Vec::new();
         let gateway_ifaces = match arms {
             Arms::Two => {
                 netns::veth(&client, "eth0", &gateway, "cli0")?;
                 netns::veth(&gateway, "srv0", &lan, "gw0")?;
                 lan.ip(&["link", "set", "gw0", "master", "br0"])?;
-                gateway.ip(&["addr", "add", &gw_client(GATEWAY_CLIENT_ADDR), "dev", "cli0"])?;
-                gateway.ip(&["addr", "add", &gw_client(GATEWAY_SERVER_ADDR), "dev", "srv0"])?;
+                gateway.ip(&[
+                    "addr",
+                    "add",
+                    &gw_client(GATEWAY_CLIENT_ADDR),
+                    "dev",
+                    "cli0",
+                ])?;
+                gateway.ip(&[
+                    "addr",
+                    "add",
+                    &gw_client(GATEWAY_SERVER_ADDR),
+                    "dev",
+                    "srv0",
+                ])?;
+                pass_links.push(attach_xdp_pass(&client, "eth0")?);
+                pass_links.push(attach_xdp_pass(&lan, "gw0")?);
                 vec!["cli0".to_string(), "srv0".to_string()]
             }
             Arms::One => {
@@ -206,8 +231,21 @@ impl Topology {
                 for port in ["cl0", "gw0"] {
                     lan.ip(&["link", "set", port, "master", "br0"])?;
                 }
-                gateway.ip(&["addr", "add", &gw_client(GATEWAY_CLIENT_ADDR), "dev", "eth0"])?;
-                gateway.ip(&["addr", "add", &gw_client(GATEWAY_SERVER_ADDR), "dev", "eth0"])?;
+                gateway.ip(&[
+                    "addr",
+                    "add",
+                    &gw_client(GATEWAY_CLIENT_ADDR),
+                    "dev",
+                    "eth0",
+                ])?;
+                gateway.ip(&[
+                    "addr",
+                    "add",
+                    &gw_client(GATEWAY_SERVER_ADDR),
+                    "dev",
+                    "eth0",
+                ])?;
+                pass_links.push(attach_xdp_pass(&lan, "gw0")?);
                 vec!["eth0".to_string()]
             }
         };
@@ -242,6 +280,7 @@ impl Topology {
         }
         Ok(Topology {
             servers: Vec::new(),
+            _pass_links: pass_links,
             instance: netns::unique_name("lbt"),
             balancer_bin,
             attach_tried: false,
@@ -470,4 +509,113 @@ impl Drop for Topology {
         }
         // The namespaces (fields) are deleted when they drop after this.
     }
+}
+
+/// Attaches a two-instruction XDP program that returns `XDP_PASS` to interface `ifname`
+/// of namespace `ns` (native mode, through a BPF link) and returns the link: closing it
+/// (or deleting the interface) detaches the program. Built from raw instructions, so it
+/// needs no object file and creates no maps or pins.
+pub fn attach_xdp_pass(ns: &Netns, ifname: &str) -> Result<OwnedFd> {
+    let ifname = ifname.to_string();
+    let what = format!("attaching XDP_PASS to {ifname} in {}", ns.name());
+    // The link is created by a thread inside the namespace: the kernel resolves the
+    // interface index in the caller's network namespace.
+    ns.run(move || -> Result<OwnedFd> {
+        let c = std::ffi::CString::new(ifname.clone())?;
+        // SAFETY: c is a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if ifindex == 0 {
+            bail!("no interface {ifname}");
+        }
+        let prog = load_xdp_pass()?;
+        create_xdp_link(&prog, ifindex)
+    })?
+    .context(what)
+}
+
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+/// The prefix of `union bpf_attr` that BPF_PROG_LOAD reads; the rest stays zero.
+#[repr(C)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+    _rest: [u8; 56],
+}
+
+/// The prefix of `union bpf_attr` that BPF_LINK_CREATE reads.
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    _rest: [u8; 112],
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
+    // SAFETY: attr is a properly sized, zero-padded bpf_attr prefix for this command.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn load_xdp_pass() -> Result<OwnedFd> {
+    // r0 = XDP_PASS (2); exit.
+    let insns: [u64; 2] = [0x0000_0002_0000_00b7, 0x0000_0000_0000_0095];
+    let license = b"GPL\0";
+    let mut name = [0u8; 16];
+    name[..8].copy_from_slice(b"lb_tpass");
+    let mut attr = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name: name,
+        prog_ifindex: 0,
+        expected_attach_type: BPF_XDP,
+        _rest: [0; 56],
+    };
+    bpf(BPF_PROG_LOAD, &mut attr).context("BPF_PROG_LOAD of the XDP_PASS program")
+}
+
+fn create_xdp_link(prog: &OwnedFd, ifindex: u32) -> Result<OwnedFd> {
+    use std::os::fd::AsRawFd;
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_XDP,
+        flags: XDP_FLAGS_DRV_MODE,
+        _rest: [0; 112],
+    };
+    bpf(BPF_LINK_CREATE, &mut attr).context("BPF_LINK_CREATE (XDP, native mode)")
 }

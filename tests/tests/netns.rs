@@ -28,7 +28,8 @@ fn setup(n: usize) -> Topology {
     require_root();
     let mut t = Topology::two_arm(n).expect("building the topology");
     t.attach().expect("attaching the balancer");
-    t.start_servers(Path::new(TESTSRV)).expect("starting test servers");
+    t.start_servers(Path::new(TESTSRV))
+        .expect("starting test servers");
     t.add_service_with_backends().expect("adding the service");
     t
 }
@@ -79,16 +80,17 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).trim_end().to_string()
 }
 
-fn json(o: &Output) -> Value {
-    serde_json::from_slice(&o.stdout).expect("JSON output")
-}
-
 #[test]
 fn requests_reach_every_backend() {
     const N: usize = 300;
     let t = setup(3);
     let s = fresh_requests(&t, N);
-    assert!(s.errors.is_empty(), "{} errors, first: {:?}", s.errors.len(), s.errors.first());
+    assert!(
+        s.errors.is_empty(),
+        "{} errors, first: {:?}",
+        s.errors.len(),
+        s.errors.first()
+    );
     // Each backend's share must be within 1/3 +- 0.13 (60..=140 of 300): more than four
     // standard deviations of a fair split, so a correct hash never fails it.
     for b in &t.backends {
@@ -100,7 +102,12 @@ fn requests_reach_every_backend() {
             s.by_backend
         );
     }
-    assert_eq!(s.by_backend.values().sum::<usize>(), N, "{:?}", s.by_backend);
+    assert_eq!(
+        s.by_backend.values().sum::<usize>(),
+        N,
+        "{:?}",
+        s.by_backend
+    );
 }
 
 #[test]
@@ -111,7 +118,11 @@ fn keepalive_connection_stays_on_one_backend() {
         let (mut c, first) = open_conn(&t);
         for i in 0..50 {
             let r = c.get("/").unwrap_or_else(|e| panic!("request {i}: {e:#}"));
-            assert_eq!(r.text(), first, "request {i} on one connection changed backend");
+            assert_eq!(
+                r.text(),
+                first,
+                "request {i} on one connection changed backend"
+            );
         }
         // Larger answers on the same connection too.
         let r = c.get("/bytes/200000").expect("download on the connection");
@@ -126,7 +137,8 @@ fn drained_backend_keeps_open_connections_and_gets_no_new_ones() {
     let (mut conn, drained) = open_conn(&t);
     let endpoint = t.backends[t.backend_index(&drained).unwrap()].endpoint();
     let service = service_arg();
-    t.balancer(&["backend", "drain", &service, &endpoint]).unwrap();
+    t.balancer(&["backend", "drain", &service, &endpoint])
+        .unwrap();
 
     let list = t.balancer_json(&["backend", "list", "--json"]).unwrap();
     let entry = list
@@ -140,17 +152,33 @@ fn drained_backend_keeps_open_connections_and_gets_no_new_ones() {
 
     let s = fresh_requests(&t, 60);
     assert!(s.errors.is_empty(), "errors while draining: {:?}", s.errors);
-    assert_eq!(s.count(&drained), 0, "drained {drained} got new connections: {:?}", s.by_backend);
+    assert_eq!(
+        s.count(&drained),
+        0,
+        "drained {drained} got new connections: {:?}",
+        s.by_backend
+    );
     for i in 0..10 {
-        let r = conn.get("/").unwrap_or_else(|e| panic!("open connection, request {i}: {e:#}"));
-        assert_eq!(r.text(), drained, "open connection moved off the drained backend");
+        let r = conn
+            .get("/")
+            .unwrap_or_else(|e| panic!("open connection, request {i}: {e:#}"));
+        assert_eq!(
+            r.text(),
+            drained,
+            "open connection moved off the drained backend"
+        );
     }
 
-    t.balancer(&["backend", "undrain", &service, &endpoint]).unwrap();
+    t.balancer(&["backend", "undrain", &service, &endpoint])
+        .unwrap();
     let s = fresh_requests(&t, 60);
     assert!(s.errors.is_empty(), "errors after undrain: {:?}", s.errors);
     // P(no connection of 60 lands on a 1/3 share) is (2/3)^60, about 3e-11.
-    assert!(s.count(&drained) > 0, "undrained {drained} gets no new connections: {:?}", s.by_backend);
+    assert!(
+        s.count(&drained) > 0,
+        "undrained {drained} gets no new connections: {:?}",
+        s.by_backend
+    );
     assert_eq!(conn.get("/").unwrap().text(), drained);
 }
 
@@ -159,19 +187,30 @@ fn removed_backend_gets_no_new_connections() {
     let t = setup(3);
     let (mut conn, removed) = open_conn(&t);
     let endpoint = t.backends[t.backend_index(&removed).unwrap()].endpoint();
-    t.balancer(&["backend", "remove", &service_arg(), &endpoint]).unwrap();
+    t.balancer(&["backend", "remove", &service_arg(), &endpoint])
+        .unwrap();
 
     let list = t.balancer_json(&["backend", "list", "--json"]).unwrap();
     assert!(
-        list.as_array().unwrap().iter().all(|b| b["backend"] != endpoint.as_str()),
+        list.as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["backend"] != endpoint.as_str()),
         "removed backend still listed: {list}"
     );
     let s = fresh_requests(&t, 60);
     assert!(s.errors.is_empty(), "errors after removal: {:?}", s.errors);
-    assert_eq!(s.count(&removed), 0, "removed {removed} got new connections: {:?}", s.by_backend);
+    assert_eq!(
+        s.count(&removed),
+        0,
+        "removed {removed} got new connections: {:?}",
+        s.by_backend
+    );
     assert_eq!(s.by_backend.len(), 2, "{:?}", s.by_backend);
     // Documented: connections open on a removed backend keep their translation.
-    let r = conn.get("/").expect("open connection after its backend was removed");
+    let r = conn
+        .get("/")
+        .expect("open connection after its backend was removed");
     assert_eq!(r.text(), removed);
 }
 
@@ -184,16 +223,23 @@ fn counters_equal_the_traffic_sent() {
 
     let stats = t.balancer_json(&["stats", "--json"]).unwrap();
     let g = &stats["global"];
-    assert_eq!(g["new_flows"].as_u64(), Some(N as u64), "global counters: {g}");
+    assert_eq!(
+        g["new_flows"].as_u64(),
+        Some(N as u64),
+        "global counters: {g}"
+    );
     assert_eq!(g["flow_misses"].as_u64(), Some(0), "global counters: {g}");
-    for c in ["drop_no_backend", "drop_no_route", "drop_flow_table_full", "pass_reply_no_flow"] {
+    for c in ["drop_no_backend", "drop_no_route", "drop_flow_table_full"] {
         assert_eq!(g[c].as_u64(), Some(0), "{c} in {g}");
     }
     assert!(g["tx_redirect"].as_u64().unwrap() > 0, "{g}");
     assert!(g["tx_bytes"].as_u64().unwrap() > 0, "{g}");
     let backends = stats["backends"].as_array().unwrap();
     assert_eq!(backends.len(), 3, "{stats}");
-    let flows_sum: u64 = backends.iter().map(|b| b["new_flows"].as_u64().unwrap()).sum();
+    let flows_sum: u64 = backends
+        .iter()
+        .map(|b| b["new_flows"].as_u64().unwrap())
+        .sum();
     assert_eq!(flows_sum, N as u64, "per-backend new_flows: {stats}");
     for b in backends {
         let name = t
@@ -220,12 +266,21 @@ fn counters_equal_the_traffic_sent() {
     let endpoints: Vec<String> = t.backends.iter().map(|b| b.endpoint()).collect();
     for f in flows {
         assert_eq!(f["proto"], "tcp");
-        assert!(f["client"].as_str().unwrap().starts_with("198.18.0.2:"), "{f}");
-        assert_eq!(f["service"], format!("{}/tcp", service_arg()).as_str(), "{f}");
+        assert!(
+            f["client"].as_str().unwrap().starts_with("198.18.0.2:"),
+            "{f}"
+        );
+        assert_eq!(
+            f["service"],
+            format!("{}/tcp", service_arg()).as_str(),
+            "{f}"
+        );
         assert!(endpoints.iter().any(|e| f["backend"] == e.as_str()), "{f}");
     }
-    let distinct: std::collections::HashSet<&str> =
-        flows.iter().map(|f| f["client"].as_str().unwrap()).collect();
+    let distinct: std::collections::HashSet<&str> = flows
+        .iter()
+        .map(|f| f["client"].as_str().unwrap())
+        .collect();
     assert_eq!(distinct.len(), N, "client ports are distinct connections");
 }
 
@@ -234,11 +289,16 @@ fn one_arm_topology_works() {
     require_root();
     let mut t = Topology::one_arm(2).expect("building the topology");
     t.attach().expect("attaching the balancer");
-    t.start_servers(Path::new(TESTSRV)).expect("starting test servers");
+    t.start_servers(Path::new(TESTSRV))
+        .expect("starting test servers");
     t.add_service_with_backends().expect("adding the service");
     let s = fresh_requests(&t, 60);
     assert!(s.errors.is_empty(), "{:?}", s.errors);
-    assert!(s.count("be1") > 0 && s.count("be2") > 0, "{:?}", s.by_backend);
+    assert!(
+        s.count("be1") > 0 && s.count("be2") > 0,
+        "{:?}",
+        s.by_backend
+    );
     let (mut c, first) = open_conn(&t);
     for _ in 0..20 {
         assert_eq!(c.get("/").unwrap().text(), first);
@@ -246,7 +306,11 @@ fn one_arm_topology_works() {
     let g = t.global_stats().unwrap();
     assert_eq!(g["new_flows"].as_u64(), Some(61), "{g}");
     assert!(g["tx_same_interface"].as_u64().unwrap() > 0, "{g}");
-    assert_eq!(g["tx_redirect"].as_u64(), Some(0), "one interface: nothing to redirect: {g}");
+    assert_eq!(
+        g["tx_redirect"].as_u64(),
+        Some(0),
+        "one interface: nothing to redirect: {g}"
+    );
 }
 
 /// Services and backends as the CLI lists them.
@@ -268,24 +332,65 @@ fn cli_rejects_bad_input_without_changing_state() {
     let before = snapshot(&t);
 
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["backend", "add", "198.18.100.9:80", "198.18.1.50:8080"], "does not exist"),
+        (
+            vec!["backend", "add", "198.18.100.9:80", "198.18.1.50:8080"],
+            "does not exist",
+        ),
         (vec!["backend", "add", &service, &be1], "already exists"),
-        (vec!["backend", "add", &service, "198.18.1:8080"], "invalid backend address"),
-        (vec!["backend", "add", &service, "198.18.1.50"], "invalid backend address"),
-        (vec!["backend", "add", &service, "198.18.1.50:8080", "--weight", "0"], "invalid weight"),
-        (vec!["backend", "set-weight", &service, &be1, "0"], "invalid weight"),
-        (vec!["backend", "drain", &service, "198.18.1.99:8080"], "is not in service"),
-        (vec!["backend", "remove", "198.18.100.9:80", &be1], "does not exist"),
+        (
+            vec!["backend", "add", &service, "198.18.1:8080"],
+            "invalid backend address",
+        ),
+        (
+            vec!["backend", "add", &service, "198.18.1.50"],
+            "invalid backend address",
+        ),
+        (
+            vec![
+                "backend",
+                "add",
+                &service,
+                "198.18.1.50:8080",
+                "--weight",
+                "0",
+            ],
+            "invalid weight",
+        ),
+        (
+            vec!["backend", "set-weight", &service, &be1, "0"],
+            "invalid weight",
+        ),
+        (
+            vec!["backend", "drain", &service, "198.18.1.99:8080"],
+            "is not in service",
+        ),
+        (
+            vec!["backend", "remove", "198.18.100.9:80", &be1],
+            "does not exist",
+        ),
         (vec!["service", "add", &service], "already exists"),
-        (vec!["service", "add", "198.18.100.1:0"], "invalid service address"),
-        (vec!["service", "add", "198.18.100.1:80", "--proto", "sctp"], "invalid protocol"),
+        (
+            vec!["service", "add", "198.18.100.1:0"],
+            "invalid service address",
+        ),
+        (
+            vec!["service", "add", "198.18.100.1:80", "--proto", "sctp"],
+            "invalid protocol",
+        ),
     ];
     for (args, expected) in &cases {
         let out = t.balancer_output(args).unwrap();
         let err = stderr(&out);
         assert!(!out.status.success(), "balancer {args:?} succeeded");
-        assert_eq!(err.lines().count(), 1, "balancer {args:?}: stderr is not one line: {err:?}");
-        assert!(err.contains(expected), "balancer {args:?}: {err:?} does not say {expected:?}");
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "balancer {args:?}: stderr is not one line: {err:?}"
+        );
+        assert!(
+            err.contains(expected),
+            "balancer {args:?}: {err:?} does not say {expected:?}"
+        );
         assert_eq!(snapshot(&t), before, "balancer {args:?} changed the state");
     }
 
@@ -304,7 +409,10 @@ fn cli_rejects_bad_input_without_changing_state() {
             .output()
             .unwrap();
         let err = stderr(&out);
-        assert!(!out.status.success(), "{args:?} on a missing instance succeeded");
+        assert!(
+            !out.status.success(),
+            "{args:?} on a missing instance succeeded"
+        );
         assert_eq!(err.lines().count(), 1, "{err:?}");
         assert!(err.contains("is not attached"), "{args:?}: {err:?}");
         assert!(!Path::new(topology::BPFFS_ROOT).join(&missing).exists());
@@ -328,17 +436,33 @@ fn non_service_traffic_passes_through_the_gateway() {
         .unwrap()
         .expect("direct connections to the backend through the gateway");
     assert!(answers.iter().all(|a| a == "be1"), "{answers:?}");
-    let ping = t
-        .client
-        .exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", &t.backends[0].addr.to_string()]);
+    let ping = t.client.exec(
+        "ping",
+        &[
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &t.backends[0].addr.to_string(),
+        ],
+    );
     assert!(ping.is_ok(), "ping through the gateway: {ping:?}");
 
     let after = t.global_stats().unwrap();
     let delta = |c: &str| after[c].as_u64().unwrap() - before[c].as_u64().unwrap();
     // 5 connections of several packets each way, and 3 pings with their replies.
-    assert!(delta("pass_not_service") >= 5 * 6 + 6, "before {before}, after {after}");
+    assert!(
+        delta("pass_not_service") >= 5 * 6 + 6,
+        "before {before}, after {after}"
+    );
     assert_eq!(delta("new_flows"), 0, "{after}");
-    assert_eq!(delta("tx_redirect") + delta("tx_same_interface"), 0, "{after}");
+    assert_eq!(
+        delta("tx_redirect") + delta("tx_same_interface"),
+        0,
+        "{after}"
+    );
     // And the service still works next to it.
     let s = fresh_requests(&t, 5);
     assert_eq!(s.count("be1"), 5, "{s:?}");

@@ -1,25 +1,986 @@
+//! The XDP program, one packet at a time, through `BPF_PROG_TEST_RUN` (see
+//! `balancer_tests::testrun`). Needs root: every test panics with a clear message
+//! otherwise. Each test has its own pinned instance and network namespace.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use aya::maps::{HashMap, MapData};
+use balancer_ebpf::{backend_state, map_names, Counter, Flow, FlowKey};
 use balancer_tests::testrun::*;
-use balancer_user::Proto;
-use std::net::SocketAddrV4;
+use balancer_user::{flows::split_endpoint, Proto, ServiceAddr};
+
+const FLOWS: u32 = 65_536;
+
+fn tcp_backends(n: u8) -> Vec<SocketAddrV4> {
+    (0..n)
+        .map(|i| SocketAddrV4::new(backend_addr(i), 8080))
+        .collect()
+}
+
+/// A bed with the TCP service VIP:80 -> 198.18.1.10-12:8080.
+fn setup() -> (TestBed, ServiceAddr, Vec<SocketAddrV4>) {
+    let bed = TestBed::new(FLOWS).expect("test bed");
+    let backends = tcp_backends(3);
+    let svc = bed
+        .add_service(vip(), Proto::Tcp, &backends)
+        .expect("service");
+    (bed, svc, backends)
+}
+
+fn run(bed: &TestBed, frame: &[u8], ingress: Ingress) -> RunResult {
+    bed.run(frame, ingress).expect("BPF_PROG_TEST_RUN")
+}
+
+/// Runs `frame` and checks the counters that moved are exactly `expect` (plus rx_packets).
+fn run_counted(
+    bed: &TestBed,
+    frame: &[u8],
+    ingress: Ingress,
+    expect: &[(Counter, u64)],
+) -> RunResult {
+    let before = bed.counters().unwrap();
+    let r = run(bed, frame, ingress);
+    let delta = bed.counters().unwrap().delta(&before);
+    let mut want = expect.to_vec();
+    want.push((Counter::RxPackets, 1));
+    assert_eq!(
+        delta,
+        counter_map(&want),
+        "counters after a {} verdict",
+        r.verdict_name()
+    );
+    r
+}
+
+/// The frame must be passed to the kernel byte for byte as it came, counted as `counter`.
+fn assert_passed_untouched(bed: &TestBed, frame: &[u8], counter: Counter, what: &str) {
+    let before = bed.counters().unwrap();
+    let r = run(bed, frame, Ingress::Client);
+    let delta = bed.counters().unwrap().delta(&before);
+    assert_eq!(r.verdict, XDP_PASS, "{what}: got {}", r.verdict_name());
+    assert!(r.output == frame, "{what}: the passed frame was modified");
+    assert_eq!(
+        delta,
+        counter_map(&[(Counter::RxPackets, 1), (counter, 1)]),
+        "{what}: counters"
+    );
+}
+
+fn backend_of(d: &Decoded) -> SocketAddrV4 {
+    d.dst
+}
+
+/// Sends `frame` (client -> VIP) in on the client side and checks it leaves towards one of
+/// `allowed` with the full forward rewrite; returns the backend.
+fn forward_ok(bed: &TestBed, frame: &Frame, allowed: &[SocketAddrV4]) -> SocketAddrV4 {
+    let input = frame.build();
+    let r = run(bed, &input, Ingress::Client);
+    assert_eq!(
+        r.verdict,
+        XDP_REDIRECT,
+        "forward direction: got {}",
+        r.verdict_name()
+    );
+    let out = decode_checked(&r.output).expect("forwarded frame");
+    let backend = backend_of(&out);
+    assert!(
+        allowed.contains(&backend),
+        "sent to {backend}, allowed {allowed:?}"
+    );
+    check_forwarded(
+        &input,
+        &r.output,
+        frame.src,
+        backend,
+        BACKEND_IF_MAC,
+        backend_mac(*backend.ip()),
+    )
+    .expect("forward rewrite");
+    backend
+}
+
+// --- Traffic that is not the balancer's --------------------------------------------------
 
 #[test]
-fn explore() {
-    let bed = TestBed::new(65536).unwrap();
-    let b: Vec<SocketAddrV4> = (0..3).map(|i| SocketAddrV4::new(backend_addr(i), 8080)).collect();
-    let t = std::time::Instant::now();
-    bed.add_service(vip(), Proto::Tcp, &b).unwrap();
-    eprintln!("service setup {:?}", t.elapsed());
-    for (i, ing) in [Ingress::Loopback, Ingress::Client, Ingress::Backend].into_iter().enumerate() {
-        let f = Frame::to_vip(40000 + i as u16, SYN).build();
+fn non_service_traffic_passes_untouched() {
+    let (bed, _, _) = setup();
+    let other_vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 100, 2), 80);
+    let other_port = SocketAddrV4::new(VIP, 81);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "TCP SYN to another address",
+            Frame::tcp(client(40000), other_vip, SYN).build(),
+        ),
+        (
+            "TCP SYN to another port of the VIP",
+            Frame::tcp(client(40000), other_port, SYN).build(),
+        ),
+        (
+            "UDP to the VIP's TCP port",
+            Frame::udp(client(40000), vip(), b"x").build(),
+        ),
+        ("ARP request", arp_frame()),
+        ("IPv6 TCP SYN", ipv6_syn_frame()),
+        ("ICMP echo to the VIP", icmp_echo_frame()),
+        (
+            "tagged SYN to another address",
+            Frame::tcp(client(40000), other_vip, SYN).vlan(7).build(),
+        ),
+    ];
+    for (what, frame) in &cases {
+        assert_passed_untouched(&bed, frame, Counter::PassNotService, what);
+    }
+    assert!(bed.flows().unwrap().is_empty(), "no flow may be created");
+}
+
+#[test]
+fn backend_reply_without_flow_passes_untouched() {
+    let (bed, _, backends) = setup();
+    // A reply whose entry expired or was evicted: not the balancer's any more.
+    let frame = Frame::reply(backends[0], client(40000), ACK).build();
+    assert_passed_untouched(
+        &bed,
+        &frame,
+        Counter::PassNotService,
+        "reply without a flow",
+    );
+}
+
+// --- Malformed and odd packets ------------------------------------------------------------
+
+#[test]
+fn truncated_syn_at_every_offset_passes_untouched() {
+    let (bed, _, backends) = setup();
+    let full = Frame::to_vip(40000, SYN).build();
+    for len in 0..14 {
+        assert!(
+            bed.run(&full[..len], Ingress::Client).is_err(),
+            "the kernel refuses frames shorter than an Ethernet header ({len} bytes)"
+        );
+    }
+    for len in 14..full.len() {
+        assert_passed_untouched(
+            &bed,
+            &full[..len],
+            Counter::PassMalformed,
+            &format!("SYN cut to {len} bytes"),
+        );
+    }
+    // A data segment cut inside its payload.
+    let data = Frame::to_vip(40001, PSH_ACK)
+        .payload(b"GET / HTTP/1.1\r\n\r\n")
+        .build();
+    for len in [data.len() - 1, data.len() - 10, 55] {
+        assert_passed_untouched(
+            &bed,
+            &data[..len],
+            Counter::PassMalformed,
+            &format!("data cut to {len} bytes"),
+        );
+    }
+    assert!(bed.flows().unwrap().is_empty(), "no flow may be created");
+    // The whole frame is forwarded.
+    forward_ok(&bed, &Frame::to_vip(40000, SYN), &backends);
+}
+
+/// Applies `edit` to a SYN to the VIP and fixes the IPv4 header checksum.
+fn edited_syn(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut f = Frame::to_vip(40000, SYN).build();
+    edit(&mut f);
+    fix_ipv4_checksum(&mut f, 14);
+    f
+}
+
+#[test]
+fn invalid_headers_pass_untouched() {
+    let (bed, _, _) = setup();
+    let set_tot_len = |f: &mut Vec<u8>, v: u16| f[16..18].copy_from_slice(&v.to_be_bytes());
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for ihl in 0..5u8 {
+        cases.push((format!("IHL {ihl}"), edited_syn(|f| f[14] = 0x40 | ihl)));
+    }
+    cases.push((
+        "IHL 15 beyond the datagram".into(),
+        edited_syn(|f| f[14] = 0x4f),
+    ));
+    cases.push((
+        "IP version 6 in an IPv4 frame".into(),
+        edited_syn(|f| f[14] = 0x65),
+    ));
+    for doff in [0u8, 4] {
+        cases.push((
+            format!("TCP data offset {doff}"),
+            edited_syn(|f| f[46] = doff << 4),
+        ));
+    }
+    cases.push((
+        "TCP data offset beyond the datagram".into(),
+        edited_syn(|f| f[46] = 0xf0),
+    ));
+    cases.push((
+        "total length beyond the frame".into(),
+        edited_syn(|f| set_tot_len(f, 41)),
+    ));
+    cases.push((
+        "total length below the IP header".into(),
+        edited_syn(|f| set_tot_len(f, 19)),
+    ));
+    cases.push((
+        "total length below the TCP header".into(),
+        edited_syn(|f| set_tot_len(f, 39)),
+    ));
+    let udp = {
+        let mut f = Frame::udp(client(40000), SocketAddrV4::new(VIP, 53), b"").build();
+        f[16..18].copy_from_slice(&27u16.to_be_bytes());
+        fix_ipv4_checksum(&mut f, 14);
+        f
+    };
+    cases.push(("UDP header beyond the datagram".into(), udp));
+    for (what, frame) in &cases {
+        assert_passed_untouched(&bed, frame, Counter::PassMalformed, what);
+    }
+    assert!(bed.flows().unwrap().is_empty(), "no flow may be created");
+}
+
+#[test]
+fn fragments() {
+    let (bed, _, _) = setup();
+    // A non-first fragment has no ports: passed as it is.
+    let later = edited_syn(|f| f[20..22].copy_from_slice(&185u16.to_be_bytes()));
+    assert_passed_untouched(&bed, &later, Counter::PassFragment, "non-first fragment");
+    let last_mf = edited_syn(|f| f[20..22].copy_from_slice(&(0x2000u16 | 185).to_be_bytes()));
+    assert_passed_untouched(&bed, &last_mf, Counter::PassFragment, "middle fragment");
+    // A first fragment to a service cannot be translated whole: dropped.
+    let first = edited_syn(|f| f[20..22].copy_from_slice(&0x2000u16.to_be_bytes()));
+    let before = bed.counters().unwrap();
+    let r = run(&bed, &first, Ingress::Client);
+    let delta = bed.counters().unwrap().delta(&before);
+    assert_eq!(
+        r.verdict,
+        XDP_DROP,
+        "first fragment: got {}",
+        r.verdict_name()
+    );
+    assert_eq!(delta.get("drop_fragment"), Some(&1), "counters: {delta:?}");
+    for c in [
+        "tx_redirect",
+        "tx_same_interface",
+        "tx_bytes",
+        "pass_malformed",
+    ] {
+        assert_eq!(delta.get(c), None, "first fragment moved {c}: {delta:?}");
+    }
+    // A first fragment to another address is not the balancer's business.
+    let other = {
+        let mut f = Frame::tcp(
+            client(40000),
+            SocketAddrV4::new(Ipv4Addr::new(198, 18, 100, 9), 80),
+            SYN,
+        )
+        .build();
+        f[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+        fix_ipv4_checksum(&mut f, 14);
+        f
+    };
+    assert_passed_untouched(
+        &bed,
+        &other,
+        Counter::PassNotService,
+        "first fragment to another address",
+    );
+}
+
+#[test]
+fn ttl_and_ip_options() {
+    let (bed, _, backends) = setup();
+    for ttl in [0u8, 1] {
+        let f = Frame::to_vip(40000 + ttl as u16, SYN).ttl(ttl).build();
         let before = bed.counters().unwrap();
-        let r = bed.run(&f, ing).unwrap();
-        let after = bed.counters().unwrap();
-        eprintln!("{ing:?}: {} {:?} dur {} out {:?}", r.verdict_name(), after.delta(&before), r.duration_ns, decode_checked(&r.output).map(|d| (d.dst, d.dst_mac, d.src_mac)));
+        let r = run(&bed, &f, Ingress::Client);
+        let delta = bed.counters().unwrap().delta(&before);
+        assert_eq!(r.verdict, XDP_PASS, "TTL {ttl}: got {}", r.verdict_name());
+        assert!(r.output == f, "TTL {ttl}: the passed frame was modified");
+        assert_eq!(
+            delta.get("pass_ttl_exceeded"),
+            Some(&1),
+            "TTL {ttl}: {delta:?}"
+        );
+        for c in ["tx_redirect", "tx_same_interface", "tx_bytes"] {
+            assert_eq!(delta.get(c), None, "TTL {ttl} moved {c}: {delta:?}");
+        }
     }
-    for len in [0usize, 10, 13, 14] {
-        let f = Frame::to_vip(41000, SYN).build();
-        eprintln!("len {len}: {:?}", bed.run(&f[..len], Ingress::Loopback).map(|r| r.verdict));
+    // TTL 2 still goes through, leaving with 1.
+    forward_ok(&bed, &Frame::to_vip(40010, SYN).ttl(2), &backends);
+
+    // Options: 4 bytes (NOP NOP NOP EOL), and 12 (router alert, NOPs, EOL).
+    let opts: [&[u8]; 2] = [&[1, 1, 1, 0], &[0x94, 4, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0]];
+    for (i, o) in opts.into_iter().enumerate() {
+        let sport = 40100 + i as u16;
+        let syn = Frame::to_vip(sport, SYN).ip_options(o);
+        let b = forward_ok(&bed, &syn, &backends);
+        let data = Frame::to_vip(sport, PSH_ACK)
+            .ip_options(o)
+            .payload(b"hello, options");
+        assert_eq!(
+            forward_ok(&bed, &data, &backends),
+            b,
+            "options: same backend"
+        );
+        let r = run(&bed, &syn.build(), Ingress::Client);
+        let out = decode_checked(&r.output).unwrap();
+        assert_eq!(out.ip_options, o, "options preserved");
     }
-    eprintln!("pass: {:?}", bed.run_pass(&Frame::to_vip(1, SYN).build(), Ingress::Client).map(|r| (r.verdict, r.duration_ns)));
-    eprintln!("{:#?}", bed.flows().unwrap());
+}
+
+#[test]
+fn vlan_tagged_syn_keeps_its_tag() {
+    let (bed, svc, backends) = setup();
+    let syn = Frame::to_vip(40000, SYN).vlan(42);
+    let b = forward_ok(&bed, &syn, &backends);
+    let r = run(&bed, &syn.build(), Ingress::Client);
+    assert_eq!(decode_checked(&r.output).unwrap().vlan, Some(42));
+    let data = Frame::to_vip(40000, PSH_ACK).vlan(42).payload(b"tagged");
+    assert_eq!(forward_ok(&bed, &data, &backends), b);
+    // The reply, tagged too, goes back with its tag.
+    let reply = Frame::reply(b, client(40000), ACK)
+        .vlan(42)
+        .payload(b"ok")
+        .build();
+    let r = run(&bed, &reply, Ingress::Client);
+    assert_eq!(r.verdict, XDP_TX, "got {}", r.verdict_name());
+    let out = check_forwarded(
+        &reply,
+        &r.output,
+        vip(),
+        client(40000),
+        CLIENT_IF_MAC,
+        CLIENT_MAC,
+    )
+    .unwrap();
+    assert_eq!(out.vlan, Some(42));
+    let _ = svc;
+}
+
+#[test]
+fn padded_frame_keeps_its_padding() {
+    let (bed, _, backends) = setup();
+    let syn = Frame::to_vip(40000, SYN);
+    let mut input = syn.build();
+    input.resize(60, 0xa5); // Ethernet minimum size, padded after the datagram
+    let r = run(&bed, &input, Ingress::Client);
+    assert_eq!(r.verdict, XDP_REDIRECT, "got {}", r.verdict_name());
+    assert_eq!(r.output.len(), 60);
+    assert_eq!(&r.output[54..], &[0xa5; 6], "padding unchanged");
+    let out = decode_checked(&r.output).unwrap();
+    assert!(backends.contains(&out.dst));
+}
+
+// --- Forwarding ---------------------------------------------------------------------------
+
+#[test]
+fn syn_is_forwarded_and_the_reply_translated_back() {
+    let (bed, svc, backends) = setup();
+    let sport = 40000;
+    let syn = Frame::to_vip(sport, SYN);
+    let input = syn.build();
+    let before = bed.counters().unwrap();
+    let r = run(&bed, &input, Ingress::Client);
+    let delta = bed.counters().unwrap().delta(&before);
+    assert_eq!(r.verdict, XDP_REDIRECT, "SYN: got {}", r.verdict_name());
+    let out = decode_checked(&r.output).expect("valid checksums");
+    let b = out.dst;
+    assert!(backends.contains(&b), "sent to {b}");
+    check_forwarded(
+        &input,
+        &r.output,
+        client(sport),
+        b,
+        BACKEND_IF_MAC,
+        backend_mac(*b.ip()),
+    )
+    .unwrap();
+    assert_eq!(out.ttl, 63);
+    assert_eq!(
+        delta,
+        counter_map(&[
+            (Counter::RxPackets, 1),
+            (Counter::NewFlows, 1),
+            (Counter::TxRedirect, 1),
+            (Counter::TxBytes, input.len() as u64),
+        ])
+    );
+    let stats = bed.balancer().stats().unwrap();
+    let bs = stats
+        .backends
+        .iter()
+        .find(|x| x.backend == b.to_string())
+        .unwrap();
+    assert_eq!(
+        (
+            bs.counters.new_flows,
+            bs.counters.packets_to,
+            bs.counters.bytes_to
+        ),
+        (1, 1, input.len() as u64)
+    );
+
+    let flow = bed
+        .flow_of(client(sport), vip(), Proto::Tcp)
+        .unwrap()
+        .expect("flow entry");
+    assert_eq!(split_endpoint(&flow.backend), Some((*b.ip(), b.port())));
+    assert_eq!(flow.state, "syn");
+
+    // The backend's SYN-ACK, received on the backends' side: back to the client's MAC
+    // from the MAC it addressed, redirected to the client's interface.
+    let synack = Frame::reply(b, client(sport), SYN_ACK).build();
+    let r = run_counted(
+        &bed,
+        &synack,
+        Ingress::Backend,
+        &[
+            (Counter::TxRedirect, 1),
+            (Counter::TxBytes, synack.len() as u64),
+        ],
+    );
+    assert_eq!(r.verdict, XDP_REDIRECT, "SYN-ACK: got {}", r.verdict_name());
+    check_forwarded(
+        &synack,
+        &r.output,
+        vip(),
+        client(sport),
+        CLIENT_IF_MAC,
+        CLIENT_MAC,
+    )
+    .unwrap();
+
+    // The same reply arriving on the interface the client's SYN came in on: XDP_TX.
+    let r = run(&bed, &synack, Ingress::Client);
+    assert_eq!(
+        r.verdict,
+        XDP_TX,
+        "SYN-ACK on the client side: got {}",
+        r.verdict_name()
+    );
+    check_forwarded(
+        &synack,
+        &r.output,
+        vip(),
+        client(sport),
+        CLIENT_IF_MAC,
+        CLIENT_MAC,
+    )
+    .unwrap();
+
+    // The handshake's ACK and data follow to the same backend.
+    for f in [
+        Frame::to_vip(sport, ACK),
+        Frame::to_vip(sport, PSH_ACK).payload(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n"),
+        Frame::to_vip(sport, PSH_ACK).payload(&[0x5a; 1001]),
+    ] {
+        assert_eq!(forward_ok(&bed, &f, &backends), b);
+    }
+    let flow = bed
+        .flow_of(client(sport), vip(), Proto::Tcp)
+        .unwrap()
+        .unwrap();
+    assert_eq!(flow.state, "established");
+    let data = Frame::reply(b, client(sport), PSH_ACK)
+        .payload(&[0x33; 777])
+        .build();
+    let r = run(&bed, &data, Ingress::Backend);
+    assert_eq!(r.verdict, XDP_REDIRECT);
+    check_forwarded(
+        &data,
+        &r.output,
+        vip(),
+        client(sport),
+        CLIENT_IF_MAC,
+        CLIENT_MAC,
+    )
+    .unwrap();
+    let stats = bed.balancer().stats().unwrap();
+    let bs = stats
+        .backends
+        .iter()
+        .find(|x| x.backend == b.to_string())
+        .unwrap();
+    assert_eq!((bs.counters.packets_to, bs.counters.packets_from), (4, 3));
+    let _ = svc;
+}
+
+#[test]
+fn one_armed_forward_uses_xdp_tx() {
+    // Clients and backends behind the same interface: the forward direction goes back out
+    // of the interface it came in on.
+    let (bed, _, backends) = setup();
+    let input = Frame::to_vip(40000, SYN).build();
+    let r = run_counted(
+        &bed,
+        &input,
+        Ingress::Backend,
+        &[
+            (Counter::NewFlows, 1),
+            (Counter::TxSameInterface, 1),
+            (Counter::TxBytes, 54),
+        ],
+    );
+    assert_eq!(r.verdict, XDP_TX, "got {}", r.verdict_name());
+    let b = decode_checked(&r.output).unwrap().dst;
+    assert!(backends.contains(&b));
+    check_forwarded(
+        &input,
+        &r.output,
+        client(40000),
+        b,
+        BACKEND_IF_MAC,
+        backend_mac(*b.ip()),
+    )
+    .unwrap();
+
+    // Without a context the program sees the namespace's loopback as ingress.
+    let input = Frame::to_vip(40001, SYN).build();
+    let r = run(&bed, &input, Ingress::Loopback);
+    assert_eq!(r.verdict, XDP_REDIRECT, "got {}", r.verdict_name());
+    let b = decode_checked(&r.output).unwrap().dst;
+    let reply = Frame::reply(b, client(40001), SYN_ACK).build();
+    let r = run(&bed, &reply, Ingress::Loopback);
+    assert_eq!(r.verdict, XDP_TX, "got {}", r.verdict_name());
+}
+
+#[test]
+fn retransmitted_syn_and_closed_tuples() {
+    let (bed, svc, backends) = setup();
+    // A retransmitted SYN keeps the first decision, even once its backend is draining.
+    let b = forward_ok(&bed, &Frame::to_vip(40000, SYN), &backends);
+    bed.set_backend_state(svc, b, backend_state::DRAINING)
+        .unwrap();
+    let before = bed.counters().unwrap();
+    assert_eq!(
+        forward_ok(&bed, &Frame::to_vip(40000, SYN).seq(1000), &backends),
+        b
+    );
+    assert_eq!(
+        bed.counters().unwrap().delta(&before).get("new_flows"),
+        None
+    );
+    let up: Vec<_> = backends.iter().copied().filter(|x| *x != b).collect();
+
+    // After RST, a new SYN on the tuple is a new connection: picked again, and it must not
+    // land on the draining backend.
+    assert_eq!(forward_ok(&bed, &Frame::to_vip(40000, ACK), &backends), b);
+    assert_eq!(forward_ok(&bed, &Frame::to_vip(40000, RST), &backends), b);
+    assert_eq!(
+        bed.flow_of(client(40000), vip(), Proto::Tcp)
+            .unwrap()
+            .unwrap()
+            .state,
+        "closed"
+    );
+    let before = bed.counters().unwrap();
+    let b2 = forward_ok(&bed, &Frame::to_vip(40000, SYN).seq(777), &up);
+    assert_eq!(
+        bed.counters().unwrap().delta(&before).get("new_flows"),
+        Some(&1)
+    );
+    let f = bed
+        .flow_of(client(40000), vip(), Proto::Tcp)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (f.state, split_endpoint(&f.backend)),
+        ("syn", Some((*b2.ip(), b2.port())))
+    );
+    // ...and its reply comes back from the VIP.
+    let reply = Frame::reply(b2, client(40000), SYN_ACK).build();
+    let r = run(&bed, &reply, Ingress::Backend);
+    assert_eq!(r.verdict, XDP_REDIRECT);
+    check_forwarded(
+        &reply,
+        &r.output,
+        vip(),
+        client(40000),
+        CLIENT_IF_MAC,
+        CLIENT_MAC,
+    )
+    .unwrap();
+
+    // The same after a FIN.
+    bed.set_backend_state(svc, b, backend_state::UP).unwrap();
+    let c = forward_ok(&bed, &Frame::to_vip(41000, SYN), &backends);
+    assert_eq!(forward_ok(&bed, &Frame::to_vip(41000, ACK), &backends), c);
+    bed.set_backend_state(svc, c, backend_state::DRAINING)
+        .unwrap();
+    assert_eq!(
+        forward_ok(&bed, &Frame::to_vip(41000, FIN_ACK), &backends),
+        c
+    );
+    assert_eq!(
+        bed.flow_of(client(41000), vip(), Proto::Tcp)
+            .unwrap()
+            .unwrap()
+            .state,
+        "fin"
+    );
+    let up: Vec<_> = backends.iter().copied().filter(|x| *x != c).collect();
+    forward_ok(&bed, &Frame::to_vip(41000, SYN).seq(5), &up);
+}
+
+#[test]
+fn draining_and_removed_backends() {
+    let (bed, svc, backends) = setup();
+    // Flows to every backend, established.
+    let mut existing = Vec::new();
+    for sport in 20000..20030 {
+        let b = forward_ok(&bed, &Frame::to_vip(sport, SYN), &backends);
+        forward_ok(&bed, &Frame::to_vip(sport, ACK), &backends);
+        existing.push((sport, b));
+    }
+    let drained = existing[0].1;
+    bed.set_backend_state(svc, drained, backend_state::DRAINING)
+        .unwrap();
+    let up: Vec<_> = backends.iter().copied().filter(|x| *x != drained).collect();
+    let mut per_backend = std::collections::BTreeMap::new();
+    for sport in 30000..30200 {
+        let b = forward_ok(&bed, &Frame::to_vip(sport, SYN), &up);
+        *per_backend.entry(b).or_insert(0) += 1;
+    }
+    assert_eq!(
+        per_backend.len(),
+        2,
+        "both remaining backends get new flows: {per_backend:?}"
+    );
+    // Existing connections keep their backend, the draining one included.
+    for (sport, b) in &existing {
+        let f = Frame::to_vip(*sport, PSH_ACK).payload(b"more");
+        assert_eq!(forward_ok(&bed, &f, &backends), *b);
+    }
+    let reply = Frame::reply(drained, client(existing[0].0), ACK).build();
+    let r = run(&bed, &reply, Ingress::Backend);
+    assert_eq!(r.verdict, XDP_REDIRECT);
+    check_forwarded(
+        &reply,
+        &r.output,
+        vip(),
+        client(existing[0].0),
+        CLIENT_IF_MAC,
+        CLIENT_MAC,
+    )
+    .unwrap();
+
+    // Nobody left to take new flows: SYNs are dropped, existing flows still forwarded.
+    bed.set_backend_state(svc, up[0], backend_state::DRAINING)
+        .unwrap();
+    bed.set_backend_state(svc, up[1], backend_state::DOWN)
+        .unwrap();
+    let syn = Frame::to_vip(50000, SYN).build();
+    let r = run_counted(&bed, &syn, Ingress::Client, &[(Counter::DropNoBackend, 1)]);
+    assert_eq!(r.verdict, XDP_DROP, "got {}", r.verdict_name());
+    for (sport, b) in &existing {
+        assert_eq!(forward_ok(&bed, &Frame::to_vip(*sport, ACK), &backends), *b);
+    }
+
+    // Removed backends: the same.
+    for b in &backends {
+        bed.remove_backend(svc, *b).unwrap();
+    }
+    let r = run_counted(&bed, &syn, Ingress::Client, &[(Counter::DropNoBackend, 1)]);
+    assert_eq!(r.verdict, XDP_DROP, "got {}", r.verdict_name());
+    for (sport, b) in &existing {
+        assert_eq!(forward_ok(&bed, &Frame::to_vip(*sport, ACK), &backends), *b);
+    }
+    // A backend added again takes the new flows.
+    let fresh = SocketAddrV4::new(backend_addr(5), 8080);
+    bed.add_backend(svc, fresh).unwrap();
+    assert_eq!(
+        forward_ok(&bed, &Frame::to_vip(50000, SYN), &[fresh]),
+        fresh
+    );
+}
+
+#[test]
+fn udp_service() {
+    let bed = TestBed::new(FLOWS).unwrap();
+    let dns = SocketAddrV4::new(VIP, 53);
+    let backends: Vec<_> = (20..22)
+        .map(|i| SocketAddrV4::new(backend_addr(i), 5353))
+        .collect();
+    bed.add_service(dns, Proto::Udp, &backends).unwrap();
+    let c = client(45000);
+
+    let q = Frame::udp(c, dns, b"query one");
+    let input = q.build();
+    let r = run_counted(
+        &bed,
+        &input,
+        Ingress::Client,
+        &[
+            (Counter::NewFlows, 1),
+            (Counter::TxRedirect, 1),
+            (Counter::TxBytes, input.len() as u64),
+        ],
+    );
+    assert_eq!(r.verdict, XDP_REDIRECT);
+    let b = decode_checked(&r.output).unwrap().dst;
+    assert!(backends.contains(&b));
+    let out = check_forwarded(
+        &input,
+        &r.output,
+        c,
+        b,
+        BACKEND_IF_MAC,
+        backend_mac(*b.ip()),
+    )
+    .unwrap();
+    assert_ne!(out.l4_checksum, 0);
+    assert_eq!(
+        bed.flow_of(c, dns, Proto::Udp).unwrap().unwrap().state,
+        "udp"
+    );
+
+    // Without a checksum: stays without.
+    let z = Frame::udp(c, dns, b"no checksum")
+        .udp_zero_checksum()
+        .build();
+    let r = run(&bed, &z, Ingress::Client);
+    assert_eq!(r.verdict, XDP_REDIRECT);
+    let out = check_forwarded(&z, &r.output, c, b, BACKEND_IF_MAC, backend_mac(*b.ip())).unwrap();
+    assert_eq!(out.l4_checksum, 0, "a zero UDP checksum must stay zero");
+
+    // A datagram whose rewritten checksum computes to zero must carry 0xffff, not 0
+    // ("no checksum"). Payload word = the checksum the rewritten datagram has with payload 0.
+    let probe = Frame::udp(c, dns, &[0, 0]).build();
+    let r = run(&bed, &probe, Ingress::Client);
+    let w = decode_checked(&r.output).unwrap().l4_checksum;
+    let tricky = Frame::udp(c, dns, &w.to_be_bytes()).build();
+    let r = run(&bed, &tricky, Ingress::Client);
+    let out = check_forwarded(
+        &tricky,
+        &r.output,
+        c,
+        b,
+        BACKEND_IF_MAC,
+        backend_mac(*b.ip()),
+    )
+    .unwrap();
+    assert_eq!(
+        out.l4_checksum, 0xffff,
+        "a computed zero UDP checksum is sent as 0xffff"
+    );
+
+    // The answer comes back from the VIP.
+    let a = Frame::udp(b, c, b"answer")
+        .macs(backend_mac(*b.ip()), BACKEND_IF_MAC)
+        .build();
+    let r = run(&bed, &a, Ingress::Backend);
+    assert_eq!(r.verdict, XDP_REDIRECT);
+    check_forwarded(&a, &r.output, dns, c, CLIENT_IF_MAC, CLIENT_MAC).unwrap();
+    let az = Frame::udp(b, c, b"answer")
+        .macs(backend_mac(*b.ip()), BACKEND_IF_MAC)
+        .udp_zero_checksum()
+        .build();
+    let r = run(&bed, &az, Ingress::Backend);
+    let out = check_forwarded(&az, &r.output, dns, c, CLIENT_IF_MAC, CLIENT_MAC).unwrap();
+    assert_eq!(out.l4_checksum, 0);
+
+    // Many flows: every datagram valid and on a configured backend.
+    for sport in 1000..1100 {
+        let f = Frame::udp(client(sport), dns, &sport.to_be_bytes());
+        let input = f.build();
+        let r = run(&bed, &input, Ingress::Client);
+        assert_eq!(r.verdict, XDP_REDIRECT);
+        let b = decode_checked(&r.output).unwrap().dst;
+        assert!(backends.contains(&b));
+        check_forwarded(
+            &input,
+            &r.output,
+            client(sport),
+            b,
+            BACKEND_IF_MAC,
+            backend_mac(*b.ip()),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn checksums_stay_valid_across_many_tuples() {
+    let (bed, _, backends) = setup();
+    // Varied sources, ports and payload lengths (odd ones too).
+    for i in 0..300u32 {
+        let src = SocketAddrV4::new(
+            Ipv4Addr::new(198, 18, (i % 7) as u8, (i * 37 % 250) as u8 + 2),
+            1024 + (i * 211 % 60000) as u16,
+        );
+        let payload: Vec<u8> = (0..(i % 41)).map(|k| (k * 13 + i) as u8).collect();
+        let f = Frame::tcp(src, vip(), SYN).payload(&payload);
+        forward_ok(&bed, &f, &backends);
+    }
+}
+
+// --- Next hop -----------------------------------------------------------------------------
+
+#[test]
+fn next_hop_resolution() {
+    let bed = TestBed::new(FLOWS).unwrap();
+    let lonely = SocketAddrV4::new(backend_addr(40), 8080);
+    let svc = bed.add_service(vip(), Proto::Tcp, &[lonely]).unwrap();
+    bed.del_neighbour(*lonely.ip()).unwrap();
+    // No neighbour entry yet: the rewritten packet goes to the kernel, which resolves it.
+    let syn = Frame::to_vip(40000, SYN).build();
+    let r = run_counted(
+        &bed,
+        &syn,
+        Ingress::Client,
+        &[(Counter::NewFlows, 1), (Counter::PassNoNeighbour, 1)],
+    );
+    assert_eq!(r.verdict, XDP_PASS, "got {}", r.verdict_name());
+    let out = decode_checked(&r.output).unwrap();
+    assert_eq!((out.src, out.dst), (client(40000), lonely));
+    // The kernel forwards it and takes the TTL off itself: the balancer leaves it as is.
+    assert_eq!(out.ttl, 64, "TTL of the packet handed to the kernel");
+    // Once it is known, the flow's packets are forwarded by XDP.
+    bed.add_neighbour(*lonely.ip()).unwrap();
+    assert_eq!(
+        forward_ok(&bed, &Frame::to_vip(40000, ACK), &[lonely]),
+        lonely
+    );
+
+    // A backend without a route: dropped.
+    bed.remove_backend(svc, lonely).unwrap();
+    let far = SocketAddrV4::new(Ipv4Addr::new(198, 19, 200, 10), 8080);
+    bed.balancer()
+        .add_backend(
+            svc,
+            balancer_user::BackendSpec {
+                addr: *far.ip(),
+                port: far.port(),
+                weight: 100,
+            },
+        )
+        .unwrap();
+    let r = run_counted(
+        &bed,
+        &Frame::to_vip(40001, SYN).build(),
+        Ingress::Client,
+        &[(Counter::NewFlows, 1), (Counter::DropNoRoute, 1)],
+    );
+    assert_eq!(r.verdict, XDP_DROP, "got {}", r.verdict_name());
+}
+
+#[test]
+fn lost_flow_entry_is_recreated_on_the_same_backend() {
+    let (bed, _, backends) = setup();
+    let b = forward_ok(&bed, &Frame::to_vip(40000, SYN), &backends);
+    forward_ok(&bed, &Frame::to_vip(40000, ACK), &backends);
+    // Forget both entries of the flow, as an eviction would.
+    let mut map: HashMap<MapData, FlowKey, Flow> = bed
+        .balancer()
+        .map(map_names::FLOWS)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let keys: Vec<FlowKey> = map.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(keys.len(), 2);
+    for k in keys {
+        map.remove(&k).unwrap();
+    }
+    let before = bed.counters().unwrap();
+    let f = Frame::to_vip(40000, PSH_ACK).payload(b"after the table was lost");
+    assert_eq!(
+        forward_ok(&bed, &f, &backends),
+        b,
+        "the consistent hash picks the same backend"
+    );
+    let delta = bed.counters().unwrap().delta(&before);
+    assert_eq!(delta.get("flow_misses"), Some(&1), "{delta:?}");
+    assert_eq!(delta.get("new_flows"), None, "{delta:?}");
+    let flow = bed
+        .flow_of(client(40000), vip(), Proto::Tcp)
+        .unwrap()
+        .unwrap();
+    assert_eq!(flow.state, "established");
+    let reply = Frame::reply(b, client(40000), ACK).build();
+    let r = run(&bed, &reply, Ingress::Backend);
+    assert_eq!(r.verdict, XDP_REDIRECT);
+    check_forwarded(
+        &reply,
+        &r.output,
+        vip(),
+        client(40000),
+        CLIENT_IF_MAC,
+        CLIENT_MAC,
+    )
+    .unwrap();
+}
+
+// --- Refused service packets leave no state -----------------------------------------
+
+#[test]
+fn refused_service_packets_create_no_flow() {
+    let (bed, _, _) = setup();
+    let first = edited_syn(|f| f[20..22].copy_from_slice(&0x2000u16.to_be_bytes()));
+    let r = run_counted(&bed, &first, Ingress::Client, &[(Counter::DropFragment, 1)]);
+    assert_eq!(r.verdict, XDP_DROP);
+    let ttl1 = Frame::to_vip(40001, SYN).ttl(1).build();
+    let r = run_counted(
+        &bed,
+        &ttl1,
+        Ingress::Client,
+        &[(Counter::PassTtlExceeded, 1)],
+    );
+    assert_eq!(r.verdict, XDP_PASS);
+    assert!(
+        bed.flows().unwrap().is_empty(),
+        "flows: {:?}",
+        bed.flows().unwrap()
+    );
+}
+
+// --- The harness's own checks -------------------------------------------------------------
+
+#[test]
+fn harness_checks_detect_broken_frames() {
+    // No root needed: this only exercises the packet builders and validators.
+    let syn = Frame::to_vip(40000, SYN).build();
+    decode_checked(&syn).expect("a built SYN is valid");
+    let mut bad_ip = syn.clone();
+    bad_ip[24] ^= 1; // IPv4 header checksum
+    assert!(decode_checked(&bad_ip).is_err());
+    let mut bad_tcp = syn.clone();
+    bad_tcp[50] ^= 1; // TCP checksum
+    assert!(decode_checked(&bad_tcp).is_err());
+    let mut bad_addr = syn.clone();
+    bad_addr[33] ^= 1; // destination address without checksum update
+    assert!(decode_checked(&bad_addr).is_err());
+
+    let udp = Frame::udp(client(1), SocketAddrV4::new(VIP, 53), b"abc");
+    let d = decode_checked(&udp.build()).unwrap();
+    assert_ne!(d.l4_checksum, 0);
+    let z = decode_checked(&udp.clone().udp_zero_checksum().build()).unwrap();
+    assert_eq!(z.l4_checksum, 0, "no checksum is accepted as such");
+
+    let opts = Frame::to_vip(1, SYN)
+        .ip_options(&[1, 1, 1, 0])
+        .vlan(9)
+        .build();
+    let d = decode_checked(&opts).unwrap();
+    assert_eq!(
+        (d.ip_options.as_slice(), d.vlan),
+        (&[1u8, 1, 1, 0][..], Some(9))
+    );
+
+    // check_forwarded: an unchanged frame is not a forwarded one (TTL, addresses).
+    let b = SocketAddrV4::new(backend_addr(0), 8080);
+    assert!(check_forwarded(
+        &syn,
+        &syn,
+        client(40000),
+        b,
+        BACKEND_IF_MAC,
+        backend_mac(*b.ip())
+    )
+    .is_err());
+    assert_eq!(backend_mac(backend_addr(1)), [2, 0, 0, 0, 1, 11]);
+    assert_eq!(xdp_md(54, 3)[4..8], 54u32.to_ne_bytes());
 }

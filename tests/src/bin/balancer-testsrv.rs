@@ -24,7 +24,9 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use balancer_tests::http::{connection_has, fill_pattern, find_header, read_headers, read_line, Fnv64};
+use balancer_tests::http::{
+    connection_has, fill_pattern, find_header, read_headers, read_line, Fnv64,
+};
 use clap::Parser;
 
 /// Idle connections are closed after this long without a request.
@@ -36,7 +38,10 @@ const KEEP_BODY: u64 = 64 * 1024;
 const MAX_SLOW_MS: u64 = 600_000;
 
 #[derive(Parser)]
-#[command(name = "balancer-testsrv", about = "Reference HTTP/1.1 backend for balancer tests")]
+#[command(
+    name = "balancer-testsrv",
+    about = "Reference HTTP/1.1 backend for balancer tests"
+)]
 struct Args {
     /// Address to listen on, IP:PORT.
     #[arg(long)]
@@ -162,7 +167,12 @@ fn read_request<R: BufRead>(r: &mut R) -> Result<Request, ReadError> {
     let http11 = match version {
         "HTTP/1.1" => true,
         "HTTP/1.0" => false,
-        _ => return Err(ReadError::Unsupported(505, format!("unsupported version {version:?}"))),
+        _ => {
+            return Err(ReadError::Unsupported(
+                505,
+                format!("unsupported version {version:?}"),
+            ))
+        }
     };
     let headers = read_headers(r)?;
     let mut req = Request {

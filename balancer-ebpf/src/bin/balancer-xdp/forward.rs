@@ -11,7 +11,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use balancer_ebpf::{
-    csum::{apply_delta, apply_delta_udp},
+    csum::{apply_delta, apply_delta_udp, ttl_restore_delta},
     direction,
     parse::{ptr_at_mut, read, write, EthHdr, Ipv4Hdr, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
     Counter, Flow, PROTO_TCP,
@@ -21,31 +21,39 @@ use crate::counters::{self, Counters};
 
 const AF_INET: u8 = 2;
 
+/// The verdict for a service packet that must not be translated, if it is one: a first
+/// fragment (the rest of the datagram arrives without ports and could not be
+/// translated), or a TTL that would expire here (the kernel answers with ICMP).
+#[inline(always)]
+pub fn refuse(pkt: &Packet, stats: &Counters) -> Option<u32> {
+    if pkt.first_fragment {
+        stats.inc(Counter::DropFragment);
+        return Some(xdp_action::XDP_DROP);
+    }
+    if pkt.ttl <= 1 {
+        stats.inc(Counter::PassTtlExceeded);
+        return Some(xdp_action::XDP_PASS);
+    }
+    None
+}
+
 /// Rewrites the packet as `flow` says and returns the XDP verdict. `flow` may point into
 /// the flow table; a next hop resolved here is stored in it.
 #[inline(always)]
 pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters) -> u32 {
-    if pkt.first_fragment {
-        // The rest of the datagram arrives without ports and could not be translated.
-        stats.inc(Counter::DropFragment);
-        return xdp_action::XDP_DROP;
+    if let Some(action) = refuse(pkt, stats) {
+        return action;
     }
-    if pkt.ttl <= 1 {
-        stats.inc(Counter::PassTtlExceeded);
-        return xdp_action::XDP_PASS;
-    }
-    if rewrite(ctx, pkt, flow).is_none() {
-        // Headers were checked by the parser; only a changed frame gets here.
-        stats.inc(Counter::PassMalformed);
-        return xdp_action::XDP_PASS;
-    }
-
     if flow.l2_valid == 0 {
         match resolve_next_hop(ctx, pkt, flow) {
             NextHop::Resolved => {}
             NextHop::NoNeighbour => {
-                // The kernel forwards this one and resolves the neighbour; later packets
-                // find it in the neighbour table.
+                // The kernel forwards the translated packet (taking the TTL off itself)
+                // and resolves the neighbour; later packets find it in the table.
+                if rewrite(ctx, pkt, flow, false).is_none() {
+                    stats.inc(Counter::PassMalformed);
+                    return xdp_action::XDP_PASS;
+                }
                 stats.inc(Counter::PassNoNeighbour);
                 return xdp_action::XDP_PASS;
             }
@@ -54,6 +62,11 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters
                 return xdp_action::XDP_DROP;
             }
         }
+    }
+    if rewrite(ctx, pkt, flow, true).is_none() {
+        // Headers were checked by the parser; only a changed frame gets here.
+        stats.inc(Counter::PassMalformed);
+        return xdp_action::XDP_PASS;
     }
     let start = ctx.data();
     let end = ctx.data_end();
@@ -91,10 +104,10 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters
     }
 }
 
-/// Writes the new addresses and ports, takes one off the TTL, and updates the IPv4 and
-/// TCP/UDP checksums with the flow's precomputed deltas.
+/// Writes the new addresses and ports, takes one off the TTL (unless the kernel will),
+/// and updates the IPv4 and TCP/UDP checksums with the flow's precomputed deltas.
 #[inline(always)]
-fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Option<()> {
+fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow, decrement_ttl: bool) -> Option<()> {
     let start = ctx.data();
     let end = ctx.data_end();
     let ip = ptr_at_mut::<Ipv4Hdr>(start, end, pkt.l3_off)?;
@@ -103,8 +116,12 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> Option<()> {
         let mut h: Ipv4Hdr = read(ip);
         h.src = flow.new_src;
         h.dst = flow.new_dst;
-        h.ttl -= 1;
-        h.check = apply_delta(h.check, flow.ip_csum_delta);
+        if decrement_ttl {
+            h.ttl -= 1;
+            h.check = apply_delta(h.check, flow.ip_csum_delta);
+        } else {
+            h.check = apply_delta(h.check, flow.ip_csum_delta + ttl_restore_delta());
+        }
         write(ip, h);
 
         let ports = ptr_at_mut::<[u16; 2]>(start, end, pkt.l4_off)?;

@@ -66,16 +66,14 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
         }
     };
 
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let config = match CONFIG.get(0) {
-        Some(c) => *c,
-        None => Config::default(),
-    };
-
     if let Some(entry) = FLOWS.get_ptr_mut(&pkt.key) {
         // SAFETY: a pointer to the map value, valid for this program run.
         let flow = unsafe { &mut *entry };
+        let now = now();
+        let config = match CONFIG.get(0) {
+            Some(c) => *c,
+            None => Config::default(),
+        };
         if still_valid(flow, &pkt, now, &config) {
             track(flow, &pkt, now);
             return Ok(forward::forward(ctx, &pkt, flow, &stats));
@@ -93,6 +91,10 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
         stats.inc(Counter::PassNotService);
         return Ok(xdp_action::XDP_PASS);
     };
+    // Refuse what forwarding would refuse before any state is created for it.
+    if let Some(action) = forward::refuse(&pkt, &stats) {
+        return Ok(action);
+    }
     let Some((slot, backend)) = select::pick(&service, &pkt.key) else {
         stats.inc(Counter::DropNoBackend);
         return Ok(xdp_action::XDP_DROP);
@@ -117,7 +119,7 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
     // SAFETY: reading the context field of the running program.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let (key, mut forward_entry, reply_key, reply_entry) =
-        new_entries(&pkt, &eth, ingress, slot, &backend, now);
+        new_entries(&pkt, &eth, ingress, slot, &backend, now());
     if FLOWS.insert(&reply_key, &reply_entry, 0).is_err() {
         stats.inc(Counter::DropFlowTableFull);
         return Ok(xdp_action::XDP_DROP);
@@ -129,6 +131,14 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(xdp_action::XDP_DROP);
     }
     Ok(action)
+}
+
+/// CLOCK_MONOTONIC, coarse (tick resolution is plenty for second-granularity timeouts,
+/// and it is cheaper than the precise clock).
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[cfg(not(test))]
