@@ -260,30 +260,24 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Flows { json, limit } => {
             let flows = Balancer::open(&dir)?.flows(limit)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&flows)?);
-            } else {
-                let rows = flows
-                    .iter()
-                    .map(|f| {
-                        vec![
-                            f.proto.to_string(),
-                            f.client.clone(),
-                            f.service.clone(),
-                            f.backend.clone(),
-                            f.state.to_string(),
-                            format!("{:.1}", f.age_s),
-                            format!("{:.1}", f.idle_s),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                print_table(
-                    &[
-                        "PROTO", "CLIENT", "SERVICE", "BACKEND", "STATE", "AGE_S", "IDLE_S",
-                    ],
-                    &rows,
-                );
-            }
+            print_list(
+                &flows,
+                json,
+                &[
+                    "PROTO", "CLIENT", "SERVICE", "BACKEND", "STATE", "AGE_S", "IDLE_S",
+                ],
+                |f| {
+                    vec![
+                        f.proto.to_string(),
+                        f.client.clone(),
+                        f.service.clone(),
+                        f.backend.clone(),
+                        f.state.to_string(),
+                        format!("{:.1}", f.age_s),
+                        format!("{:.1}", f.idle_s),
+                    ]
+                },
+            )?;
         }
     }
     Ok(())
@@ -348,21 +342,13 @@ fn service(dir: &Path, cmd: ServiceCmd) -> Result<()> {
         }
         ServiceCmd::List { json } => {
             let services = Balancer::open(dir)?.services()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&services)?);
-            } else {
-                let rows = services
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.service.clone(),
-                            s.backends.to_string(),
-                            s.active_backends.to_string(),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                print_table(&["SERVICE", "BACKENDS", "ACTIVE"], &rows);
-            }
+            print_list(&services, json, &["SERVICE", "BACKENDS", "ACTIVE"], |s| {
+                vec![
+                    s.service.clone(),
+                    s.backends.to_string(),
+                    s.active_backends.to_string(),
+                ]
+            })?;
         }
     }
     Ok(())
@@ -413,26 +399,20 @@ fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
                 None => None,
             };
             let list = Balancer::open(dir)?.backends(filter)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
-            } else {
-                let rows = list
-                    .iter()
-                    .map(|x| {
-                        vec![
-                            x.service.clone(),
-                            x.backend.clone(),
-                            x.state.to_string(),
-                            x.weight.to_string(),
-                            format!("{:.1}%", x.table_share * 100.0),
-                        ]
-                    })
-                    .collect::<Vec<_>>();
-                print_table(
-                    &["SERVICE", "BACKEND", "STATE", "WEIGHT", "NEW-FLOW SHARE"],
-                    &rows,
-                );
-            }
+            print_list(
+                &list,
+                json,
+                &["SERVICE", "BACKEND", "STATE", "WEIGHT", "NEW-FLOW SHARE"],
+                |x| {
+                    vec![
+                        x.service.clone(),
+                        x.backend.clone(),
+                        x.state.to_string(),
+                        x.weight.to_string(),
+                        format!("{:.1}%", x.table_share * 100.0),
+                    ]
+                },
+            )?;
             return Ok(());
         }
     };
@@ -494,6 +474,21 @@ fn print_stats(b: &Balancer, json: bool) -> Result<()> {
         ],
         &rows,
     );
+    Ok(())
+}
+
+/// Prints a list as pretty JSON, or as a table with one row per item.
+fn print_list<T: serde::Serialize>(
+    items: &[T],
+    json: bool,
+    header: &[&str],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else {
+        print_table(header, &items.iter().map(row).collect::<Vec<_>>());
+    }
     Ok(())
 }
 

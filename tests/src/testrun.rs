@@ -1080,3 +1080,32 @@ pub fn check_forwarded(
     }
     Ok(o)
 }
+
+/// [`check_forwarded`] for the forward direction: from `client` to `backend`, leaving the
+/// backend-side interface ([`BACKEND_IF_MAC`]) for the backend's MAC ([`backend_mac`]).
+pub fn check_to_backend(
+    input: &[u8],
+    out: &[u8],
+    client: SocketAddrV4,
+    backend: SocketAddrV4,
+) -> Result<Decoded> {
+    check_forwarded(
+        input,
+        out,
+        client,
+        backend,
+        BACKEND_IF_MAC,
+        backend_mac(*backend.ip()),
+    )
+}
+
+/// [`check_forwarded`] for a reply translated back: from the `service` address to
+/// `client`, leaving the client-side interface ([`CLIENT_IF_MAC`]) for [`CLIENT_MAC`].
+pub fn check_to_client(
+    input: &[u8],
+    out: &[u8],
+    service: SocketAddrV4,
+    client: SocketAddrV4,
+) -> Result<Decoded> {
+    check_forwarded(input, out, service, client, CLIENT_IF_MAC, CLIENT_MAC)
+}

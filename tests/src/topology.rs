@@ -200,27 +200,23 @@ impl Topology {
                 "net.ipv4.conf.default.rp_filter=0",
             ],
         )?;
-        let gw_client = |a: Ipv4Addr| format!("{a}/24");
+        // The gateway's client-side and server-side addresses, on the given interfaces.
+        let add_gateway_addrs = |client_dev: &str, server_dev: &str| -> Result<()> {
+            for (addr, dev) in [
+                (GATEWAY_CLIENT_ADDR, client_dev),
+                (GATEWAY_SERVER_ADDR, server_dev),
+            ] {
+                gateway.ip(&["addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            }
+            Ok(())
+        };
         let mut pass_links = Vec::new();
         let gateway_ifaces = match arms {
             Arms::Two => {
                 netns::veth(&client, "eth0", &gateway, "cli0")?;
                 netns::veth(&gateway, "srv0", &lan, "gw0")?;
                 lan.ip(&["link", "set", "gw0", "master", "br0"])?;
-                gateway.ip(&[
-                    "addr",
-                    "add",
-                    &gw_client(GATEWAY_CLIENT_ADDR),
-                    "dev",
-                    "cli0",
-                ])?;
-                gateway.ip(&[
-                    "addr",
-                    "add",
-                    &gw_client(GATEWAY_SERVER_ADDR),
-                    "dev",
-                    "srv0",
-                ])?;
+                add_gateway_addrs("cli0", "srv0")?;
                 pass_links.push(attach_xdp_pass(&client, "eth0")?);
                 pass_links.push(attach_xdp_pass(&lan, "gw0")?);
                 vec!["cli0".to_string(), "srv0".to_string()]
@@ -231,20 +227,7 @@ impl Topology {
                 for port in ["cl0", "gw0"] {
                     lan.ip(&["link", "set", port, "master", "br0"])?;
                 }
-                gateway.ip(&[
-                    "addr",
-                    "add",
-                    &gw_client(GATEWAY_CLIENT_ADDR),
-                    "dev",
-                    "eth0",
-                ])?;
-                gateway.ip(&[
-                    "addr",
-                    "add",
-                    &gw_client(GATEWAY_SERVER_ADDR),
-                    "dev",
-                    "eth0",
-                ])?;
+                add_gateway_addrs("eth0", "eth0")?;
                 pass_links.push(attach_xdp_pass(&lan, "gw0")?);
                 vec!["eth0".to_string()]
             }

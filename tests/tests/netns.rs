@@ -64,6 +64,24 @@ fn fresh_requests(t: &Topology, n: usize) -> Spread {
         .expect("running requests in the client namespace")
 }
 
+/// `n` requests as [`fresh_requests`], which must all succeed and none of which may land
+/// on the backend `name`, taken out of service as `how` says ("drained", "removed").
+fn fresh_requests_avoiding(t: &Topology, n: usize, name: &str, how: &str) -> Spread {
+    let s = fresh_requests(t, n);
+    assert!(
+        s.errors.is_empty(),
+        "errors with {name} {how}: {:?}",
+        s.errors
+    );
+    assert_eq!(
+        s.count(name),
+        0,
+        "{how} {name} got new connections: {:?}",
+        s.by_backend
+    );
+    s
+}
+
 /// A keep-alive connection to the VIP, opened in the client namespace (usable from any
 /// thread afterwards), and the backend that answered its first request.
 fn open_conn(t: &Topology) -> (Conn, String) {
@@ -150,14 +168,7 @@ fn drained_backend_keeps_open_connections_and_gets_no_new_ones() {
     assert_eq!(entry["state"], "draining");
     assert_eq!(entry["table_share"].as_f64(), Some(0.0));
 
-    let s = fresh_requests(&t, 60);
-    assert!(s.errors.is_empty(), "errors while draining: {:?}", s.errors);
-    assert_eq!(
-        s.count(&drained),
-        0,
-        "drained {drained} got new connections: {:?}",
-        s.by_backend
-    );
+    fresh_requests_avoiding(&t, 60, &drained, "drained");
     for i in 0..10 {
         let r = conn
             .get("/")
@@ -198,14 +209,7 @@ fn removed_backend_gets_no_new_connections() {
             .all(|b| b["backend"] != endpoint.as_str()),
         "removed backend still listed: {list}"
     );
-    let s = fresh_requests(&t, 60);
-    assert!(s.errors.is_empty(), "errors after removal: {:?}", s.errors);
-    assert_eq!(
-        s.count(&removed),
-        0,
-        "removed {removed} got new connections: {:?}",
-        s.by_backend
-    );
+    let s = fresh_requests_avoiding(&t, 60, &removed, "removed");
     assert_eq!(s.by_backend.len(), 2, "{:?}", s.by_backend);
     // Documented: connections open on a removed backend keep their translation.
     let r = conn
@@ -416,6 +420,27 @@ fn cli_rejects_bad_input_without_changing_state() {
         assert_eq!(err.lines().count(), 1, "{err:?}");
         assert!(err.contains("is not attached"), "{args:?}: {err:?}");
         assert!(!Path::new(topology::BPFFS_ROOT).join(&missing).exists());
+    }
+
+    // Not root: refused with the reason, before anything is read or written.
+    for args in [
+        vec!["service", "add", "198.18.100.2:80"],
+        vec!["backend", "drain", &service, &be1],
+        vec!["detach"],
+    ] {
+        let out = t
+            .gateway
+            .command("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(t.balancer_bin())
+            .args(["--instance", t.instance()])
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} as nobody succeeded");
+        assert_eq!(err.lines().count(), 1, "{err:?}");
+        assert!(err.contains("must run as root"), "{args:?}: {err:?}");
     }
     assert_eq!(snapshot(&t), before);
 }

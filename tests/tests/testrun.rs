@@ -87,16 +87,23 @@ fn forward_ok(bed: &TestBed, frame: &Frame, allowed: &[SocketAddrV4]) -> SocketA
         allowed.contains(&backend),
         "sent to {backend}, allowed {allowed:?}"
     );
-    check_forwarded(
-        &input,
-        &r.output,
-        frame.src,
-        backend,
-        BACKEND_IF_MAC,
-        backend_mac(*backend.ip()),
-    )
-    .expect("forward rewrite");
+    check_to_backend(&input, &r.output, frame.src, backend).expect("forward rewrite");
     backend
+}
+
+/// Sends `frame` (a backend's reply to a client of the VIP) in on `ingress` and checks it
+/// leaves with `verdict` and the full reply rewrite (back to the client, from the VIP);
+/// returns the output frame, decoded.
+fn reply_ok(bed: &TestBed, frame: &Frame, ingress: Ingress, verdict: u32) -> Decoded {
+    let input = frame.build();
+    let r = run(bed, &input, ingress);
+    assert_eq!(
+        r.verdict,
+        verdict,
+        "reply on {ingress:?}: got {}",
+        r.verdict_name()
+    );
+    check_to_client(&input, &r.output, vip(), frame.dst).expect("reply rewrite")
 }
 
 // --- Traffic that is not the balancer's --------------------------------------------------
@@ -342,21 +349,8 @@ fn vlan_tagged_syn_keeps_its_tag() {
     let data = Frame::to_vip(40000, PSH_ACK).vlan(42).payload(b"tagged");
     assert_eq!(forward_ok(&bed, &data, &backends), b);
     // The reply, tagged too, goes back with its tag.
-    let reply = Frame::reply(b, client(40000), ACK)
-        .vlan(42)
-        .payload(b"ok")
-        .build();
-    let r = run(&bed, &reply, Ingress::Client);
-    assert_eq!(r.verdict, XDP_TX, "got {}", r.verdict_name());
-    let out = check_forwarded(
-        &reply,
-        &r.output,
-        vip(),
-        client(40000),
-        CLIENT_IF_MAC,
-        CLIENT_MAC,
-    )
-    .unwrap();
+    let reply = Frame::reply(b, client(40000), ACK).vlan(42).payload(b"ok");
+    let out = reply_ok(&bed, &reply, Ingress::Client, XDP_TX);
     assert_eq!(out.vlan, Some(42));
     let _ = svc;
 }
@@ -390,15 +384,7 @@ fn syn_is_forwarded_and_the_reply_translated_back() {
     let out = decode_checked(&r.output).expect("valid checksums");
     let b = out.dst;
     assert!(backends.contains(&b), "sent to {b}");
-    check_forwarded(
-        &input,
-        &r.output,
-        client(sport),
-        b,
-        BACKEND_IF_MAC,
-        backend_mac(*b.ip()),
-    )
-    .unwrap();
+    check_to_backend(&input, &r.output, client(sport), b).unwrap();
     assert_eq!(out.ttl, 63);
     assert_eq!(
         delta,
@@ -433,7 +419,8 @@ fn syn_is_forwarded_and_the_reply_translated_back() {
 
     // The backend's SYN-ACK, received on the backends' side: back to the client's MAC
     // from the MAC it addressed, redirected to the client's interface.
-    let synack = Frame::reply(b, client(sport), SYN_ACK).build();
+    let synack_frame = Frame::reply(b, client(sport), SYN_ACK);
+    let synack = synack_frame.build();
     let r = run_counted(
         &bed,
         &synack,
@@ -444,33 +431,10 @@ fn syn_is_forwarded_and_the_reply_translated_back() {
         ],
     );
     assert_eq!(r.verdict, XDP_REDIRECT, "SYN-ACK: got {}", r.verdict_name());
-    check_forwarded(
-        &synack,
-        &r.output,
-        vip(),
-        client(sport),
-        CLIENT_IF_MAC,
-        CLIENT_MAC,
-    )
-    .unwrap();
+    check_to_client(&synack, &r.output, vip(), client(sport)).unwrap();
 
     // The same reply arriving on the interface the client's SYN came in on: XDP_TX.
-    let r = run(&bed, &synack, Ingress::Client);
-    assert_eq!(
-        r.verdict,
-        XDP_TX,
-        "SYN-ACK on the client side: got {}",
-        r.verdict_name()
-    );
-    check_forwarded(
-        &synack,
-        &r.output,
-        vip(),
-        client(sport),
-        CLIENT_IF_MAC,
-        CLIENT_MAC,
-    )
-    .unwrap();
+    reply_ok(&bed, &synack_frame, Ingress::Client, XDP_TX);
 
     // The handshake's ACK and data follow to the same backend.
     for f in [
@@ -485,20 +449,8 @@ fn syn_is_forwarded_and_the_reply_translated_back() {
         .unwrap()
         .unwrap();
     assert_eq!(flow.state, "established");
-    let data = Frame::reply(b, client(sport), PSH_ACK)
-        .payload(&[0x33; 777])
-        .build();
-    let r = run(&bed, &data, Ingress::Backend);
-    assert_eq!(r.verdict, XDP_REDIRECT);
-    check_forwarded(
-        &data,
-        &r.output,
-        vip(),
-        client(sport),
-        CLIENT_IF_MAC,
-        CLIENT_MAC,
-    )
-    .unwrap();
+    let data = Frame::reply(b, client(sport), PSH_ACK).payload(&[0x33; 777]);
+    reply_ok(&bed, &data, Ingress::Backend, XDP_REDIRECT);
     let stats = bed.balancer().stats().unwrap();
     let bs = stats
         .backends
@@ -528,15 +480,7 @@ fn one_armed_forward_uses_xdp_tx() {
     assert_eq!(r.verdict, XDP_TX, "got {}", r.verdict_name());
     let b = decode_checked(&r.output).unwrap().dst;
     assert!(backends.contains(&b));
-    check_forwarded(
-        &input,
-        &r.output,
-        client(40000),
-        b,
-        BACKEND_IF_MAC,
-        backend_mac(*b.ip()),
-    )
-    .unwrap();
+    check_to_backend(&input, &r.output, client(40000), b).unwrap();
 
     // Without a context the program sees the namespace's loopback as ingress.
     let input = Frame::to_vip(40001, SYN).build();
@@ -592,18 +536,8 @@ fn retransmitted_syn_and_closed_tuples() {
         ("syn", Some((*b2.ip(), b2.port())))
     );
     // ...and its reply comes back from the VIP.
-    let reply = Frame::reply(b2, client(40000), SYN_ACK).build();
-    let r = run(&bed, &reply, Ingress::Backend);
-    assert_eq!(r.verdict, XDP_REDIRECT);
-    check_forwarded(
-        &reply,
-        &r.output,
-        vip(),
-        client(40000),
-        CLIENT_IF_MAC,
-        CLIENT_MAC,
-    )
-    .unwrap();
+    let reply = Frame::reply(b2, client(40000), SYN_ACK);
+    reply_ok(&bed, &reply, Ingress::Backend, XDP_REDIRECT);
 
     // The same after a FIN.
     bed.set_backend_state(svc, b, backend_state::UP).unwrap();
@@ -655,18 +589,8 @@ fn draining_and_removed_backends() {
         let f = Frame::to_vip(*sport, PSH_ACK).payload(b"more");
         assert_eq!(forward_ok(&bed, &f, &backends), *b);
     }
-    let reply = Frame::reply(drained, client(existing[0].0), ACK).build();
-    let r = run(&bed, &reply, Ingress::Backend);
-    assert_eq!(r.verdict, XDP_REDIRECT);
-    check_forwarded(
-        &reply,
-        &r.output,
-        vip(),
-        client(existing[0].0),
-        CLIENT_IF_MAC,
-        CLIENT_MAC,
-    )
-    .unwrap();
+    let reply = Frame::reply(drained, client(existing[0].0), ACK);
+    reply_ok(&bed, &reply, Ingress::Backend, XDP_REDIRECT);
 
     // Nobody left to take new flows: SYNs are dropped, existing flows still forwarded.
     bed.set_backend_state(svc, up[0], backend_state::DRAINING)
@@ -723,15 +647,7 @@ fn udp_service() {
     assert_eq!(r.verdict, XDP_REDIRECT);
     let b = decode_checked(&r.output).unwrap().dst;
     assert!(backends.contains(&b));
-    let out = check_forwarded(
-        &input,
-        &r.output,
-        c,
-        b,
-        BACKEND_IF_MAC,
-        backend_mac(*b.ip()),
-    )
-    .unwrap();
+    let out = check_to_backend(&input, &r.output, c, b).unwrap();
     assert_ne!(out.l4_checksum, 0);
     assert_eq!(
         bed.flow_of(c, dns, Proto::Udp).unwrap().unwrap().state,
@@ -744,7 +660,7 @@ fn udp_service() {
         .build();
     let r = run(&bed, &z, Ingress::Client);
     assert_eq!(r.verdict, XDP_REDIRECT);
-    let out = check_forwarded(&z, &r.output, c, b, BACKEND_IF_MAC, backend_mac(*b.ip())).unwrap();
+    let out = check_to_backend(&z, &r.output, c, b).unwrap();
     assert_eq!(out.l4_checksum, 0, "a zero UDP checksum must stay zero");
 
     // A datagram whose rewritten checksum computes to zero must carry 0xffff, not 0
@@ -754,15 +670,7 @@ fn udp_service() {
     let w = decode_checked(&r.output).unwrap().l4_checksum;
     let tricky = Frame::udp(c, dns, &w.to_be_bytes()).build();
     let r = run(&bed, &tricky, Ingress::Client);
-    let out = check_forwarded(
-        &tricky,
-        &r.output,
-        c,
-        b,
-        BACKEND_IF_MAC,
-        backend_mac(*b.ip()),
-    )
-    .unwrap();
+    let out = check_to_backend(&tricky, &r.output, c, b).unwrap();
     assert_eq!(
         out.l4_checksum, 0xffff,
         "a computed zero UDP checksum is sent as 0xffff"
@@ -774,32 +682,19 @@ fn udp_service() {
         .build();
     let r = run(&bed, &a, Ingress::Backend);
     assert_eq!(r.verdict, XDP_REDIRECT);
-    check_forwarded(&a, &r.output, dns, c, CLIENT_IF_MAC, CLIENT_MAC).unwrap();
+    check_to_client(&a, &r.output, dns, c).unwrap();
     let az = Frame::udp(b, c, b"answer")
         .macs(backend_mac(*b.ip()), BACKEND_IF_MAC)
         .udp_zero_checksum()
         .build();
     let r = run(&bed, &az, Ingress::Backend);
-    let out = check_forwarded(&az, &r.output, dns, c, CLIENT_IF_MAC, CLIENT_MAC).unwrap();
+    let out = check_to_client(&az, &r.output, dns, c).unwrap();
     assert_eq!(out.l4_checksum, 0);
 
     // Many flows: every datagram valid and on a configured backend.
     for sport in 1000..1100 {
         let f = Frame::udp(client(sport), dns, &sport.to_be_bytes());
-        let input = f.build();
-        let r = run(&bed, &input, Ingress::Client);
-        assert_eq!(r.verdict, XDP_REDIRECT);
-        let b = decode_checked(&r.output).unwrap().dst;
-        assert!(backends.contains(&b));
-        check_forwarded(
-            &input,
-            &r.output,
-            client(sport),
-            b,
-            BACKEND_IF_MAC,
-            backend_mac(*b.ip()),
-        )
-        .unwrap();
+        forward_ok(&bed, &f, &backends);
     }
 }
 
@@ -900,18 +795,8 @@ fn lost_flow_entry_is_recreated_on_the_same_backend() {
         .unwrap()
         .unwrap();
     assert_eq!(flow.state, "established");
-    let reply = Frame::reply(b, client(40000), ACK).build();
-    let r = run(&bed, &reply, Ingress::Backend);
-    assert_eq!(r.verdict, XDP_REDIRECT);
-    check_forwarded(
-        &reply,
-        &r.output,
-        vip(),
-        client(40000),
-        CLIENT_IF_MAC,
-        CLIENT_MAC,
-    )
-    .unwrap();
+    let reply = Frame::reply(b, client(40000), ACK);
+    reply_ok(&bed, &reply, Ingress::Backend, XDP_REDIRECT);
 }
 
 // --- Refused service packets leave no state -----------------------------------------
@@ -970,17 +855,10 @@ fn harness_checks_detect_broken_frames() {
         (&[1u8, 1, 1, 0][..], Some(9))
     );
 
-    // check_forwarded: an unchanged frame is not a forwarded one (TTL, addresses).
+    // check_forwarded (through check_to_backend): an unchanged frame is not a forwarded one
+    // (TTL, addresses).
     let b = SocketAddrV4::new(backend_addr(0), 8080);
-    assert!(check_forwarded(
-        &syn,
-        &syn,
-        client(40000),
-        b,
-        BACKEND_IF_MAC,
-        backend_mac(*b.ip())
-    )
-    .is_err());
+    assert!(check_to_backend(&syn, &syn, client(40000), b).is_err());
     assert_eq!(backend_mac(backend_addr(1)), [2, 0, 0, 0, 1, 11]);
     assert_eq!(xdp_md(54, 3)[4..8], 54u32.to_ne_bytes());
 }
