@@ -42,7 +42,7 @@ impl From<BackendStats> for BackendCountersValues {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Stats {
-    /// Global counters by name, in `Counter` order.
+    /// Global counters by name (JSON object, keys sorted).
     pub global: serde_json::Map<String, serde_json::Value>,
     pub backends: Vec<BackendCounters>,
 }
