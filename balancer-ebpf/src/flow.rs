@@ -5,7 +5,7 @@ use crate::{
     csum::{rewrite_delta, Endpoints},
     direction, flow_state,
     parse::{EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
-    Backend, Config, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, PROTO_TCP,
+    phase, Backend, Config, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, PROTO_TCP,
 };
 
 /// True for a connection-opening SYN (not a SYN-ACK).
@@ -67,6 +67,33 @@ pub fn new_entries(
     backend: &Backend,
     now: u64,
 ) -> (FlowKey, Flow, FlowKey, Flow) {
+    let mut pair = FlowPair::default();
+    new_entries_into(&mut pair, pkt, eth, ingress_ifindex, slot, backend, now);
+    (pair.key, pair.forward, pair.reply_key, pair.reply)
+}
+
+/// Both entries of a new flow, side by side: what [`new_entries_into`] fills. The XDP
+/// program builds them in a per-CPU map value where the BPF stack is too small.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowPair {
+    pub key: FlowKey,
+    pub forward: Flow,
+    pub reply_key: FlowKey,
+    pub reply: Flow,
+}
+
+/// [`new_entries`], written into `out`.
+#[inline(always)]
+pub fn new_entries_into(
+    out: &mut FlowPair,
+    pkt: &Packet,
+    eth: &EthHdr,
+    ingress_ifindex: u32,
+    slot: u32,
+    backend: &Backend,
+    now: u64,
+) {
     let k = pkt.key;
     // A flow opens with a SYN (or any UDP packet); one re-created after a table miss
     // starts as established, or closing if the packet says so.
@@ -92,7 +119,7 @@ pub fn new_entries(
         ..client_to_vip
     };
     let (ip_fwd, l4_fwd) = rewrite_delta(client_to_vip, client_to_backend);
-    let forward = Flow {
+    out.forward = Flow {
         new_src: k.src,
         new_dst: backend.addr,
         new_sport: k.sport,
@@ -106,12 +133,17 @@ pub fn new_entries(
         direction: direction::TO_BACKEND,
         state,
         l2_valid: 0,
-        _pad1: 0,
-        _pad2: 0,
+        phase: phase::NAT,
+        seq_delta: 0,
         created_ns: now,
         last_seen_ns: now,
+        client_isn: 0,
+        cookie_isn: 0,
+        mss: 0,
+        _pad1: 0,
+        _pad2: 0,
     };
-    let reply_key = FlowKey::new(backend.addr, k.src, backend.port, k.sport, k.proto);
+    out.reply_key = FlowKey::new(backend.addr, k.src, backend.port, k.sport, k.proto);
     let backend_to_client = Endpoints {
         src: backend.addr,
         dst: k.src,
@@ -124,7 +156,7 @@ pub fn new_entries(
         ..backend_to_client
     };
     let (ip_rev, l4_rev) = rewrite_delta(backend_to_client, vip_to_client);
-    let reply = Flow {
+    out.reply = Flow {
         new_src: k.dst,
         new_dst: k.src,
         new_sport: k.dport,
@@ -138,12 +170,17 @@ pub fn new_entries(
         direction: direction::TO_CLIENT,
         state: reply_state,
         l2_valid: 1,
-        _pad1: 0,
-        _pad2: 0,
+        phase: phase::NAT,
+        seq_delta: 0,
         created_ns: now,
         last_seen_ns: now,
+        client_isn: 0,
+        cookie_isn: 0,
+        mss: 0,
+        _pad1: 0,
+        _pad2: 0,
     };
-    (k, forward, reply_key, reply)
+    out.key = k;
 }
 
 #[cfg(test)]

@@ -9,10 +9,13 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod cookie;
 pub mod csum;
 pub mod flow;
 pub mod hash;
 pub mod parse;
+pub mod syncookie;
+pub mod tcp_reply;
 pub mod types;
 
 pub use types::*;

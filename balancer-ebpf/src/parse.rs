@@ -18,6 +18,8 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_PSH: u8 = 0x08;
 pub const TCP_ACK: u8 = 0x10;
+/// SYN and ACK (a SYN-ACK).
+pub const PROTO_TCP_FLAGS_SYNACK: u8 = TCP_SYN | TCP_ACK;
 
 /// IPv4 "more fragments" flag and fragment-offset mask, in host order.
 const IP_MF: u16 = 0x2000;

@@ -24,8 +24,18 @@ pub mod map_names {
     pub const FLOWS: &str = "BALANCER_FLOWS";
     pub const STATS: &str = "BALANCER_STATS";
     pub const BACKEND_STATS: &str = "BALANCER_BACKEND_STATS";
+    /// Cookie settings per service id (cookie-mode services).
+    pub const COOKIE_CONFIG: &str = "BALANCER_COOKIE_CONFIG";
+    /// (service id, hash of a server-ID token) -> backend slot.
+    pub const SERVER_IDS: &str = "BALANCER_SERVER_IDS";
+    /// Backend slot -> replacement slot, written by the control plane on failover.
+    pub const FAILOVER: &str = "BALANCER_FAILOVER";
+    /// Syncookie secrets (current and previous generation).
+    pub const SYNCOOKIE_KEYS: &str = "BALANCER_SYNCOOKIE_KEYS";
+    /// First data segments of connections being bound to a backend.
+    pub const PENDING: &str = "BALANCER_PENDING";
     /// Every map the data plane pins, in the order `balancer` reports them.
-    pub const ALL: [&str; 7] = [
+    pub const ALL: [&str; 12] = [
         CONFIG,
         SERVICES,
         BACKENDS,
@@ -33,6 +43,11 @@ pub mod map_names {
         FLOWS,
         STATS,
         BACKEND_STATS,
+        COOKIE_CONFIG,
+        SERVER_IDS,
+        FAILOVER,
+        SYNCOOKIE_KEYS,
+        PENDING,
     ];
 }
 
@@ -42,6 +57,8 @@ pub const PROGRAM_NAME: &str = "balancer";
 /// topologies attach to veth peers so that redirected frames are received (a veth peer
 /// without XDP or GRO drops them).
 pub const PASS_PROGRAM_NAME: &str = "xdp_pass";
+/// The TC ingress program that completes delayed binding where XDP cannot grow a frame.
+pub const TC_PROGRAM_NAME: &str = "balancer_tc";
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -57,6 +74,9 @@ pub struct ServiceKey {
     pub proto: u8,
     pub _pad: u8,
 }
+
+/// Service flag: delayed binding on the session cookie (see docs/delayed-binding.md).
+pub const SERVICE_F_COOKIE: u32 = 1;
 
 /// Value of the services map.
 #[repr(C)]
@@ -129,6 +149,65 @@ impl FlowKey {
     }
 }
 
+/// Key of the server-ID map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ServerIdKey {
+    /// Service id.
+    pub service: u32,
+    pub _pad: u32,
+    /// `cookie::token_hash` of the server-ID token.
+    pub token_hash: u64,
+}
+
+/// Longest server-ID token (bytes); the cookie scanner reads tokens up to this length.
+pub const MAX_SERVER_ID_LEN: usize = 64;
+
+/// Value of the server-ID map: the backend slot, and the token itself so that the
+/// control plane can show it (the data plane reads `slot` only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerId {
+    pub slot: u32,
+    pub len: u32,
+    pub token: [u8; MAX_SERVER_ID_LEN],
+}
+
+/// Value of the failover map (an array indexed by backend slot).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Failover {
+    /// Slot that takes the sessions of the indexed backend while `active` is 1.
+    pub replacement: u32,
+    pub active: u32,
+}
+
+/// Connections that can be in the binding phase at once (entries of the pending map).
+pub const PENDING_CAPACITY: u32 = 16_384;
+
+/// Largest TCP segment (header and payload) kept while a connection is being bound.
+pub const PENDING_SEGMENT_MAX: usize = 1536;
+
+/// Value of the pending map: a client's first data segment, TCP header included, as it
+/// arrived.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PendingSegment {
+    pub len: u32,
+    pub _pad: u32,
+    pub bytes: [u8; PENDING_SEGMENT_MAX],
+}
+
+/// Binding phase of a cookie-mode flow.
+pub mod phase {
+    /// Plain NAT (services without cookie mode).
+    pub const NAT: u8 = 0;
+    /// Backend chosen, SYN sent to it, first segment kept; waiting for its SYN-ACK.
+    pub const BINDING: u8 = 1;
+    /// Spliced: NAT plus the sequence shift.
+    pub const SPLICED: u8 = 2;
+}
+
 /// Which way a flow-table entry rewrites.
 pub mod direction {
     /// Client -> VIP, rewritten to client -> backend.
@@ -189,13 +268,24 @@ pub struct Flow {
     /// One of [`flow_state`].
     pub state: u8,
     pub l2_valid: u8,
-    pub _pad1: u8,
-    pub _pad2: u32,
+    /// One of [`phase`].
+    pub phase: u8,
+    /// Spliced flows: `K - B` (syncookie ISN minus backend ISN), added to the sequence
+    /// number of backend -> client packets and taken off the acknowledgement number of
+    /// client -> backend packets.
+    pub seq_delta: u32,
     /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) when the flow was created.
     pub created_ns: u64,
     /// Last packet, refreshed at most once per [`LAST_SEEN_GRANULARITY_NS`] to keep the
     /// established path free of shared-cache-line writes.
     pub last_seen_ns: u64,
+    /// Cookie-mode flows: the client's ISN and the syncookie ISN it was answered with.
+    pub client_isn: u32,
+    pub cookie_isn: u32,
+    /// Cookie-mode flows: the client's MSS (from the syncookie).
+    pub mss: u16,
+    pub _pad1: u16,
+    pub _pad2: u32,
 }
 
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
@@ -293,6 +383,38 @@ counters! {
         DropNoRoute = "drop_no_route",
         /// Flow table full and no entry could be created.
         DropFlowTableFull = "drop_flow_table_full",
+        /// Cookie mode: SYNs answered with a syncookie SYN-ACK.
+        SyncookiesSent = "syncookies_sent",
+        /// Cookie mode: handshake ACKs and first segments with a valid syncookie.
+        SyncookiesValid = "syncookies_valid",
+        /// Cookie mode: ACKs without a flow whose syncookie is invalid or expired: dropped.
+        SyncookiesInvalid = "syncookies_invalid",
+        /// Cookie mode: SYNs dropped because no syncookie secret is set.
+        DropNoSyncookieKey = "drop_no_syncookie_key",
+        /// Cookie mode: connections whose first segment chose a backend (SYN sent to it).
+        BindingsStarted = "bindings_started",
+        /// Cookie mode: bindings completed (backend SYN-ACK seen, first segment delivered).
+        BindingsCompleted = "bindings_completed",
+        /// Cookie mode: bindings abandoned because the backend did not answer in time (client reset).
+        BindingsTimedOut = "bindings_timed_out",
+        /// Cookie mode: SYNs re-sent to the backend for a client retransmitting its first segment.
+        BindRetransmits = "bind_retransmits",
+        /// Cookie mode: first segments delivered by the TC program because the driver's frame could not grow in XDP.
+        SplicedByTc = "spliced_by_tc",
+        /// Cookie mode: packets dropped while binding (client segments after the first, unexpected backend packets, frames that could not be resized).
+        DropWhileBinding = "drop_while_binding",
+        /// Cookie mode: first segments that are not HTTP (e.g. TLS): policy decides.
+        CookieNotHttp = "cookie_not_http",
+        /// Cookie mode: complete request heads without a Cookie header: policy decides.
+        CookieNoHeader = "cookie_no_header",
+        /// Cookie mode: Cookie headers without the configured cookie: policy decides.
+        CookieNameAbsent = "cookie_name_absent",
+        /// Cookie mode: the cookie has no usable primary token: policy decides.
+        CookieNoToken = "cookie_no_token",
+        /// Cookie mode: the request head continues beyond the first segment without the cookie: policy decides.
+        CookieBeyondFirstSegment = "cookie_beyond_first_segment",
+        /// Cookie mode: primary token unknown (no backend has it): policy decides.
+        CookieUnknownToken = "cookie_unknown_token",
     }
 }
 
@@ -313,6 +435,13 @@ pub struct BackendStats {
     pub bytes_from: u64,
     /// Flows assigned to the backend.
     pub new_flows: u64,
+    /// Cookie mode: connections bound here because the cookie named this backend.
+    pub cookie_hits: u64,
+    /// Cookie mode: connections bound here by the policy (no usable cookie).
+    pub cookie_misses: u64,
+    /// Cookie mode: connections bound here because the cookie named a failed primary
+    /// whose sessions this backend took over.
+    pub failover_redirects: u64,
 }
 
 impl BackendStats {
@@ -322,6 +451,9 @@ impl BackendStats {
         self.packets_from += other.packets_from;
         self.bytes_from += other.bytes_from;
         self.new_flows += other.new_flows;
+        self.cookie_hits += other.cookie_hits;
+        self.cookie_misses += other.cookie_misses;
+        self.failover_redirects += other.failover_redirects;
     }
 }
 
@@ -332,9 +464,13 @@ const _: () = {
     assert!(core::mem::size_of::<Service>() == 8);
     assert!(core::mem::size_of::<Backend>() == 16);
     assert!(core::mem::size_of::<FlowKey>() == 16);
-    assert!(core::mem::size_of::<Flow>() == 64);
+    assert!(core::mem::size_of::<Flow>() == 80);
+    assert!(core::mem::size_of::<ServerIdKey>() == 16);
+    assert!(core::mem::size_of::<ServerId>() == 8 + MAX_SERVER_ID_LEN);
+    assert!(core::mem::size_of::<Failover>() == 8);
+    assert!(core::mem::size_of::<PendingSegment>() == 8 + PENDING_SEGMENT_MAX);
     assert!(core::mem::size_of::<Config>() == 16);
-    assert!(core::mem::size_of::<BackendStats>() == 40);
+    assert!(core::mem::size_of::<BackendStats>() == 64);
 };
 
 #[cfg(feature = "user")]
@@ -348,6 +484,10 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for BackendStats {}
+    unsafe impl aya::Pod for ServerIdKey {}
+    unsafe impl aya::Pod for ServerId {}
+    unsafe impl aya::Pod for Failover {}
+    unsafe impl aya::Pod for PendingSegment {}
 }
 
 #[cfg(test)]

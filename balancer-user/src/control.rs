@@ -11,12 +11,13 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use balancer_ebpf::{
     backend_state, map_names, Backend, BackendStats, Service, ServiceKey, MAX_BACKENDS,
-    MAX_SERVICES, MAX_WEIGHT, RING_SIZE,
+    MAX_SERVICES, MAX_WEIGHT, RING_SIZE, SERVICE_F_COOKIE,
 };
 use serde::Serialize;
 
 use crate::{
-    addr::{ip_from_map, ip_to_map, parse_endpoint, ServiceAddr},
+    addr::{ip_from_map, ip_to_map, parse_endpoint, Proto, ServiceAddr},
+    cookie_mode::{validate_server_id, CookieMaps, CookieSettings},
     dataplane::Balancer,
     error::{map_ctx, Error, Result},
     maglev::{self, Member, NO_BACKEND},
@@ -34,21 +35,33 @@ pub struct ServiceInfo {
     pub backends: usize,
     /// Backends currently taking new flows.
     pub active_backends: usize,
+    /// `nat`, or `cookie` (delayed binding on the session cookie).
+    pub mode: &'static str,
+    /// Cookie-mode settings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<CookieSettings>,
 }
 
 /// A backend to add.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BackendSpec {
     pub addr: Ipv4Addr,
     pub port: u16,
     pub weight: u32,
+    /// Cookie-mode services: the token the app server writes into the session cookie.
+    pub server_id: Option<String>,
 }
 
 impl BackendSpec {
     pub fn parse(endpoint: &str, weight: u32) -> Result<Self> {
         let (addr, port) = parse_endpoint("backend address", endpoint)?;
         validate_weight(weight)?;
-        Ok(BackendSpec { addr, port, weight })
+        Ok(BackendSpec {
+            addr,
+            port,
+            weight,
+            server_id: None,
+        })
     }
 }
 
@@ -62,6 +75,12 @@ pub struct BackendInfo {
     pub weight: u32,
     /// Fraction of the service's lookup table (new flows) this backend gets.
     pub table_share: f64,
+    /// Cookie-mode services: the backend's server-ID token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
+    /// Cookie-mode services: the backend that takes this one's sessions, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover_to: Option<String>,
 }
 
 pub fn state_name(state: u8) -> &'static str {
@@ -253,6 +272,26 @@ fn zero_backend_stats(b: &Balancer, slot: u32) -> Result<()> {
 
 impl Balancer {
     pub fn add_service(&self, addr: ServiceAddr) -> Result<ServiceInfo> {
+        self.add_service_with(addr, None)
+    }
+
+    /// Adds a service; with `cookie`, in cookie mode (TCP only).
+    pub fn add_service_with(
+        &self,
+        addr: ServiceAddr,
+        cookie: Option<CookieSettings>,
+    ) -> Result<ServiceInfo> {
+        let cookie_config = match &cookie {
+            Some(c) if addr.proto != Proto::Tcp => {
+                return Err(Error::invalid(
+                    "service",
+                    addr,
+                    format!("cookie mode needs TCP (cookie name {})", c.name),
+                ))
+            }
+            Some(c) => Some(c.to_config()?),
+            None => None,
+        };
         let mut maps = Maps::open(self)?;
         let existing = maps.services()?;
         if existing.iter().any(|(a, _)| *a == addr) {
@@ -261,11 +300,19 @@ impl Balancer {
         let id = (0..MAX_SERVICES)
             .find(|id| existing.iter().all(|(_, s)| s.id != *id))
             .ok_or(Error::ServicesFull(MAX_SERVICES))?;
-        let service = Service { id, flags: 0 };
+        let flags = if cookie_config.is_some() {
+            SERVICE_F_COOKIE
+        } else {
+            0
+        };
+        let service = Service { id, flags };
         // The block may hold entries of a removed service: clear it before the service
         // becomes visible.
         let old = maps.ring_block(&service)?;
         maps.write_ring(&service, &old, &vec![NO_BACKEND; RING_SIZE as usize])?;
+        if let Some(config) = &cookie_config {
+            CookieMaps::open(self)?.set_config(id, config)?;
+        }
         maps.services
             .insert(addr.key(), service, 0)
             .map_err(map_ctx("writing SERVICES"))?;
@@ -275,6 +322,8 @@ impl Balancer {
             id,
             backends: 0,
             active_backends: 0,
+            mode: if cookie.is_some() { "cookie" } else { "nat" },
+            cookie,
         })
     }
 
@@ -289,6 +338,15 @@ impl Balancer {
             .map_err(map_ctx("removing from SERVICES"))?;
         let old = maps.ring_block(&service)?;
         maps.write_ring(&service, &old, &vec![NO_BACKEND; RING_SIZE as usize])?;
+        if service.flags & SERVICE_F_COOKIE != 0 {
+            let mut cookie = CookieMaps::open(self)?;
+            for (key, _, _) in cookie.entries(service.id, None)? {
+                cookie.remove(&key)?;
+            }
+            for (slot, _) in &backends {
+                cookie.forget_slot(*slot)?;
+            }
+        }
         for (slot, _) in backends {
             maps.backends
                 .set(slot, Backend::default(), 0)
@@ -299,13 +357,18 @@ impl Balancer {
 
     pub fn services(&self) -> Result<Vec<ServiceInfo>> {
         let maps = Maps::open(self)?;
+        let cookie_maps = CookieMaps::open(self)?;
         let backends = maps.backends()?;
-        Ok(maps
-            .services()?
+        maps.services()?
             .into_iter()
             .map(|(addr, s)| {
                 let mine: Vec<_> = backends.iter().filter(|(_, b)| b.service == s.id).collect();
-                ServiceInfo {
+                let cookie = if s.flags & SERVICE_F_COOKIE != 0 {
+                    Some(cookie_maps.settings(s.id)?)
+                } else {
+                    None
+                };
+                Ok(ServiceInfo {
                     service: addr.to_string(),
                     addr,
                     id: s.id,
@@ -314,9 +377,11 @@ impl Balancer {
                         .iter()
                         .filter(|(_, b)| b.state == backend_state::UP)
                         .count(),
-                }
+                    mode: if cookie.is_some() { "cookie" } else { "nat" },
+                    cookie,
+                })
             })
-            .collect())
+            .collect()
     }
 
     pub fn add_backend(&self, addr: ServiceAddr, spec: BackendSpec) -> Result<BackendInfo> {
@@ -335,6 +400,20 @@ impl Balancer {
                 backend: format!("{}:{}", spec.addr, spec.port),
             });
         }
+        let mut cookie_maps = None;
+        if let Some(token) = &spec.server_id {
+            if service.flags & SERVICE_F_COOKIE == 0 {
+                return Err(Error::invalid(
+                    "server id",
+                    token,
+                    format!("service {addr} is not in cookie mode"),
+                ));
+            }
+            let cm = CookieMaps::open(self)?;
+            validate_server_id(token, &cm.settings(service.id)?)?;
+            cm.check_free(service.id, token, &addr.to_string())?;
+            cookie_maps = Some(cm);
+        }
         let slot = (0..MAX_BACKENDS)
             .find(|s| all.iter().all(|(used, _)| used != s))
             .ok_or(Error::BackendsFull(MAX_BACKENDS))?;
@@ -347,6 +426,11 @@ impl Balancer {
             service: service.id,
             weight: spec.weight,
         };
+        if let (Some(cm), Some(token)) = (&mut cookie_maps, &spec.server_id) {
+            // A stale failover entry of the slot's previous backend must not apply.
+            cm.forget_slot(slot)?;
+            cm.insert(service.id, token, slot)?;
+        }
         maps.update_backend(&service, slot, backend)?;
         self.backend_info(&maps, &addr, &service, slot)
     }
@@ -358,8 +442,56 @@ impl Balancer {
         let mut maps = Maps::open(self)?;
         let service = maps.service(&addr)?;
         let (slot, _) = maps.find_backend(&addr, &service, target)?;
+        if service.flags & SERVICE_F_COOKIE != 0 {
+            let mut cookie = CookieMaps::open(self)?;
+            for (key, _, _) in cookie.entries(service.id, Some(slot))? {
+                cookie.remove(&key)?;
+            }
+            cookie.forget_slot(slot)?;
+        }
         // An empty slot is not UP: the table drops it before the slot is cleared.
         maps.update_backend(&service, slot, Backend::default())
+    }
+
+    /// Cookie mode: sends the sessions of `failed` (whose cookies name it as primary) to
+    /// `replacement` (the secondary holding their replicated state), or stops doing so
+    /// with `None`. Written by the control plane on failover.
+    pub fn set_failover(
+        &self,
+        addr: ServiceAddr,
+        failed: &str,
+        replacement: Option<&str>,
+    ) -> Result<BackendInfo> {
+        let failed = parse_endpoint("backend address", failed)?;
+        let replacement = replacement
+            .map(|r| parse_endpoint("backend address", r))
+            .transpose()?;
+        let maps = Maps::open(self)?;
+        let service = maps.service(&addr)?;
+        if service.flags & SERVICE_F_COOKIE == 0 {
+            return Err(Error::invalid(
+                "service",
+                addr,
+                "failover applies to cookie-mode services",
+            ));
+        }
+        let (slot, _) = maps.find_backend(&addr, &service, failed)?;
+        let target = match replacement {
+            Some(r) => {
+                let (rslot, _) = maps.find_backend(&addr, &service, r)?;
+                if rslot == slot {
+                    return Err(Error::invalid(
+                        "failover",
+                        format!("{}:{}", r.0, r.1),
+                        "a backend cannot replace itself",
+                    ));
+                }
+                Some(rslot)
+            }
+            None => None,
+        };
+        CookieMaps::open(self)?.set_failover(slot, target)?;
+        self.backend_info(&maps, &addr, &service, slot)
     }
 
     /// Sets a backend's state (`backend_state::UP`, `DRAINING` or `DOWN`).
@@ -423,8 +555,9 @@ impl Balancer {
                 continue;
             }
             let shares = maglev::shares(&maps.ring_block(&service)?);
+            let cookie = CookieDetails::read(self, &maps, &service)?;
             for (slot, b) in maps.backends_of(&service)? {
-                out.push(describe(&addr, slot, &b, &shares));
+                out.push(describe(&addr, slot, &b, &shares, &cookie));
             }
         }
         Ok(out)
@@ -442,7 +575,8 @@ impl Balancer {
             .get(&slot, 0)
             .map_err(map_ctx("reading BACKENDS"))?;
         let shares = maglev::shares(&maps.ring_block(service)?);
-        Ok(describe(addr, slot, &b, &shares))
+        let cookie = CookieDetails::read(self, maps, service)?;
+        Ok(describe(addr, slot, &b, &shares, &cookie))
     }
 
     /// Service address and backend address of every used backend slot (for counters).
@@ -468,11 +602,44 @@ fn endpoint_of(b: &Backend) -> String {
     format!("{}:{}", ip_from_map(b.addr), u16::from_be(b.port))
 }
 
+/// Server-ID tokens and failover targets of a cookie-mode service's backends, by slot.
+#[derive(Default)]
+struct CookieDetails {
+    tokens: std::collections::HashMap<u32, String>,
+    failover: std::collections::HashMap<u32, String>,
+}
+
+impl CookieDetails {
+    fn read(b: &Balancer, maps: &Maps, service: &Service) -> Result<Self> {
+        let mut d = CookieDetails::default();
+        if service.flags & SERVICE_F_COOKIE == 0 {
+            return Ok(d);
+        }
+        let cm = CookieMaps::open(b)?;
+        for (_, token, slot) in cm.entries(service.id, None)? {
+            d.tokens.insert(slot, token);
+        }
+        for (slot, _) in maps.backends_of(service)? {
+            let f = cm
+                .failover
+                .get(&slot, 0)
+                .map_err(map_ctx("reading FAILOVER"))?;
+            if f.active == 1 {
+                if let Ok(r) = maps.backends.get(&f.replacement, 0) {
+                    d.failover.insert(slot, endpoint_of(&r));
+                }
+            }
+        }
+        Ok(d)
+    }
+}
+
 fn describe(
     addr: &ServiceAddr,
     slot: u32,
     b: &Backend,
     shares: &std::collections::HashMap<u32, usize>,
+    cookie: &CookieDetails,
 ) -> BackendInfo {
     BackendInfo {
         service: addr.to_string(),
@@ -481,5 +648,7 @@ fn describe(
         state: state_name(b.state),
         weight: b.weight,
         table_share: *shares.get(&slot).unwrap_or(&0) as f64 / RING_SIZE as f64,
+        server_id: cookie.tokens.get(&slot).cloned(),
+        failover_to: cookie.failover.get(&slot).cloned(),
     }
 }

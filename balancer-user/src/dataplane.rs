@@ -16,17 +16,24 @@ use std::{
 
 use aya::{
     maps::{Array, Map, MapData},
-    programs::{links::FdLink, links::PinnedLink, Xdp, XdpMode},
+    programs::{links::FdLink, links::PinnedLink, tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
     EbpfLoader,
 };
-use balancer_ebpf::{map_names, Config, PROGRAM_NAME};
+use balancer_ebpf::{
+    map_names,
+    syncookie::{CookieSecret, SyncookieKeys},
+    Config, PROGRAM_NAME, TC_PROGRAM_NAME,
+};
 
 use crate::error::{io_ctx, map_ctx, prog_ctx, Error, Result};
 
 /// Where instances live unless told otherwise.
 pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/balancer";
 pub const PROGRAM_PIN: &str = "prog_balancer";
+/// The TC ingress program that completes delayed binding where XDP cannot grow a frame.
+pub const TC_PROGRAM_PIN: &str = "prog_balancer_tc";
 const LINK_PREFIX: &str = "link_";
+const TC_LINK_PREFIX: &str = "tclink_";
 
 /// The compiled XDP object, built by build.rs.
 pub static XDP_OBJECT: &[u8] =
@@ -221,6 +228,23 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
         config_map
             .set(0, config, 0)
             .map_err(map_ctx("writing CONFIG"))?;
+        // Cookie-mode services answer SYNs with syncookies: start with a random secret
+        // (`balancer syncookie-key` installs a shared one).
+        let mut keys: Array<&mut MapData, SyncookieKeys> = ebpf
+            .map_mut(map_names::SYNCOOKIE_KEYS)
+            .ok_or_else(|| missing_in_object(map_names::SYNCOOKIE_KEYS))?
+            .try_into()
+            .map_err(map_ctx("SYNCOOKIE_KEYS map"))?;
+        let current = crate::cookie_mode::random_secret()?;
+        keys.set(
+            0,
+            SyncookieKeys {
+                current,
+                previous: CookieSecret::default(),
+            },
+            0,
+        )
+        .map_err(map_ctx("writing SYNCOOKIE_KEYS"))?;
         let program: &mut Xdp = ebpf
             .program_mut(PROGRAM_NAME)
             .ok_or_else(|| missing_in_object(PROGRAM_NAME))?
@@ -232,6 +256,15 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
         program
             .pin(dir.join(PROGRAM_PIN))
             .map_err(|e| io_ctx("pinning the XDP program")(std::io::Error::other(e.to_string())))?;
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(TC_PROGRAM_NAME)
+            .ok_or_else(|| missing_in_object(TC_PROGRAM_NAME))?
+            .try_into()
+            .map_err(prog_ctx("TC program"))?;
+        tc.load()
+            .map_err(prog_ctx("loading the TC program (verifier)"))?;
+        tc.pin(dir.join(TC_PROGRAM_PIN))
+            .map_err(|e| io_ctx("pinning the TC program")(std::io::Error::other(e.to_string())))?;
         Ok(())
     })();
     if result.is_err() {
@@ -340,6 +373,7 @@ pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
                 io_ctx(format!("pinning the link of {name}"))(std::io::Error::other(e.to_string()))
             })?;
             done.push(path);
+            done.push(attach_tc(dir, name)?);
         }
         Ok(())
     })();
@@ -354,6 +388,32 @@ pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
         return Err(e);
     }
     Ok(targets.into_iter().map(|(n, _)| n).collect())
+}
+
+/// Attaches the TC ingress program to `name` (TCX, a BPF link) and pins the link.
+fn attach_tc(dir: &Path, name: &str) -> Result<PathBuf> {
+    let mut tc = SchedClassifier::from_pin(dir.join(TC_PROGRAM_PIN))
+        .map_err(prog_ctx("opening the pinned TC program"))?;
+    let link_id = tc
+        .attach(name, TcAttachType::Ingress)
+        .map_err(prog_ctx(format!("attaching the TC program to {name}")))?;
+    let link = tc
+        .take_link(link_id)
+        .map_err(prog_ctx(format!("taking the TC link of {name}")))?;
+    let fd_link: FdLink = link.try_into().map_err(|e| {
+        io_ctx(format!(
+            "{name}: the kernel attached TC without a BPF link (TCX needs Linux 6.6)"
+        ))(std::io::Error::other(format!("{e}")))
+    })?;
+    let path = dir.join(format!("{TC_LINK_PREFIX}{name}"));
+    fd_link.pin(&path).map_err(|e| {
+        io_ctx(format!("pinning the TC link of {name}"))(std::io::Error::other(e.to_string()))
+    })?;
+    Ok(path)
+}
+
+fn is_link_pin(name: &str) -> bool {
+    name.starts_with(LINK_PREFIX) || name.starts_with(TC_LINK_PREFIX)
 }
 
 fn unpin_link(path: &Path) {
@@ -377,6 +437,7 @@ pub fn detach(dir: &Path) -> Result<Vec<String>> {
         let _lock = lock_dir(dir)?;
         for name in &interfaces {
             unpin_link(&dir.join(format!("{LINK_PREFIX}{name}")));
+            unpin_link(&dir.join(format!("{TC_LINK_PREFIX}{name}")));
         }
     }
     remove_pins(dir);
@@ -391,7 +452,7 @@ fn remove_pins(dir: &Path) {
             if path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(LINK_PREFIX))
+                .is_some_and(is_link_pin)
             {
                 unpin_link(&path);
             } else {

@@ -7,6 +7,7 @@
 
 pub mod addr;
 pub mod control;
+pub mod cookie_mode;
 pub mod dataplane;
 pub mod error;
 pub mod flows;
@@ -15,5 +16,6 @@ pub mod stats;
 
 pub use addr::{Proto, ServiceAddr};
 pub use control::{BackendInfo, BackendSpec, ServiceInfo};
+pub use cookie_mode::CookieSettings;
 pub use dataplane::{AttachOptions, Balancer, Mode};
 pub use error::{Error, Result};

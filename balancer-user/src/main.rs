@@ -12,7 +12,7 @@ use balancer_user::{
     addr::parse_endpoint,
     control::DEFAULT_WEIGHT,
     dataplane::{self, DEFAULT_BPFFS_ROOT},
-    AttachOptions, BackendSpec, Balancer, Mode, Proto, ServiceAddr,
+    AttachOptions, BackendSpec, Balancer, CookieSettings, Mode, Proto, ServiceAddr,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -57,6 +57,14 @@ enum Command {
         /// Repeat every SECONDS until interrupted.
         #[arg(long, value_name = "SECONDS")]
         watch: Option<u64>,
+    },
+    /// Install a new syncookie secret (the current one stays valid as the previous
+    /// generation). Give every balancer node the same file so any node validates the
+    /// others' syncookies.
+    SyncookieKey {
+        /// File with the key: 32 hexadecimal digits. Without it, a random key.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
     },
     /// List connections in the flow table.
     Flows {
@@ -115,7 +123,12 @@ impl ServiceRef {
 #[derive(Subcommand)]
 enum ServiceCmd {
     /// Add a service.
-    Add(ServiceRef),
+    Add {
+        #[command(flatten)]
+        service: ServiceRef,
+        #[command(flatten)]
+        cookie: CookieArgs,
+    },
     /// Remove a service and its backends (open connections keep their translation).
     Remove(ServiceRef),
     /// List services.
@@ -123,6 +136,38 @@ enum ServiceCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Cookie mode (delayed binding on the session cookie; see the README).
+#[derive(Args)]
+struct CookieArgs {
+    /// Pin each connection to the server named in its session cookie
+    /// (`NAME=<session>!<primary>!<secondary>`).
+    #[arg(long)]
+    cookie: bool,
+    /// Cookie name (case-sensitive).
+    #[arg(long, default_value = "JSESSIONID", requires = "cookie")]
+    cookie_name: String,
+    /// Character separating the segments of the cookie value.
+    #[arg(long, default_value_t = '!', requires = "cookie")]
+    cookie_delimiter: char,
+    /// 1-based segment holding the primary server's id.
+    #[arg(long, default_value_t = 2, requires = "cookie")]
+    primary_segment: u8,
+    /// 1-based segment holding the secondary server's id (0: none).
+    #[arg(long, default_value_t = 3, requires = "cookie")]
+    secondary_segment: u8,
+}
+
+impl CookieArgs {
+    fn settings(&self) -> Option<CookieSettings> {
+        self.cookie.then(|| CookieSettings {
+            name: self.cookie_name.clone(),
+            delimiter: self.cookie_delimiter,
+            primary_segment: self.primary_segment,
+            secondary_segment: self.secondary_segment,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -141,6 +186,25 @@ enum BackendCmd {
         target: BackendRef,
         #[arg(long, default_value_t = DEFAULT_WEIGHT)]
         weight: u32,
+        /// Cookie-mode services: the server id the app server writes into the cookie.
+        #[arg(long)]
+        server_id: Option<String>,
+    },
+    /// Cookie mode: send the sessions of BACKEND (as primary) to another backend, the
+    /// secondary holding their replicated state; `--clear` stops it.
+    Failover {
+        #[command(flatten)]
+        target: BackendRef,
+        /// The backend that takes the sessions.
+        #[arg(
+            long,
+            value_name = "IP:PORT",
+            conflicts_with = "clear",
+            required_unless_present = "clear"
+        )]
+        to: Option<String>,
+        #[arg(long)]
+        clear: bool,
     },
     /// Remove a backend (its open connections keep their translation).
     Remove(BackendRef),
@@ -258,6 +322,17 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::SyncookieKey { file } => {
+            let secret = match &file {
+                Some(path) => balancer_user::cookie_mode::secret_from_file(path)?,
+                None => balancer_user::cookie_mode::random_secret()?,
+            };
+            Balancer::open(&dir)?.rotate_syncookie_secret(secret)?;
+            println!(
+                "installed a new syncookie secret ({}); the previous one stays valid for cookies already sent",
+                if file.is_some() { "from the key file" } else { "random" }
+            );
+        }
         Command::Flows { json, limit } => {
             let flows = Balancer::open(&dir)?.flows(limit)?;
             print_list(
@@ -330,10 +405,20 @@ fn status(b: &Balancer, instance: &str, json: bool) -> Result<()> {
 
 fn service(dir: &Path, cmd: ServiceCmd) -> Result<()> {
     match cmd {
-        ServiceCmd::Add(s) => {
-            let addr = s.parse()?;
-            let info = Balancer::open(dir)?.add_service(addr)?;
-            println!("added service {}", info.service);
+        ServiceCmd::Add { service, cookie } => {
+            let addr = service.parse()?;
+            let settings = cookie.settings();
+            if let Some(s) = &settings {
+                s.to_config()?;
+            }
+            let info = Balancer::open(dir)?.add_service_with(addr, settings)?;
+            match &info.cookie {
+                Some(c) => println!(
+                    "added service {} in cookie mode (cookie {}, delimiter '{}', primary segment {}, secondary segment {})",
+                    info.service, c.name, c.delimiter, c.primary_segment, c.secondary_segment
+                ),
+                None => println!("added service {}", info.service),
+            }
         }
         ServiceCmd::Remove(s) => {
             let addr = s.parse()?;
@@ -342,13 +427,28 @@ fn service(dir: &Path, cmd: ServiceCmd) -> Result<()> {
         }
         ServiceCmd::List { json } => {
             let services = Balancer::open(dir)?.services()?;
-            print_list(&services, json, &["SERVICE", "BACKENDS", "ACTIVE"], |s| {
-                vec![
-                    s.service.clone(),
-                    s.backends.to_string(),
-                    s.active_backends.to_string(),
-                ]
-            })?;
+            print_list(
+                &services,
+                json,
+                &["SERVICE", "MODE", "BACKENDS", "ACTIVE", "COOKIE"],
+                |s| {
+                    vec![
+                        s.service.clone(),
+                        s.mode.to_string(),
+                        s.backends.to_string(),
+                        s.active_backends.to_string(),
+                        s.cookie
+                            .as_ref()
+                            .map(|c| {
+                                format!(
+                                    "{} '{}' {}/{}",
+                                    c.name, c.delimiter, c.primary_segment, c.secondary_segment
+                                )
+                            })
+                            .unwrap_or_else(|| "-".into()),
+                    ]
+                },
+            )?;
         }
     }
     Ok(())
@@ -363,12 +463,28 @@ fn backend_target(t: &BackendRef) -> Result<(ServiceAddr, String)> {
 
 fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
     let info = match cmd {
-        BackendCmd::Add { target, weight } => {
+        BackendCmd::Add {
+            target,
+            weight,
+            server_id,
+        } => {
             let service = target.service.parse()?;
-            let spec = BackendSpec::parse(&target.backend, weight)?;
+            let mut spec = BackendSpec::parse(&target.backend, weight)?;
+            spec.server_id = server_id;
             let info = Balancer::open(dir)?.add_backend(service, spec)?;
             println!("added backend {} to {}", info.backend, info.service);
             info
+        }
+        BackendCmd::Failover {
+            target,
+            to,
+            clear: _,
+        } => {
+            let (service, endpoint) = backend_target(&target)?;
+            if let Some(to) = &to {
+                parse_endpoint("backend address", to)?;
+            }
+            Balancer::open(dir)?.set_failover(service, &endpoint, to.as_deref())?
         }
         BackendCmd::Remove(t) => {
             let (service, endpoint) = backend_target(&t)?;
@@ -402,7 +518,15 @@ fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
             print_list(
                 &list,
                 json,
-                &["SERVICE", "BACKEND", "STATE", "WEIGHT", "NEW-FLOW SHARE"],
+                &[
+                    "SERVICE",
+                    "BACKEND",
+                    "STATE",
+                    "WEIGHT",
+                    "NEW-FLOW SHARE",
+                    "SERVER-ID",
+                    "FAILOVER-TO",
+                ],
                 |x| {
                     vec![
                         x.service.clone(),
@@ -410,6 +534,8 @@ fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
                         x.state.to_string(),
                         x.weight.to_string(),
                         format!("{:.1}%", x.table_share * 100.0),
+                        x.server_id.clone().unwrap_or_else(|| "-".into()),
+                        x.failover_to.clone().unwrap_or_else(|| "-".into()),
                     ]
                 },
             )?;

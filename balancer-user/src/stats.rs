@@ -26,6 +26,9 @@ pub struct BackendCountersValues {
     pub packets_from: u64,
     pub bytes_from: u64,
     pub new_flows: u64,
+    pub cookie_hits: u64,
+    pub cookie_misses: u64,
+    pub failover_redirects: u64,
 }
 
 impl From<BackendStats> for BackendCountersValues {
@@ -36,6 +39,9 @@ impl From<BackendStats> for BackendCountersValues {
             packets_from: s.packets_from,
             bytes_from: s.bytes_from,
             new_flows: s.new_flows,
+            cookie_hits: s.cookie_hits,
+            cookie_misses: s.cookie_misses,
+            failover_redirects: s.failover_redirects,
         }
     }
 }

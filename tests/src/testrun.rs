@@ -536,6 +536,7 @@ impl TestBed {
                 addr: *backend.ip(),
                 port: backend.port(),
                 weight: balancer_user::control::DEFAULT_WEIGHT,
+                server_id: None,
             },
         )?;
         Ok(())

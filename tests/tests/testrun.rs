@@ -751,6 +751,7 @@ fn next_hop_resolution() {
                 addr: *far.ip(),
                 port: far.port(),
                 weight: 100,
+                server_id: None,
             },
         )
         .unwrap();

@@ -11,15 +11,18 @@ use aya_ebpf::{
     EbpfContext,
 };
 use balancer_ebpf::{
-    csum::{apply_delta, apply_delta_udp, ttl_restore_delta},
+    csum::{apply_delta, apply_delta_udp, ttl_restore_delta, u32_delta},
     direction,
     parse::{ptr_at_mut, read, write, EthHdr, Ipv4Hdr, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
-    Counter, Flow, PROTO_TCP,
+    phase, Counter, Flow, PROTO_TCP,
 };
 
 use crate::counters::{self, Counters};
 
 const AF_INET: u8 = 2;
+/// Offsets of the sequence and acknowledgement numbers in the TCP header.
+const TCP_SEQ_OFF: usize = 4;
+const TCP_ACK_OFF: usize = 8;
 
 /// The verdict for a service packet that must not be translated, if it is one: a first
 /// fragment (the rest of the datagram arrives without ports and could not be
@@ -68,6 +71,32 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters
         stats.inc(Counter::PassMalformed);
         return xdp_action::XDP_PASS;
     }
+    out(ctx, flow, stats)
+}
+
+/// Sends a frame that was built for `flow` from scratch (the SYN to a backend): resolves
+/// the next hop if needed, then as [`forward`].
+#[inline(always)]
+pub fn send_built(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters) -> u32 {
+    if flow.l2_valid == 0 {
+        match resolve_next_hop(ctx, pkt, flow) {
+            NextHop::Resolved => {}
+            NextHop::NoNeighbour => {
+                stats.inc(Counter::PassNoNeighbour);
+                return xdp_action::XDP_PASS;
+            }
+            NextHop::NoRoute => {
+                stats.inc(Counter::DropNoRoute);
+                return xdp_action::XDP_DROP;
+            }
+        }
+    }
+    out(ctx, flow, stats)
+}
+
+/// Sets the next hop's MACs, counts, and sends the frame out.
+#[inline(always)]
+fn out(ctx: &XdpContext, flow: &Flow, stats: &Counters) -> u32 {
     let start = ctx.data();
     let end = ctx.data_end();
     let Some(eth) = ptr_at_mut::<EthHdr>(start, end, 0) else {
@@ -127,8 +156,23 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow, decrement_ttl: bool) -> 
         let ports = ptr_at_mut::<[u16; 2]>(start, end, pkt.l4_off)?;
         write(ports, [flow.new_sport, flow.new_dport]);
         if pkt.key.proto == PROTO_TCP {
+            let mut delta = flow.l4_csum_delta;
+            if flow.phase == phase::SPLICED {
+                // The client saw the syncookie ISN, the backend chose its own: shift
+                // the backend's sequence numbers and the client's acknowledgements.
+                let (off, shift) = if flow.direction == direction::TO_CLIENT {
+                    (TCP_SEQ_OFF, flow.seq_delta)
+                } else {
+                    (TCP_ACK_OFF, flow.seq_delta.wrapping_neg())
+                };
+                let field = ptr_at_mut::<u32>(start, end, pkt.l4_off + off)?;
+                let old = read(field);
+                let new = u32::from_be(old).wrapping_add(shift).to_be();
+                write(field, new);
+                delta += u32_delta(old, new);
+            }
             let check = ptr_at_mut::<u16>(start, end, pkt.l4_off + TCP_CHECK_OFF)?;
-            write(check, apply_delta(read(check), flow.l4_csum_delta));
+            write(check, apply_delta(read(check), delta));
         } else {
             let check = ptr_at_mut::<u16>(start, end, pkt.l4_off + UDP_CHECK_OFF)?;
             write(check, apply_delta_udp(read(check), flow.l4_csum_delta));

@@ -7,24 +7,26 @@
 #![no_std]
 #![no_main]
 
+mod bind;
 mod counters;
 mod forward;
 mod maps;
 mod select;
+mod tc;
 
 use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp,
     programs::XdpContext,
 };
 use balancer_ebpf::{
-    flow::{is_syn, new_entries, still_valid, track},
-    parse::{parse_packet, ptr_at, read, EthHdr, ParseError},
-    Config, Counter, ServiceKey, PROTO_TCP,
+    flow::{is_syn, new_entries_into, still_valid, track},
+    parse::{parse_packet, ptr_at, read, EthHdr, Packet, ParseError},
+    phase, Config, Counter, Service, ServiceKey, PROTO_TCP, SERVICE_F_COOKIE,
 };
 
 use crate::{
     counters::Counters,
-    maps::{CONFIG, FLOWS, SERVICES},
+    maps::{CONFIG, ENTRY_SCRATCH, FLOWS, SERVICES},
 };
 
 #[xdp]
@@ -75,6 +77,9 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
             None => Config::default(),
         };
         if still_valid(flow, &pkt, now, &config) {
+            if flow.phase == phase::BINDING {
+                return Ok(bind::binding(ctx, &pkt, flow, now, &stats));
+            }
             track(flow, &pkt, now);
             return Ok(forward::forward(ctx, &pkt, flow, &stats));
         }
@@ -95,11 +100,22 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
     if let Some(action) = forward::refuse(&pkt, &stats) {
         return Ok(action);
     }
-    let Some((slot, backend)) = select::pick(&service, &pkt.key) else {
+    if service.flags & SERVICE_F_COOKIE != 0 && pkt.key.proto == PROTO_TCP {
+        return Ok(bind::new_connection(ctx, &pkt, &service, now(), &stats));
+    }
+    Ok(new_flow(ctx, &pkt, &service, &stats))
+}
+
+/// A packet to a plain (NAT) service without a flow entry: pick the backend, create the
+/// entries of both directions, forward. Not inlined, so the entries being built do not
+/// weigh on the stack frame of the established path.
+#[inline(never)]
+fn new_flow(ctx: &XdpContext, pkt: &Packet, service: &Service, stats: &Counters) -> u32 {
+    let Some((slot, backend)) = select::pick(service, &pkt.key) else {
         stats.inc(Counter::DropNoBackend);
-        return Ok(xdp_action::XDP_DROP);
+        return xdp_action::XDP_DROP;
     };
-    if pkt.key.proto == PROTO_TCP && !is_syn(&pkt) {
+    if pkt.key.proto == PROTO_TCP && !is_syn(pkt) {
         // Mid-connection packet without an entry (evicted, expired, or the table was
         // lost): the consistent hash gives the same backend as long as the backend set
         // did not change, so the connection survives.
@@ -111,26 +127,32 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
         }
     }
 
-    let eth = match ptr_at::<EthHdr>(start, end, 0) {
+    let eth = match ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) {
         // SAFETY: bounds-checked by ptr_at.
         Some(p) => unsafe { read(p) },
-        None => return Ok(xdp_action::XDP_PASS),
+        None => return (xdp_action::XDP_PASS),
     };
     // SAFETY: reading the context field of the running program.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    let (key, mut forward_entry, reply_key, reply_entry) =
-        new_entries(&pkt, &eth, ingress, slot, &backend, now());
-    if FLOWS.insert(&reply_key, &reply_entry, 0).is_err() {
+    // Built in a per-CPU map value: two entries are too large for the BPF stack next to
+    // the forwarding path.
+    let Some(pair) = ENTRY_SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: per-CPU scratch, used by this CPU only while the program runs.
+    let pair = unsafe { &mut *pair };
+    new_entries_into(pair, pkt, &eth, ingress, slot, &backend, now());
+    if FLOWS.insert(&pair.reply_key, &pair.reply, 0).is_err() {
         stats.inc(Counter::DropFlowTableFull);
-        return Ok(xdp_action::XDP_DROP);
+        return xdp_action::XDP_DROP;
     }
-    let action = forward::forward(ctx, &pkt, &mut forward_entry, &stats);
+    let action = forward::forward(ctx, pkt, &mut pair.forward, stats);
     // Inserted after forwarding so the next hop resolved there is stored with it.
-    if FLOWS.insert(&key, &forward_entry, 0).is_err() {
+    if FLOWS.insert(&pair.key, &pair.forward, 0).is_err() {
         stats.inc(Counter::DropFlowTableFull);
-        return Ok(xdp_action::XDP_DROP);
+        return xdp_action::XDP_DROP;
     }
-    Ok(action)
+    action
 }
 
 /// CLOCK_MONOTONIC, coarse (tick resolution is plenty for second-granularity timeouts,

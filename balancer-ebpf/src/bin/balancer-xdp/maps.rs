@@ -6,8 +6,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use balancer_ebpf::{
-    Backend, BackendStats, Config, Flow, FlowKey, GlobalStats, Service, ServiceKey,
-    DEFAULT_FLOW_CAPACITY, MAX_BACKENDS, MAX_SERVICES, RING_SIZE,
+    cookie::{CookieConfig, ScanScratch},
+    flow::FlowPair,
+    syncookie::SyncookieKeys,
+    Backend, BackendStats, Config, Failover, Flow, FlowKey, GlobalStats, PendingSegment, ServerId,
+    ServerIdKey, Service, ServiceKey, DEFAULT_FLOW_CAPACITY, MAX_BACKENDS, MAX_SERVICES,
+    PENDING_CAPACITY, RING_SIZE,
 };
 
 #[map(name = "BALANCER_CONFIG")]
@@ -33,3 +37,37 @@ pub static STATS: PerCpuArray<GlobalStats> = PerCpuArray::pinned(1, 0);
 
 #[map(name = "BALANCER_BACKEND_STATS")]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// Cookie settings per service id.
+#[map(name = "BALANCER_COOKIE_CONFIG")]
+pub static COOKIE_CONFIG: Array<CookieConfig> = Array::pinned(MAX_SERVICES, 0);
+
+/// (service id, token hash) -> backend slot.
+#[map(name = "BALANCER_SERVER_IDS")]
+pub static SERVER_IDS: HashMap<ServerIdKey, ServerId> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// Backend slot -> the slot that takes over its cookie sessions.
+#[map(name = "BALANCER_FAILOVER")]
+pub static FAILOVER: Array<Failover> = Array::pinned(MAX_BACKENDS, 0);
+
+#[map(name = "BALANCER_SYNCOOKIE_KEYS")]
+pub static SYNCOOKIE_KEYS: Array<SyncookieKeys> = Array::pinned(1, 0);
+
+/// First data segments of connections being bound (TCP header and payload as received,
+/// already addressed to the chosen backend).
+#[map(name = "BALANCER_PENDING")]
+pub static PENDING: LruHashMap<FlowKey, PendingSegment> = LruHashMap::pinned(PENDING_CAPACITY, 0);
+
+/// Per-CPU scratch for building a PENDING value (too large for the BPF stack). Not
+/// pinned: it holds nothing between packets.
+#[map(name = "BALANCER_SEG_SCRATCH")]
+pub static SEGMENT_SCRATCH: PerCpuArray<PendingSegment> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch of the cookie scanner (payload copy and scanner state). Not pinned.
+#[map(name = "BALANCER_SCAN")]
+pub static SCAN: PerCpuArray<ScanScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch where a cookie-mode flow's two entries are built (too large for the
+/// BPF stack next to the rest of the binding path). Not pinned.
+#[map(name = "BALANCER_ENTRY_SCRATCH")]
+pub static ENTRY_SCRATCH: PerCpuArray<FlowPair> = PerCpuArray::with_max_entries(1, 0);

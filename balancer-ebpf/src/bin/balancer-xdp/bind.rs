@@ -1,0 +1,623 @@
+//! Delayed binding for cookie-mode services (docs/delayed-binding.md): the handshake is
+//! answered here with syncookies, the first data segment picks the backend from the
+//! session cookie, the connection to the backend is opened with the client's ISN, and
+//! the backend's SYN-ACK is turned into the kept first segment.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{
+        bpf_ktime_get_tai_ns, bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
+    },
+    programs::XdpContext,
+};
+use balancer_ebpf::{
+    backend_state,
+    cookie::{CookieConfig, CookieOutcome, MAX_BURSTS, SCAN_MAX},
+    direction,
+    flow::new_entries_into,
+    flow_state,
+    parse::{ptr_at, read, EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    phase,
+    syncookie::{check_cookie, decode_mss, encode_mss, make_cookie, time_window},
+    tcp_reply::{
+        backend_syn_len, client_mss, data_to_backend_syn, rst_for, set_ack, syn_to_synack,
+        synack_len, synack_to_segment_headers, tcp_seq_ack,
+    },
+    Counter, Flow, FlowKey, PendingSegment, ServerIdKey, Service, PENDING_SEGMENT_MAX,
+};
+
+use crate::{
+    counters::{self, Counters},
+    forward,
+    maps::{
+        BACKENDS, COOKIE_CONFIG, ENTRY_SCRATCH, FAILOVER, FLOWS, PENDING, SCAN, SEGMENT_SCRATCH,
+        SERVER_IDS, SYNCOOKIE_KEYS,
+    },
+    select,
+};
+
+/// MSS the SYN-ACK offers at most (what clients may send towards the backends).
+const MAX_OFFERED_MSS: u16 = 1460;
+/// A backend that has not answered the SYN within this time gets the client a RST at
+/// the client's next retransmission.
+const BIND_TIMEOUT_NS: u64 = 3_000_000_000;
+
+/// A packet to a cookie-mode service without a flow entry.
+///
+/// Not inlined, and neither are [`choose`] and [`create_binding`]: the cookie scan runs
+/// in a `bpf_loop` callback, whose stack frame adds to those of every function on the
+/// call chain (512 bytes in all). Keeping the large flow entries in `create_binding`,
+/// which runs after the scan has returned, keeps that chain short.
+#[inline(never)]
+pub fn new_connection(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    service: &Service,
+    now: u64,
+    stats: &Counters,
+) -> u32 {
+    let flags = pkt.tcp_flags;
+    if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN {
+        return answer_syn(ctx, pkt, stats);
+    }
+    if flags & (TCP_SYN | TCP_RST) != 0 || flags & TCP_ACK == 0 {
+        // Nothing to answer: a RST or an odd segment for a connection we do not know.
+        stats.inc(Counter::SyncookiesInvalid);
+        return xdp_action::XDP_DROP;
+    }
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let Some((seq, ack)) = tcp_seq_ack(start, end, pkt) else {
+        stats.inc(Counter::PassMalformed);
+        return xdp_action::XDP_PASS;
+    };
+    let client_isn = seq.wrapping_sub(1);
+    let cookie = ack.wrapping_sub(1);
+    let Some(mss) = validate(pkt, client_isn, cookie) else {
+        stats.inc(Counter::SyncookiesInvalid);
+        return xdp_action::XDP_DROP;
+    };
+    stats.inc(Counter::SyncookiesValid);
+    if pkt.ip_end <= pkt.payload_off {
+        // The handshake ACK (or a bare FIN): nothing to bind on yet, and no state kept.
+        return xdp_action::XDP_DROP;
+    }
+    let choice = match COOKIE_CONFIG.get(service.id) {
+        Some(_) => choose(ctx, pkt, service, stats),
+        None => POLICY,
+    };
+    let binding = Binding {
+        service: *service,
+        client_isn,
+        cookie,
+        mss,
+        choice,
+        now,
+    };
+    let action = create_binding(ctx, pkt, &binding, stats);
+    if action != ENTRIES_READY {
+        return action;
+    }
+    // Sent from here rather than from create_binding, whose frame would otherwise add
+    // to send_backend_syn's on the call chain.
+    let Some(pair) = ENTRY_SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: per-CPU scratch filled by create_binding during this run.
+    let pair = unsafe { &mut *pair };
+    let action = send_backend_syn(ctx, pkt, &mut pair.forward, stats);
+    if FLOWS.insert(&pair.key, &pair.forward, 0).is_err() {
+        stats.inc(Counter::DropFlowTableFull);
+        return xdp_action::XDP_DROP;
+    }
+    stats.inc(Counter::BindingsStarted);
+    action
+}
+
+/// [`create_binding`]'s "go on": the entries are in ENTRY_SCRATCH, the reply entry and
+/// the segment are stored. Not an XDP verdict.
+const ENTRIES_READY: u32 = u32::MAX;
+
+/// What [`create_binding`] needs (BPF calls take at most five arguments).
+struct Binding {
+    service: Service,
+    client_isn: u32,
+    cookie: u32,
+    mss: u16,
+    /// From [`choose`].
+    choice: u64,
+    now: u64,
+}
+
+/// Answers a SYN with a SYN-ACK whose ISN is a syncookie; keeps nothing. (Not inlined:
+/// see [`new_connection`].)
+#[inline(never)]
+fn answer_syn(ctx: &XdpContext, pkt: &Packet, stats: &Counters) -> u32 {
+    let Some(keys) = SYNCOOKIE_KEYS.get(0) else {
+        stats.inc(Counter::DropNoSyncookieKey);
+        return xdp_action::XDP_DROP;
+    };
+    if !keys.current.is_set() {
+        stats.inc(Counter::DropNoSyncookieKey);
+        return xdp_action::XDP_DROP;
+    }
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let Some((client_isn, _)) = tcp_seq_ack(start, end, pkt) else {
+        stats.inc(Counter::PassMalformed);
+        return xdp_action::XDP_PASS;
+    };
+    let index = encode_mss(client_mss(start, end, pkt));
+    let mss = match decode_mss(index) {
+        Some(m) if m < MAX_OFFERED_MSS => m,
+        _ => MAX_OFFERED_MSS,
+    };
+    let k = pkt.key;
+    // SAFETY: helper without arguments.
+    let t = time_window(unsafe { bpf_ktime_get_tai_ns() });
+    let cookie = make_cookie(
+        &keys.current,
+        k.src,
+        k.dst,
+        k.sport,
+        k.dport,
+        client_isn,
+        t,
+        index,
+    );
+    let built = grow_to(ctx, synack_len(pkt))
+        .and_then(|()| syn_to_synack(ctx.data(), ctx.data_end(), pkt, cookie, mss))
+        .and_then(|len| set_len(ctx, len));
+    if built.is_none() {
+        stats.inc(Counter::PassMalformed);
+        return xdp_action::XDP_DROP;
+    }
+    stats.inc(Counter::SyncookiesSent);
+    xdp_action::XDP_TX
+}
+
+/// The client's MSS if `cookie` is a valid syncookie for this client and ISN. (Not
+/// inlined: see [`new_connection`].)
+#[inline(never)]
+fn validate(pkt: &Packet, client_isn: u32, cookie: u32) -> Option<u16> {
+    let keys = SYNCOOKIE_KEYS.get(0)?;
+    let k = pkt.key;
+    // SAFETY: helper without arguments.
+    let t = time_window(unsafe { bpf_ktime_get_tai_ns() });
+    check_cookie(keys, k.src, k.dst, k.sport, k.dport, client_isn, cookie, t)
+}
+
+/// Grows the frame to at least `needed` bytes.
+#[inline(always)]
+fn grow_to(ctx: &XdpContext, needed: usize) -> Option<()> {
+    let have = ctx.data_end() - ctx.data();
+    if have < needed {
+        adjust_tail(ctx, needed as i32 - have as i32)?;
+    }
+    Some(())
+}
+
+/// Sets the frame to `len` bytes.
+#[inline(always)]
+fn set_len(ctx: &XdpContext, len: usize) -> Option<()> {
+    let have = ctx.data_end() - ctx.data();
+    if len != have {
+        adjust_tail(ctx, len as i32 - have as i32)?;
+    }
+    Some(())
+}
+
+/// `len` as a helper argument the verifier can bound: checked against `1..=max` right
+/// before the call, on a value LLVM cannot replace by an unchecked copy.
+#[inline(always)]
+fn bounded(len: usize, max: usize) -> Option<u32> {
+    // SAFETY: a volatile read of a local.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    if len == 0 || len > max {
+        return None;
+    }
+    Some(len as u32)
+}
+
+#[inline(always)]
+fn adjust_tail(ctx: &XdpContext, delta: i32) -> Option<()> {
+    // SAFETY: plain helper call on the running program's context.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return None;
+    }
+    Some(())
+}
+
+/// How the first segment's cookie chose the backend, as [`choose`] returns it: the kind
+/// in the high half, the backend slot in the low half (a scalar keeps the call cheap for
+/// the verifier and the stack).
+const POLICY: u64 = 0;
+const HIT: u64 = 1 << 32;
+const FAILOVER_REDIRECT: u64 = 2 << 32;
+
+/// First data segment with a valid syncookie, backend chosen: build the flow entries in
+/// ENTRY_SCRATCH, keep the segment, store the reply entry. Returns [`ENTRIES_READY`] or
+/// the verdict for a packet that cannot be bound.
+#[inline(never)]
+fn create_binding(ctx: &XdpContext, pkt: &Packet, b: &Binding, stats: &Counters) -> u32 {
+    let chosen = match b.choice & 0xffff_ffff_0000_0000 {
+        HIT | FAILOVER_REDIRECT => {
+            let slot = b.choice as u32;
+            BACKENDS.get(slot).map(|backend| (slot, *backend))
+        }
+        _ => None,
+    };
+    let (slot, backend) = match chosen {
+        Some((slot, backend)) => {
+            if let Some(c) = counters::backend(slot) {
+                if b.choice & HIT != 0 {
+                    c.cookie_hits += 1;
+                } else {
+                    c.failover_redirects += 1;
+                }
+            }
+            (slot, backend)
+        }
+        None => match select::pick(&b.service, &pkt.key) {
+            Some((slot, backend)) => {
+                if let Some(c) = counters::backend(slot) {
+                    c.cookie_misses += 1;
+                }
+                (slot, backend)
+            }
+            None => {
+                stats.inc(Counter::DropNoBackend);
+                return xdp_action::XDP_DROP;
+            }
+        },
+    };
+    let (client_isn, cookie, mss, now) = (b.client_isn, b.cookie, b.mss, b.now);
+
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let eth = unsafe { read(eth) };
+    // SAFETY: reading the context field of the running program.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some(pair) = ENTRY_SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: per-CPU scratch, used by this CPU only while the program runs.
+    let pair = unsafe { &mut *pair };
+    new_entries_into(pair, pkt, &eth, ingress, slot, &backend, now);
+    for e in [&mut pair.forward, &mut pair.reply] {
+        e.phase = phase::BINDING;
+        e.state = flow_state::SYN;
+        e.client_isn = client_isn;
+        e.cookie_isn = cookie;
+        e.mss = mss;
+    }
+    if keep_segment(ctx, pkt, &pair.key, &pair.forward).is_none() {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    }
+    if FLOWS.insert(&pair.reply_key, &pair.reply, 0).is_err() {
+        stats.inc(Counter::DropFlowTableFull);
+        return xdp_action::XDP_DROP;
+    }
+    stats.inc(Counter::NewFlows);
+    if let Some(c) = counters::backend(slot) {
+        c.new_flows += 1;
+    }
+    ENTRIES_READY
+}
+
+/// Reads the session cookie of the first segment and picks its backend: the primary if
+/// it is up, else the backend the control plane moved its sessions to, else the policy.
+#[inline(never)]
+fn choose(ctx: &XdpContext, pkt: &Packet, service: &Service, stats: &Counters) -> u64 {
+    let Some(cfg) = COOKIE_CONFIG.get(service.id) else {
+        return POLICY;
+    };
+    let primary = match scan(ctx, pkt, cfg) {
+        CookieOutcome::Found { primary, .. } => primary,
+        CookieOutcome::NotHttp => {
+            stats.inc(Counter::CookieNotHttp);
+            return POLICY;
+        }
+        CookieOutcome::NoCookieHeader => {
+            stats.inc(Counter::CookieNoHeader);
+            return POLICY;
+        }
+        CookieOutcome::CookieNameAbsent => {
+            stats.inc(Counter::CookieNameAbsent);
+            return POLICY;
+        }
+        CookieOutcome::SegmentMissing => {
+            stats.inc(Counter::CookieNoToken);
+            return POLICY;
+        }
+        CookieOutcome::HeaderIncomplete => {
+            stats.inc(Counter::CookieBeyondFirstSegment);
+            return POLICY;
+        }
+    };
+    let key = ServerIdKey {
+        service: service.id,
+        _pad: 0,
+        token_hash: primary,
+    };
+    // SAFETY: the value is copied out right away.
+    let Some(slot) = (unsafe { SERVER_IDS.get(&key) }).map(|id| id.slot) else {
+        stats.inc(Counter::CookieUnknownToken);
+        return POLICY;
+    };
+    if let Some(b) = BACKENDS.get(slot) {
+        if b.state == backend_state::UP && b.service == service.id {
+            return HIT | slot as u64;
+        }
+    }
+    if let Some(f) = FAILOVER.get(slot) {
+        if f.active == 1 {
+            if let Some(b) = BACKENDS.get(f.replacement) {
+                if b.state == backend_state::UP && b.service == service.id {
+                    return FAILOVER_REDIRECT | f.replacement as u64;
+                }
+            }
+        }
+    }
+    POLICY
+}
+
+extern "C" fn scan_burst(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    match SCAN.get_ptr_mut(0) {
+        // SAFETY: per-CPU scratch, used by this CPU only while the program runs.
+        Some(s) => {
+            if unsafe { (*s).burst() } {
+                0
+            } else {
+                1
+            }
+        }
+        None => 1,
+    }
+}
+
+/// Copies the payload into the per-CPU scan buffer and runs the cookie scanner on it.
+#[inline(always)]
+fn scan(ctx: &XdpContext, pkt: &Packet, cfg: &CookieConfig) -> CookieOutcome {
+    let Some(s) = SCAN.get_ptr_mut(0) else {
+        return CookieOutcome::HeaderIncomplete;
+    };
+    let len = pkt.ip_end - pkt.payload_off;
+    let Some(len) = bounded(if len > SCAN_MAX { SCAN_MAX } else { len }, SCAN_MAX) else {
+        return CookieOutcome::HeaderIncomplete;
+    };
+    // SAFETY: the scratch value is SCAN_MAX + sentinel bytes long and len <= SCAN_MAX;
+    // the helper checks the packet range itself.
+    unsafe {
+        if bpf_xdp_load_bytes(
+            ctx.ctx,
+            pkt.payload_off as u32,
+            (*s).buf.bytes.as_mut_ptr() as *mut _,
+            len,
+        ) != 0
+        {
+            return CookieOutcome::HeaderIncomplete;
+        }
+        if (*s).start(len as usize, cfg) {
+            bpf_loop(MAX_BURSTS, scan_burst as *mut _, core::ptr::null_mut(), 0);
+        }
+        (*s).outcome()
+    }
+}
+
+/// Keeps the first segment (TCP header and payload) in PENDING, already addressed to
+/// the backend: destination port and checksum translated like the packets that will
+/// follow it.
+#[inline(always)]
+fn keep_segment(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, flow: &Flow) -> Option<()> {
+    let seg = SEGMENT_SCRATCH.get_ptr_mut(0)?;
+    let len = pkt.ip_end - pkt.l4_off;
+    if len < 20 {
+        return None;
+    }
+    let len = bounded(len, PENDING_SEGMENT_MAX)?;
+    // SAFETY: per-CPU scratch; len <= PENDING_SEGMENT_MAX; offsets below are constants
+    // inside the 20-byte TCP header the length check guarantees.
+    unsafe {
+        if bpf_xdp_load_bytes(
+            ctx.ctx,
+            pkt.l4_off as u32,
+            (*seg).bytes.as_mut_ptr() as *mut _,
+            len,
+        ) != 0
+        {
+            return None;
+        }
+        (*seg).len = len;
+        let b = &mut (*seg).bytes;
+        let port = flow.new_dport.to_ne_bytes();
+        b[2] = port[0];
+        b[3] = port[1];
+        let check = u16::from_ne_bytes([b[16], b[17]]);
+        let check = balancer_ebpf::csum::apply_delta(check, flow.l4_csum_delta).to_ne_bytes();
+        b[16] = check[0];
+        b[17] = check[1];
+        PENDING.insert(key, &*seg, 0).ok()
+    }
+}
+
+/// Turns the client's first segment into the SYN to the backend and sends it. (Not
+/// inlined: keeps the header building out of its callers' stack frames.)
+#[inline(never)]
+fn send_backend_syn(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters) -> u32 {
+    let built = grow_to(ctx, backend_syn_len(pkt))
+        .and_then(|()| {
+            data_to_backend_syn(
+                ctx.data(),
+                ctx.data_end(),
+                pkt,
+                flow.new_dst,
+                flow.new_dport,
+                flow.client_isn,
+                flow.mss,
+            )
+        })
+        .and_then(|len| set_len(ctx, len));
+    if built.is_none() {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    }
+    forward::send_built(ctx, pkt, flow, stats)
+}
+
+/// A packet of a flow in the binding phase.
+#[inline(never)]
+pub fn binding(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, now: u64, stats: &Counters) -> u32 {
+    if flow.direction == direction::TO_CLIENT {
+        return backend_answer(ctx, pkt, flow, stats);
+    }
+    // Client side: only a retransmission of the first segment means anything here.
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let Some((seq, _)) = tcp_seq_ack(start, end, pkt) else {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    };
+    if seq != flow.client_isn.wrapping_add(1) || pkt.ip_end <= pkt.payload_off {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    }
+    if now.saturating_sub(flow.created_ns) > BIND_TIMEOUT_NS {
+        return reset_client(ctx, pkt, flow, stats);
+    }
+    stats.inc(Counter::BindRetransmits);
+    send_backend_syn(ctx, pkt, flow, stats)
+}
+
+/// The backend never answered: reset the client (RST from the VIP) and forget the
+/// connection.
+#[inline(never)]
+fn reset_client(ctx: &XdpContext, pkt: &Packet, flow: &Flow, stats: &Counters) -> u32 {
+    let key = pkt.key;
+    let reply_key = FlowKey::new(flow.new_dst, key.src, flow.new_dport, key.sport, key.proto);
+    let _ = FLOWS.remove(&reply_key);
+    let _ = FLOWS.remove(&key);
+    let _ = PENDING.remove(&key);
+    stats.inc(Counter::BindingsTimedOut);
+    match rst_for(ctx.data(), ctx.data_end(), pkt).and_then(|len| set_len(ctx, len)) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_DROP,
+    }
+}
+
+/// Checks that a backend packet for a reply entry in the binding phase is the SYN-ACK
+/// acknowledging the client's ISN; returns the client side's flow key and the backend's
+/// ISN. Shared by the XDP path and the TC fallback.
+#[inline(always)]
+pub fn synack_for_binding(
+    start: usize,
+    end: usize,
+    pkt: &Packet,
+    reply: &Flow,
+) -> Option<(FlowKey, u32)> {
+    let synack = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN | TCP_ACK;
+    let (backend_isn, ack) = tcp_seq_ack(start, end, pkt)?;
+    if !synack || ack != reply.client_isn.wrapping_add(1) {
+        return None;
+    }
+    // The client side's key, from the reply entry's rewrite (VIP -> client).
+    let key = FlowKey::new(
+        reply.new_dst,
+        reply.new_src,
+        reply.new_dport,
+        reply.new_sport,
+        pkt.key.proto,
+    );
+    Some((key, backend_isn))
+}
+
+/// Length of a kept segment, bounded for the verifier.
+#[inline(always)]
+pub fn segment_len(seg: &PendingSegment) -> Option<u32> {
+    let len = seg.len as usize;
+    if len < 20 {
+        return None;
+    }
+    bounded(len, PENDING_SEGMENT_MAX)
+}
+
+/// The kept segment has been handed to the backend: both entries of the flow are spliced
+/// from now on, shifting sequence numbers by `K - B`.
+#[inline(always)]
+pub fn complete_binding(reply: &mut Flow, key: &FlowKey, backend_isn: u32, stats: &Counters) {
+    if reply.phase != phase::BINDING {
+        return;
+    }
+    let delta = reply.cookie_isn.wrapping_sub(backend_isn);
+    reply.phase = phase::SPLICED;
+    reply.seq_delta = delta;
+    reply.state = flow_state::ESTABLISHED;
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: pointer into the map value, valid during this run.
+        unsafe {
+            (*f).phase = phase::SPLICED;
+            (*f).seq_delta = delta;
+            (*f).state = flow_state::ESTABLISHED;
+        }
+    }
+    stats.inc(Counter::BindingsCompleted);
+}
+
+/// A backend packet while binding: the SYN-ACK acknowledging the client's ISN is turned
+/// into the client's kept first segment and sent back to the backend.
+///
+/// The frame must grow from a SYN-ACK to the segment's size. Where the driver's frame has
+/// no room for that (veth hands XDP small skbs as they are; some NIC drivers use
+/// buffers barely larger than the MTU), the SYN-ACK is passed on, and the TC ingress
+/// program (`tc.rs`), which can grow an skb, does this one step.
+#[inline(never)]
+pub fn backend_answer(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Counters) -> u32 {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let Some((key, backend_isn)) = synack_for_binding(start, end, pkt, reply) else {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: pointer into the map value, valid during this run.
+    let Some(seg) = (unsafe { PENDING.get(&key) }) else {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    };
+    let Some(n) = segment_len(seg) else {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    };
+    let needed = pkt.l3_off + 20 + n as usize;
+    let have = end - start;
+    if adjust_tail(ctx, needed as i32 - have as i32).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(l4_off) = synack_to_segment_headers(ctx.data(), ctx.data_end(), pkt, n as usize)
+    else {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: n <= the kept bytes' size; the helper checks the packet range itself.
+    let stored =
+        unsafe { bpf_xdp_store_bytes(ctx.ctx, l4_off as u32, seg.bytes.as_ptr() as *mut _, n) };
+    if stored != 0
+        || set_ack(
+            ctx.data(),
+            ctx.data_end(),
+            l4_off,
+            backend_isn.wrapping_add(1),
+        )
+        .is_none()
+    {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    }
+    complete_binding(reply, &key, backend_isn, stats);
+    xdp_action::XDP_TX
+}

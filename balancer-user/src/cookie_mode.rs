@@ -1,0 +1,328 @@
+//! Cookie mode: per-service cookie settings, per-backend server-ID tokens, failover
+//! replacements and the syncookie secrets (docs/delayed-binding.md).
+
+use std::io::Read as _;
+
+use aya::maps::{Array, HashMap, MapData};
+use balancer_ebpf::{
+    cookie::{token_hash, CookieConfig, CookieConfigError},
+    map_names,
+    syncookie::{CookieSecret, SyncookieKeys},
+    Failover, ServerId, ServerIdKey, MAX_BACKENDS, MAX_SERVER_ID_LEN,
+};
+use serde::Serialize;
+
+use crate::{
+    dataplane::Balancer,
+    error::{io_ctx, map_ctx, Error, Result},
+};
+
+/// How a cookie-mode service reads the session cookie.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CookieSettings {
+    /// Cookie name, case-sensitive (default `JSESSIONID`).
+    pub name: String,
+    /// Byte that separates the segments of the cookie value (default `!`).
+    pub delimiter: char,
+    /// 1-based segment holding the primary server's token (default 2).
+    pub primary_segment: u8,
+    /// 1-based segment holding the secondary server's token, 0 for none (default 3).
+    pub secondary_segment: u8,
+}
+
+impl Default for CookieSettings {
+    fn default() -> Self {
+        CookieSettings {
+            name: "JSESSIONID".into(),
+            delimiter: '!',
+            primary_segment: 2,
+            secondary_segment: 3,
+        }
+    }
+}
+
+impl CookieSettings {
+    /// The data plane's form, or what is wrong with the settings.
+    pub fn to_config(&self) -> Result<CookieConfig> {
+        let delimiter = u8::try_from(self.delimiter)
+            .ok()
+            .filter(|d| d.is_ascii())
+            .ok_or_else(|| {
+                Error::invalid(
+                    "cookie delimiter",
+                    self.delimiter,
+                    "must be one ASCII character",
+                )
+            })?;
+        CookieConfig::new(
+            self.name.as_bytes(),
+            delimiter,
+            self.primary_segment,
+            self.secondary_segment,
+        )
+        .map_err(|e| match e {
+            CookieConfigError::BadName => Error::invalid(
+                "cookie name",
+                &self.name,
+                "use 1-31 token characters (letters, digits, !#$%&'*+-.^_`|~)",
+            ),
+            CookieConfigError::BadDelimiter => Error::invalid(
+                "cookie delimiter",
+                self.delimiter,
+                "must be a visible ASCII character other than ; and \"",
+            ),
+            CookieConfigError::BadSegments => Error::invalid(
+                "cookie segments",
+                format!("{}/{}", self.primary_segment, self.secondary_segment),
+                "the primary segment must be 1 or more and differ from the secondary",
+            ),
+        })
+    }
+
+    pub fn from_config(c: &CookieConfig) -> CookieSettings {
+        let (bytes, len) = c.name_bytes();
+        CookieSettings {
+            name: String::from_utf8_lossy(&bytes[..len]).into_owned(),
+            delimiter: c.delimiter as char,
+            primary_segment: c.primary,
+            secondary_segment: c.secondary,
+        }
+    }
+}
+
+/// Checks a server-ID token: what the app servers write into the cookie segment.
+pub fn validate_server_id(token: &str, settings: &CookieSettings) -> Result<()> {
+    let ok_len = !token.is_empty() && token.len() <= MAX_SERVER_ID_LEN;
+    let ok_bytes = token.bytes().all(|b| {
+        (0x21..=0x7e).contains(&b)
+            && b != b';'
+            && b != b'"'
+            && b != b','
+            && b as char != settings.delimiter
+    });
+    if !ok_len || !ok_bytes {
+        return Err(Error::invalid(
+            "server id",
+            token,
+            format!(
+                "use 1-{MAX_SERVER_ID_LEN} visible ASCII characters without ; \" , or the cookie delimiter '{}'",
+                settings.delimiter
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Typed handles on the cookie-mode maps.
+pub(crate) struct CookieMaps {
+    pub config: Array<MapData, CookieConfig>,
+    pub server_ids: HashMap<MapData, ServerIdKey, ServerId>,
+    pub failover: Array<MapData, Failover>,
+}
+
+impl CookieMaps {
+    pub fn open(b: &Balancer) -> Result<Self> {
+        Ok(CookieMaps {
+            config: b
+                .map(map_names::COOKIE_CONFIG)?
+                .try_into()
+                .map_err(map_ctx("COOKIE_CONFIG map"))?,
+            server_ids: b
+                .map(map_names::SERVER_IDS)?
+                .try_into()
+                .map_err(map_ctx("SERVER_IDS map"))?,
+            failover: b
+                .map(map_names::FAILOVER)?
+                .try_into()
+                .map_err(map_ctx("FAILOVER map"))?,
+        })
+    }
+
+    pub fn settings(&self, service_id: u32) -> Result<CookieSettings> {
+        let c = self
+            .config
+            .get(&service_id, 0)
+            .map_err(map_ctx("reading COOKIE_CONFIG"))?;
+        Ok(CookieSettings::from_config(&c))
+    }
+
+    pub fn set_config(&mut self, service_id: u32, config: &CookieConfig) -> Result<()> {
+        self.config
+            .set(service_id, config, 0)
+            .map_err(map_ctx("writing COOKIE_CONFIG"))
+    }
+
+    fn key(service_id: u32, token: &str) -> ServerIdKey {
+        ServerIdKey {
+            service: service_id,
+            _pad: 0,
+            token_hash: token_hash(token.as_bytes()),
+        }
+    }
+
+    /// Fails if the token (or another token with the same hash) is taken in the service.
+    pub fn check_free(&self, service_id: u32, token: &str, service_name: &str) -> Result<()> {
+        if let Ok(existing) = self.server_ids.get(&Self::key(service_id, token), 0) {
+            let other =
+                String::from_utf8_lossy(&existing.token[..existing.len as usize]).into_owned();
+            let reason = if other == token {
+                "is already used by another backend of this service".to_string()
+            } else {
+                format!("hashes like '{other}', already used in this service; choose another token")
+            };
+            return Err(Error::invalid(
+                "server id",
+                token,
+                format!("{reason} ({service_name})"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn insert(&mut self, service_id: u32, token: &str, slot: u32) -> Result<()> {
+        let mut value = ServerId {
+            slot,
+            len: token.len() as u32,
+            token: [0; MAX_SERVER_ID_LEN],
+        };
+        value.token[..token.len()].copy_from_slice(token.as_bytes());
+        self.server_ids
+            .insert(Self::key(service_id, token), value, 0)
+            .map_err(map_ctx("writing SERVER_IDS"))
+    }
+
+    /// Server-ID entries (key, token) of one backend slot, or of a whole service.
+    pub fn entries(
+        &self,
+        service_id: u32,
+        slot: Option<u32>,
+    ) -> Result<Vec<(ServerIdKey, String, u32)>> {
+        let mut out = Vec::new();
+        for item in self.server_ids.iter() {
+            let (k, v) = item.map_err(map_ctx("reading SERVER_IDS"))?;
+            if k.service == service_id && slot.is_none_or(|s| s == v.slot) {
+                let len = (v.len as usize).min(MAX_SERVER_ID_LEN);
+                out.push((
+                    k,
+                    String::from_utf8_lossy(&v.token[..len]).into_owned(),
+                    v.slot,
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn remove(&mut self, key: &ServerIdKey) -> Result<()> {
+        self.server_ids
+            .remove(key)
+            .map_err(map_ctx("removing from SERVER_IDS"))
+    }
+
+    /// Sets (or clears) the slot that takes over `slot`'s cookie sessions.
+    pub fn set_failover(&mut self, slot: u32, replacement: Option<u32>) -> Result<()> {
+        let value = match replacement {
+            Some(r) => Failover {
+                replacement: r,
+                active: 1,
+            },
+            None => Failover::default(),
+        };
+        self.failover
+            .set(slot, value, 0)
+            .map_err(map_ctx("writing FAILOVER"))
+    }
+
+    /// Clears every failover entry that names `slot` (as the failed or the replacement
+    /// backend), for a backend that goes away.
+    pub fn forget_slot(&mut self, slot: u32) -> Result<()> {
+        for s in 0..MAX_BACKENDS {
+            let f = self
+                .failover
+                .get(&s, 0)
+                .map_err(map_ctx("reading FAILOVER"))?;
+            if f.active == 1 && (s == slot || f.replacement == slot) {
+                self.set_failover(s, None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A fresh random syncookie secret.
+pub fn random_secret() -> Result<CookieSecret> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(io_ctx("reading /dev/urandom"))?;
+    Ok(secret_from_bytes(&bytes))
+}
+
+fn secret_from_bytes(bytes: &[u8; 16]) -> CookieSecret {
+    let mut k0 = [0u8; 8];
+    let mut k1 = [0u8; 8];
+    k0.copy_from_slice(&bytes[..8]);
+    k1.copy_from_slice(&bytes[8..]);
+    CookieSecret {
+        k0: u64::from_le_bytes(k0),
+        k1: u64::from_le_bytes(k1),
+    }
+}
+
+/// Reads a shared syncookie secret: 32 hexadecimal digits (whitespace around ignored).
+/// Every balancer node given the same file validates the others' syncookies.
+pub fn secret_from_file(path: &std::path::Path) -> Result<CookieSecret> {
+    let text =
+        std::fs::read_to_string(path).map_err(io_ctx(format!("reading {}", path.display())))?;
+    let hex = text.trim();
+    let bad = || {
+        Error::invalid(
+            "syncookie key file",
+            path.display(),
+            "expected 32 hexadecimal digits",
+        )
+    };
+    if hex.len() != 32 {
+        return Err(bad());
+    }
+    let mut bytes = [0u8; 16];
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    let secret = secret_from_bytes(&bytes);
+    if !secret.is_set() {
+        return Err(Error::invalid(
+            "syncookie key file",
+            path.display(),
+            "the key must not be all zeros",
+        ));
+    }
+    Ok(secret)
+}
+
+impl Balancer {
+    fn syncookie_keys(&self) -> Result<Array<MapData, SyncookieKeys>> {
+        self.map(map_names::SYNCOOKIE_KEYS)?
+            .try_into()
+            .map_err(map_ctx("SYNCOOKIE_KEYS map"))
+    }
+
+    /// Installs `secret` as the current syncookie secret; the current one becomes the
+    /// previous one, so cookies handed out just before still validate.
+    pub fn rotate_syncookie_secret(&self, secret: CookieSecret) -> Result<()> {
+        let mut keys = self.syncookie_keys()?;
+        let old = keys.get(&0, 0).map_err(map_ctx("reading SYNCOOKIE_KEYS"))?;
+        let new = SyncookieKeys {
+            current: secret,
+            previous: old.current,
+        };
+        keys.set(0, new, 0)
+            .map_err(map_ctx("writing SYNCOOKIE_KEYS"))
+    }
+
+    /// Whether a syncookie secret is installed.
+    pub fn has_syncookie_secret(&self) -> Result<bool> {
+        let keys = self.syncookie_keys()?;
+        let k = keys.get(&0, 0).map_err(map_ctx("reading SYNCOOKIE_KEYS"))?;
+        Ok(k.current.is_set())
+    }
+}
