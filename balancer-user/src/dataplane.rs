@@ -363,16 +363,11 @@ pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
             let link = program
                 .take_link(link_id)
                 .map_err(prog_ctx(format!("taking the link of {name}")))?;
-            let fd_link: FdLink = link.try_into().map_err(|e| {
-                io_ctx(format!(
-                    "{name}: the kernel attached XDP without a BPF link, which cannot be pinned"
-                ))(std::io::Error::other(format!("{e}")))
-            })?;
-            let path = dir.join(format!("{LINK_PREFIX}{name}"));
-            fd_link.pin(&path).map_err(|e| {
-                io_ctx(format!("pinning the link of {name}"))(std::io::Error::other(e.to_string()))
-            })?;
-            done.push(path);
+            done.push(pin_link(
+                link,
+                dir.join(format!("{LINK_PREFIX}{name}")),
+                &format!("the XDP link of {name}"),
+            )?);
             done.push(attach_tc(dir, name)?);
         }
         Ok(())
@@ -400,15 +395,29 @@ fn attach_tc(dir: &Path, name: &str) -> Result<PathBuf> {
     let link = tc
         .take_link(link_id)
         .map_err(prog_ctx(format!("taking the TC link of {name}")))?;
+    pin_link(
+        link,
+        dir.join(format!("{TC_LINK_PREFIX}{name}")),
+        &format!("the TC link of {name}"),
+    )
+}
+
+/// Pins an attachment at `path`. It must be a BPF link (XDP via `bpf_link_create`, TC via
+/// TCX, Linux 6.6+): the older netlink attachments cannot be pinned, and an attachment
+/// that is not pinned would end with this process.
+fn pin_link<L>(link: L, path: PathBuf, what: &str) -> Result<PathBuf>
+where
+    L: TryInto<FdLink>,
+    L::Error: std::fmt::Display,
+{
     let fd_link: FdLink = link.try_into().map_err(|e| {
-        io_ctx(format!(
-            "{name}: the kernel attached TC without a BPF link (TCX needs Linux 6.6)"
-        ))(std::io::Error::other(format!("{e}")))
+        io_ctx(format!("{what} is not a BPF link, so it cannot be pinned"))(std::io::Error::other(
+            e.to_string(),
+        ))
     })?;
-    let path = dir.join(format!("{TC_LINK_PREFIX}{name}"));
-    fd_link.pin(&path).map_err(|e| {
-        io_ctx(format!("pinning the TC link of {name}"))(std::io::Error::other(e.to_string()))
-    })?;
+    fd_link
+        .pin(&path)
+        .map_err(|e| io_ctx(format!("pinning {what}"))(std::io::Error::other(e.to_string())))?;
     Ok(path)
 }
 

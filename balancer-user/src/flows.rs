@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, MapData};
-use balancer_ebpf::{direction, flow_state, map_names, Flow, FlowKey};
+use balancer_ebpf::{direction, flow_state, map_names, phase, Flow, FlowKey};
 use serde::Serialize;
 
 use crate::{
@@ -22,6 +22,9 @@ pub struct FlowInfo {
     pub backend_slot: u32,
     /// State of the client -> backend direction.
     pub state: &'static str,
+    /// `nat` (plain service), `binding` (cookie mode, waiting for the backend) or
+    /// `spliced` (cookie mode, bound).
+    pub phase: &'static str,
     pub age_s: f64,
     pub idle_s: f64,
 }
@@ -66,6 +69,11 @@ impl Balancer {
                 backend: endpoint(f.new_dst, f.new_dport),
                 backend_slot: f.backend,
                 state: flow_state::name(f.state),
+                phase: match f.phase {
+                    phase::BINDING => "binding",
+                    phase::SPLICED => "spliced",
+                    _ => "nat",
+                },
                 age_s: now.saturating_sub(f.created_ns) as f64 / 1e9,
                 idle_s: now.saturating_sub(f.last_seen_ns) as f64 / 1e9,
             });

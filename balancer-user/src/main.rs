@@ -339,7 +339,7 @@ fn run(cli: Cli) -> Result<()> {
                 &flows,
                 json,
                 &[
-                    "PROTO", "CLIENT", "SERVICE", "BACKEND", "STATE", "AGE_S", "IDLE_S",
+                    "PROTO", "CLIENT", "SERVICE", "BACKEND", "STATE", "PHASE", "AGE_S", "IDLE_S",
                 ],
                 |f| {
                     vec![
@@ -348,6 +348,7 @@ fn run(cli: Cli) -> Result<()> {
                         f.service.clone(),
                         f.backend.clone(),
                         f.state.to_string(),
+                        f.phase.to_string(),
                         format!("{:.1}", f.age_s),
                         format!("{:.1}", f.idle_s),
                     ]

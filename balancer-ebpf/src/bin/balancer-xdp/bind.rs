@@ -547,13 +547,17 @@ pub fn segment_len(seg: &PendingSegment) -> Option<u32> {
     bounded(len, PENDING_SEGMENT_MAX)
 }
 
-/// The kept segment has been handed to the backend: both entries of the flow are spliced
-/// from now on, shifting sequence numbers by `K - B`.
+/// The kept segment has been copied into the frame for the backend: both entries of the
+/// flow are spliced from now on, shifting sequence numbers by `K - B`, and the segment is
+/// released. (Should that frame be lost, the backend repeats its SYN-ACK, which reaches
+/// the client through the splice; the client acknowledges it and retransmits its first
+/// segment, which the splice delivers.)
 #[inline(always)]
 pub fn complete_binding(reply: &mut Flow, key: &FlowKey, backend_isn: u32, stats: &Counters) {
     if reply.phase != phase::BINDING {
         return;
     }
+    let _ = PENDING.remove(key);
     let delta = reply.cookie_isn.wrapping_sub(backend_isn);
     reply.phase = phase::SPLICED;
     reply.seq_delta = delta;
