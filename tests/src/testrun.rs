@@ -43,6 +43,26 @@
 //!   `platform.md`), which is only meaningful for paths that do not modify the frame, and
 //!   every such call costs tens of milliseconds of wall time (the kernel switches the XDP
 //!   dispatcher to the program and back). `balancer-bench` measures accordingly.
+//! - An XDP test run gets a whole page as its frame (`frame_sz` = 4 KiB, about 3.5 KiB
+//!   of it usable after the headroom), whatever the input's length: `bpf_xdp_adjust_tail`
+//!   can grow any frame the balancer builds (at most about 1.6 KB), so the XDP side of
+//!   delayed binding's TC fallback (pass the SYN-ACK when the frame cannot grow) cannot
+//!   be provoked here. The TC program is run directly instead ([`TestBed::run_tc`]):
+//!   an skb test run ([`tc_test_run`]) with a [`skb_ctx`] naming the receiving device;
+//!   the output buffer gets the skb as the program left it (grown by
+//!   `bpf_skb_change_tail`), and `bpf_redirect` only sets the verdict
+//!   (`TC_ACT_REDIRECT`, 7).
+//!
+//! # Cookie mode
+//!
+//! [`TestBed::add_cookie_service`] adds a cookie-mode service with server-ID tokens;
+//! [`TestBed::rotate_syncookie_secret`] with [`TEST_SECRET`] lets a test compute the
+//! syncookies the data plane hands out ([`syncookie`], over [`cookie_window`], CLOCK_TAI
+//! in 64-second windows: a test accepts the window before and after its run). Raw map
+//! readers ([`TestBed::flow_entries`], [`TestBed::pending_segment`],
+//! [`TestBed::backend_counters`], [`TestBed::policy_backend`]) check state, and
+//! [`check_frame`] compares an output frame with the frame it must be, field by field
+//! and byte by byte.
 
 use std::{
     collections::BTreeMap,
@@ -55,12 +75,22 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::programs::{TestRun, TestRunOptions, TestRunResult, Xdp};
-use balancer_ebpf::{Counter, GlobalStats, PASS_PROGRAM_NAME};
+use aya::{
+    maps::{Array, HashMap, MapData},
+    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
+};
+use balancer_ebpf::{
+    map_names,
+    syncookie::{encode_mss, make_cookie, time_window, CookieSecret},
+    Backend, Counter, Flow, FlowKey, GlobalStats, PendingSegment, PASS_PROGRAM_NAME, PROTO_TCP,
+    RING_SIZE,
+};
 use balancer_user::{
+    addr::ip_to_map,
     dataplane::{self, Balancer, XDP_OBJECT},
     flows::FlowInfo,
-    BackendSpec, Proto, ServiceAddr,
+    stats::BackendCountersValues,
+    BackendSpec, CookieSettings, Proto, ServiceAddr,
 };
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader, VlanHeader};
 
@@ -82,6 +112,21 @@ pub fn verdict_name(v: u32) -> &'static str {
         XDP_TX => "XDP_TX",
         XDP_REDIRECT => "XDP_REDIRECT",
         _ => "unknown verdict",
+    }
+}
+
+// --- TC verdicts (the `balancer_tc` program) ---------------------------------------
+
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+pub const TC_ACT_REDIRECT: u32 = 7;
+
+pub fn tc_verdict_name(v: u32) -> &'static str {
+    match v {
+        TC_ACT_OK => "TC_ACT_OK",
+        TC_ACT_SHOT => "TC_ACT_SHOT",
+        TC_ACT_REDIRECT => "TC_ACT_REDIRECT",
+        _ => "unknown TC verdict",
     }
 }
 
@@ -187,6 +232,47 @@ pub fn test_run(
     })
 }
 
+/// A `struct __sk_buff` (192 bytes) for the `ctx_in` of an skb test run: received on
+/// `ifindex`, everything else zero. The kernel takes the device from `ifindex` (in the
+/// calling thread's namespace; 0 or 1 means loopback) and the program reads it back as
+/// `skb->ifindex`; `ingress_ifindex` becomes `skb->skb_iif`. Fields other than `mark`,
+/// `priority`, `ingress_ifindex`, `ifindex`, `cb`, `tstamp`, `wire_len`, `gso_*` and
+/// `hwtstamp` must be zero (EINVAL otherwise).
+pub fn skb_ctx(ifindex: u32) -> [u8; 192] {
+    let mut out = [0u8; 192];
+    out[36..40].copy_from_slice(&ifindex.to_ne_bytes()); // ingress_ifindex
+    out[40..44].copy_from_slice(&ifindex.to_ne_bytes()); // ifindex
+    out
+}
+
+/// One skb `BPF_PROG_TEST_RUN` of a TC program on a copy of `frame` (Ethernet header
+/// included: TC programs see the link header). The kernel copies the skb as the program
+/// left it (grown or shrunk) into `out`; a redirect is only reported, not carried out.
+pub fn tc_test_run(
+    prog: &SchedClassifier,
+    frame: &[u8],
+    ifindex: Option<u32>,
+    out: &mut [u8],
+) -> Result<TestRunResult> {
+    let ctx = ifindex.map(skb_ctx);
+    prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(out),
+        ctx_in: ctx.as_ref().map(|c| &c[..]),
+        repeat: 1,
+        ..Default::default()
+    })
+    .map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        anyhow!(
+            "BPF_PROG_TEST_RUN (skb) on a {}-byte frame: {e}{cause}",
+            frame.len()
+        )
+    })
+}
+
 /// What one run of the program did.
 #[derive(Clone, Debug)]
 pub struct RunResult {
@@ -208,6 +294,7 @@ pub struct Programs {
     pub balancer: Xdp,
     pin_dir: PathBuf,
     pass: Option<aya::Ebpf>,
+    tc: Option<SchedClassifier>,
     /// Interface indexes of [`CLIENT_IF`] and [`BACKEND_IF`].
     pub client_ifindex: u32,
     pub backend_ifindex: u32,
@@ -239,6 +326,23 @@ impl Programs {
         Ok(prog.try_into()?)
     }
 
+    /// The pinned TC ingress program (`balancer_tc`, delayed binding's fallback), opened
+    /// from its pin on first use.
+    pub fn tc(&mut self) -> Result<&SchedClassifier> {
+        if self.tc.is_none() {
+            let path = self.pin_dir.join(dataplane::TC_PROGRAM_PIN);
+            let prog = SchedClassifier::from_pin(&path)
+                .with_context(|| format!("opening the TC program pinned at {}", path.display()))?;
+            self.tc = Some(prog);
+        }
+        Ok(self.tc.as_ref().expect("opened above"))
+    }
+
+    /// The instance's pin directory (maps can be opened from any thread).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
     pub fn ifindex(&self, ingress: Ingress) -> Option<u32> {
         match ingress {
             Ingress::Loopback => None,
@@ -248,9 +352,24 @@ impl Programs {
     }
 }
 
+/// Room the output buffer of a single run leaves for a frame that grows (delayed binding
+/// grows a backend's SYN-ACK into the kept first segment, up to 1,536 TCP bytes).
+const OUT_ROOM: usize = 2048;
+
 fn run_one(prog: &Xdp, frame: &[u8], ifindex: Option<u32>) -> Result<RunResult> {
-    let mut out = vec![0u8; frame.len() + 256];
+    let mut out = vec![0u8; frame.len() + OUT_ROOM];
     let r = test_run(prog, frame, ifindex, 1, &mut out)?;
+    out.truncate(r.data_size_out as usize);
+    Ok(RunResult {
+        verdict: r.return_value,
+        output: out,
+        duration_ns: r.duration.as_nanos() as u64,
+    })
+}
+
+fn run_one_tc(prog: &SchedClassifier, frame: &[u8], ifindex: Option<u32>) -> Result<RunResult> {
+    let mut out = vec![0u8; frame.len() + OUT_ROOM];
+    let r = tc_test_run(prog, frame, ifindex, &mut out)?;
     out.truncate(r.data_size_out as usize);
     Ok(RunResult {
         verdict: r.return_value,
@@ -295,6 +414,7 @@ impl Worker {
                     balancer,
                     pin_dir,
                     pass: None,
+                    tc: None,
                     client_ifindex,
                     backend_ifindex,
                 };
@@ -484,6 +604,16 @@ impl TestBed {
         })?
     }
 
+    /// One run of the TC ingress program (`balancer_tc`) on `frame`, as received on
+    /// `ingress`. The verdict is a `TC_ACT_*` value.
+    pub fn run_tc(&self, frame: &[u8], ingress: Ingress) -> Result<RunResult> {
+        let frame = frame.to_vec();
+        self.with_programs(move |p| {
+            let ifindex = p.ifindex(ingress);
+            run_one_tc(p.tc()?, &frame, ifindex)
+        })?
+    }
+
     /// Adds a permanent neighbour entry for `addr` on the backend side, with
     /// [`backend_mac`] as its MAC.
     pub fn add_neighbour(&self, addr: Ipv4Addr) -> Result<()> {
@@ -558,6 +688,164 @@ impl TestBed {
         self.balancer()
             .remove_backend(service, &backend.to_string())?;
         Ok(())
+    }
+
+    /// Adds a cookie-mode service (default cookie settings: `JSESSIONID`, `!`, primary
+    /// segment 2, secondary 3) and its backends with their server-ID tokens, with a
+    /// neighbour entry for every backend address.
+    pub fn add_cookie_service(
+        &self,
+        vip: SocketAddrV4,
+        backends: &[(SocketAddrV4, &str)],
+    ) -> Result<ServiceAddr> {
+        let addr = ServiceAddr {
+            addr: *vip.ip(),
+            port: vip.port(),
+            proto: Proto::Tcp,
+        };
+        self.balancer()
+            .add_service_with(addr, Some(CookieSettings::default()))?;
+        for (b, id) in backends {
+            self.add_cookie_backend(addr, *b, id)?;
+        }
+        Ok(addr)
+    }
+
+    /// Adds a backend with server-ID token `server_id` to a cookie-mode service.
+    pub fn add_cookie_backend(
+        &self,
+        service: ServiceAddr,
+        backend: SocketAddrV4,
+        server_id: &str,
+    ) -> Result<()> {
+        self.add_neighbour(*backend.ip())?;
+        self.balancer().add_backend(
+            service,
+            BackendSpec {
+                addr: *backend.ip(),
+                port: backend.port(),
+                weight: balancer_user::control::DEFAULT_WEIGHT,
+                server_id: Some(server_id.to_string()),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Cookie mode: sends the sessions of `failed` to `replacement` (or stops with `None`).
+    pub fn set_failover(
+        &self,
+        service: ServiceAddr,
+        failed: SocketAddrV4,
+        replacement: Option<SocketAddrV4>,
+    ) -> Result<()> {
+        let r = replacement.map(|r| r.to_string());
+        self.balancer()
+            .set_failover(service, &failed.to_string(), r.as_deref())?;
+        Ok(())
+    }
+
+    /// Installs `secret` as the current syncookie secret (the current one becomes the
+    /// previous one).
+    pub fn rotate_syncookie_secret(&self, secret: CookieSecret) -> Result<()> {
+        self.balancer().rotate_syncookie_secret(secret)?;
+        Ok(())
+    }
+
+    /// Every entry of the flow table (both directions), raw.
+    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        let map: HashMap<MapData, FlowKey, Flow> = self
+            .balancer()
+            .map(map_names::FLOWS)?
+            .try_into()
+            .context("FLOWS map")?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            out.push(item.context("reading FLOWS")?);
+        }
+        Ok(out)
+    }
+
+    /// The flow-table entry of `key`, if any.
+    pub fn flow_entry(&self, key: &FlowKey) -> Result<Option<Flow>> {
+        Ok(self
+            .flow_entries()?
+            .into_iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, f)| f))
+    }
+
+    /// Keys of the PENDING map (first segments kept while binding).
+    pub fn pending_keys(&self) -> Result<Vec<FlowKey>> {
+        let map: HashMap<MapData, FlowKey, PendingSegment> = self
+            .balancer()
+            .map(map_names::PENDING)?
+            .try_into()
+            .context("PENDING map")?;
+        let mut out = Vec::new();
+        for k in map.keys() {
+            out.push(k.context("reading PENDING")?);
+        }
+        Ok(out)
+    }
+
+    /// The kept first segment (TCP header and payload) of `key`, if any.
+    pub fn pending_segment(&self, key: &FlowKey) -> Result<Option<Vec<u8>>> {
+        let map: HashMap<MapData, FlowKey, PendingSegment> = self
+            .balancer()
+            .map(map_names::PENDING)?
+            .try_into()
+            .context("PENDING map")?;
+        match map.get(key, 0) {
+            Ok(seg) => {
+                let len = (seg.len as usize).min(seg.bytes.len());
+                Ok(Some(seg.bytes[..len].to_vec()))
+            }
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading PENDING"),
+        }
+    }
+
+    /// Per-backend counters (summed over CPUs) by backend address.
+    pub fn backend_counters(&self) -> Result<BTreeMap<SocketAddrV4, BackendCountersValues>> {
+        let mut out = BTreeMap::new();
+        for b in self.balancer().stats()?.backends {
+            let addr: SocketAddrV4 = b
+                .backend
+                .parse()
+                .with_context(|| format!("backend address {}", b.backend))?;
+            out.insert(addr, b.counters);
+        }
+        Ok(out)
+    }
+
+    /// The backend the service's Maglev table gives the client-side 5-tuple `key`
+    /// (what cookie mode falls back to), read from the pinned RING and BACKENDS maps and
+    /// hashed with the data plane's own `flow_hash`.
+    pub fn policy_backend(&self, service: ServiceAddr, key: &FlowKey) -> Result<SocketAddrV4> {
+        let id = self
+            .balancer()
+            .services()?
+            .into_iter()
+            .find(|s| s.addr == service)
+            .with_context(|| format!("no service {service}"))?
+            .id;
+        let ring: Array<MapData, u32> = self
+            .balancer()
+            .map(map_names::RING)?
+            .try_into()
+            .context("RING map")?;
+        let backends: Array<MapData, Backend> = self
+            .balancer()
+            .map(map_names::BACKENDS)?
+            .try_into()
+            .context("BACKENDS map")?;
+        let index = id * RING_SIZE + balancer_ebpf::hash::flow_hash(key) % RING_SIZE;
+        let slot = ring.get(&index, 0).context("reading RING")?;
+        let b = backends.get(&slot, 0).context("reading BACKENDS")?;
+        Ok(SocketAddrV4::new(
+            Ipv4Addr::from(b.addr.to_ne_bytes()),
+            u16::from_be(b.port),
+        ))
     }
 
     /// The global counters, summed over CPUs.
@@ -694,6 +982,10 @@ pub struct Frame {
     pub dst: SocketAddrV4,
     pub ttl: u8,
     pub l4: L4,
+    /// TCP receive window (64240 unless set).
+    pub window: u16,
+    /// Raw TCP options (padded with EOL to a multiple of 4 bytes by [`Frame::build`]).
+    pub tcp_options: Vec<u8>,
     pub payload: Vec<u8>,
     /// Raw IPv4 options (padded to a multiple of 4 bytes by [`Frame::build`]).
     pub ip_options: Vec<u8>,
@@ -716,6 +1008,8 @@ impl Frame {
                 seq: 1000,
                 ack: if flags.ack { 5000 } else { 0 },
             },
+            window: 64240,
+            tcp_options: Vec::new(),
             payload: Vec::new(),
             ip_options: Vec::new(),
             udp_zero_checksum: false,
@@ -784,6 +1078,46 @@ impl Frame {
         self
     }
 
+    /// The acknowledgement number (written only if the ACK flag is set).
+    pub fn ack(mut self, ack: u32) -> Frame {
+        if let L4::Tcp { ack: a, .. } = &mut self.l4 {
+            *a = ack;
+        }
+        self
+    }
+
+    pub fn flags(mut self, flags: TcpFlags) -> Frame {
+        if let L4::Tcp { flags: f, .. } = &mut self.l4 {
+            *f = flags;
+        }
+        self
+    }
+
+    pub fn window(mut self, window: u16) -> Frame {
+        self.window = window;
+        self
+    }
+
+    pub fn tcp_options(mut self, opts: &[u8]) -> Frame {
+        self.tcp_options = opts.to_vec();
+        self
+    }
+
+    /// Moves the frame to other link addresses and IPv4 endpoints (what a rewrite does).
+    pub fn addressed(
+        mut self,
+        src_mac: [u8; 6],
+        dst_mac: [u8; 6],
+        src: SocketAddrV4,
+        dst: SocketAddrV4,
+    ) -> Frame {
+        self.src_mac = src_mac;
+        self.dst_mac = dst_mac;
+        self.src = src;
+        self.dst = dst;
+        self
+    }
+
     pub fn udp_zero_checksum(mut self) -> Frame {
         self.udp_zero_checksum = true;
         self
@@ -810,7 +1144,14 @@ impl Frame {
         };
         match self.l4 {
             L4::Tcp { flags, seq, ack } => {
-                let mut b = ip.tcp(self.src.port(), self.dst.port(), seq, 64240);
+                let mut b = ip.tcp(self.src.port(), self.dst.port(), seq, self.window);
+                if !self.tcp_options.is_empty() {
+                    let mut opts = self.tcp_options.clone();
+                    opts.resize(opts.len().div_ceil(4) * 4, 0);
+                    b = b
+                        .options_raw(&opts)
+                        .expect("at most 40 bytes of TCP options");
+                }
                 if flags.syn {
                     b = b.syn();
                 }
@@ -939,6 +1280,13 @@ pub struct Decoded {
     pub ip_options: Vec<u8>,
     pub tcp_flags: Option<TcpFlags>,
     pub seq: Option<u32>,
+    pub ack: Option<u32>,
+    pub window: Option<u16>,
+    pub tcp_options: Vec<u8>,
+    pub ip_id: u16,
+    pub dont_fragment: bool,
+    /// DSCP and ECN (the old TOS byte).
+    pub tos: u8,
     /// The checksum fields as found (UDP 0 = "no checksum").
     pub ip_checksum: u16,
     pub l4_checksum: u16,
@@ -974,31 +1322,39 @@ pub fn decode_checked(frame: &[u8]) -> Result<Decoded> {
     }
     let ip_end = l3 + ip.total_len as usize;
     let segment = &frame[l3 + ihl..ip_end];
-    let (sport, dport, flags, seq, l4_checksum, payload) = match h.transport {
-        Some(TransportHeader::Tcp(t)) => (
-            t.source_port,
-            t.destination_port,
-            Some(TcpFlags {
-                syn: t.syn,
-                ack: t.ack,
-                fin: t.fin,
-                rst: t.rst,
-                psh: t.psh,
-            }),
-            Some(t.sequence_number),
-            t.checksum,
-            segment[t.header_len()..].to_vec(),
-        ),
+    let mut tcp_fields = (None, None, None, Vec::new());
+    let (sport, dport, flags, l4_checksum, payload) = match h.transport {
+        Some(TransportHeader::Tcp(t)) => {
+            tcp_fields = (
+                Some(t.sequence_number),
+                Some(t.acknowledgment_number),
+                Some(t.window_size),
+                t.options.as_slice().to_vec(),
+            );
+            (
+                t.source_port,
+                t.destination_port,
+                Some(TcpFlags {
+                    syn: t.syn,
+                    ack: t.ack,
+                    fin: t.fin,
+                    rst: t.rst,
+                    psh: t.psh,
+                }),
+                t.checksum,
+                segment[t.header_len()..].to_vec(),
+            )
+        }
         Some(TransportHeader::Udp(u)) => (
             u.source_port,
             u.destination_port,
-            None,
             None,
             u.checksum,
             segment[8..].to_vec(),
         ),
         _ => bail!("neither TCP nor UDP"),
     };
+    let (seq, ack, window, tcp_options) = tcp_fields;
     let proto = ip.protocol.0;
     if !(proto == 17 && l4_checksum == 0) {
         let mut pseudo = Vec::with_capacity(12);
@@ -1026,6 +1382,12 @@ pub fn decode_checked(frame: &[u8]) -> Result<Decoded> {
         ip_options: ip.options.as_slice().to_vec(),
         tcp_flags: flags,
         seq,
+        ack,
+        window,
+        tcp_options,
+        ip_id: ip.identification,
+        dont_fragment: ip.dont_fragment,
+        tos: frame[l3 + 1],
         ip_checksum: ip.header_checksum,
         l4_checksum,
         payload,
@@ -1058,7 +1420,8 @@ pub fn check_forwarded(
         i.proto,
         &i.ip_options,
         i.tcp_flags,
-        i.seq,
+        (i.seq, i.ack, i.window, &i.tcp_options),
+        (i.ip_id, i.dont_fragment, i.tos),
         &i.payload,
     );
     let o_same = (
@@ -1066,7 +1429,8 @@ pub fn check_forwarded(
         o.proto,
         &o.ip_options,
         o.tcp_flags,
-        o.seq,
+        (o.seq, o.ack, o.window, &o.tcp_options),
+        (o.ip_id, o.dont_fragment, o.tos),
         &o.payload,
     );
     if same != o_same {
@@ -1109,4 +1473,204 @@ pub fn check_to_client(
     client: SocketAddrV4,
 ) -> Result<Decoded> {
     check_forwarded(input, out, service, client, CLIENT_IF_MAC, CLIENT_MAC)
+}
+
+/// Checks that `out` is exactly the frame `want` describes: decodes it with its checksums
+/// verified by recomputation ([`decode_checked`]), reports every header field that
+/// differs, then compares the bytes (which also covers what [`Decoded`] leaves out:
+/// header lengths, urgent pointer, padding, the checksum values themselves).
+pub fn check_frame(out: &[u8], want: &Frame) -> Result<Decoded> {
+    let o = decode_checked(out).context("output frame")?;
+    let want_bytes = want.build();
+    let w = decode_checked(&want_bytes).context("expected frame")?;
+    let mut diffs = Vec::new();
+    macro_rules! compare {
+        ($($field:ident),*) => {
+            $(
+                if o.$field != w.$field {
+                    diffs.push(format!(
+                        "{}: want {:?}, got {:?}",
+                        stringify!($field),
+                        w.$field,
+                        o.$field
+                    ));
+                }
+            )*
+        };
+    }
+    compare!(
+        src_mac,
+        dst_mac,
+        vlan,
+        src,
+        dst,
+        ttl,
+        proto,
+        ip_options,
+        tcp_flags,
+        seq,
+        ack,
+        window,
+        tcp_options,
+        ip_id,
+        dont_fragment,
+        tos
+    );
+    if o.payload != w.payload {
+        let at = o
+            .payload
+            .iter()
+            .zip(&w.payload)
+            .position(|(a, b)| a != b)
+            .unwrap_or(o.payload.len().min(w.payload.len()));
+        diffs.push(format!(
+            "payload: want {} bytes, got {} (first difference at byte {at})",
+            w.payload.len(),
+            o.payload.len()
+        ));
+    }
+    if !diffs.is_empty() {
+        bail!(
+            "frame differs from the expected one:\n  {}",
+            diffs.join("\n  ")
+        );
+    }
+    if out != want_bytes {
+        bail!(
+            "frame bytes differ although the decoded fields agree:\n  want {want_bytes:02x?}\n  got  {out:02x?}"
+        );
+    }
+    Ok(o)
+}
+
+// --- Cookie mode ----------------------------------------------------------------------
+
+/// The syncookie secret tests install with [`TestBed::rotate_syncookie_secret`], so that
+/// they can compute the cookies the data plane hands out.
+pub const TEST_SECRET: CookieSecret = CookieSecret {
+    k0: 0x0706_0504_0302_0100,
+    k1: 0x0f0e_0d0c_0b0a_0908,
+};
+
+/// CLOCK_TAI in nanoseconds: the clock `bpf_ktime_get_tai_ns` reads, which sets the
+/// syncookie time window.
+pub fn tai_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_TAI, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The syncookie time window now.
+pub fn cookie_window() -> u32 {
+    time_window(tai_ns())
+}
+
+/// The flow key of a TCP packet `src -> dst`, as the data plane stores it.
+pub fn tcp_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
+    FlowKey::new(
+        ip_to_map(*src.ip()),
+        ip_to_map(*dst.ip()),
+        src.port().to_be(),
+        dst.port().to_be(),
+        PROTO_TCP,
+    )
+}
+
+/// The syncookie the data plane answers a SYN `client -> service` with sequence number
+/// `isn` and MSS option `client_mss` (536 for a SYN without one) in window `t`.
+pub fn syncookie(
+    secret: &CookieSecret,
+    client: SocketAddrV4,
+    service: SocketAddrV4,
+    isn: u32,
+    client_mss: u16,
+    t: u32,
+) -> u32 {
+    let k = tcp_key(client, service);
+    make_cookie(
+        secret,
+        k.src,
+        k.dst,
+        k.sport,
+        k.dport,
+        isn,
+        t,
+        encode_mss(client_mss),
+    )
+}
+
+/// An MSS option (kind 2).
+pub fn mss_option(mss: u16) -> Vec<u8> {
+    let m = mss.to_be_bytes();
+    vec![2, 4, m[0], m[1]]
+}
+
+/// The options of a Linux SYN: MSS, SACK permitted, timestamps, NOP, window scale 7
+/// (20 bytes).
+pub fn linux_syn_options(mss: u16) -> Vec<u8> {
+    let mut o = mss_option(mss);
+    o.extend_from_slice(&[4, 2, 8, 10, 0x12, 0x34, 0x56, 0x78, 0, 0, 0, 0, 1, 3, 3, 7]);
+    o
+}
+
+/// An HTTP request head of exactly `len` bytes whose `Cookie: JSESSIONID=...` header
+/// (naming `primary` and `secondary`) is the first header line (`at` = 0.0), the last
+/// (1.0), or in between (the fraction of the filler header lines before it). The other
+/// lines are realistic browser headers plus `X-Filler-N` lines padding to `len`.
+pub fn request_head(len: usize, at: f64, primary: &str, secondary: &str) -> Vec<u8> {
+    let request_line = "GET /app/cart?item=42 HTTP/1.1\r\n";
+    let cookie =
+        format!("Cookie: theme=dark; JSESSIONID=a1b2c3d4e5f6!{primary}!{secondary}; lang=en\r\n");
+    let mut fillers: Vec<String> = vec![
+        "Host: shop.example.test\r\n".into(),
+        "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+            .into(),
+        "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n".into(),
+        "Accept-Language: en-US,en;q=0.5\r\n".into(),
+        "Accept-Encoding: gzip, deflate, br, zstd\r\n".into(),
+        "Referer: https://shop.example.test/app/catalog?page=3&sort=price\r\n".into(),
+        "Connection: keep-alive\r\n".into(),
+        "Upgrade-Insecure-Requests: 1\r\n".into(),
+    ];
+    let fixed = request_line.len() + cookie.len() + 2;
+    let mut total = fixed + fillers.iter().map(String::len).sum::<usize>();
+    assert!(
+        total <= len,
+        "a {len}-byte head cannot hold the fixed headers ({total} bytes)"
+    );
+    let mut n = 0;
+    while len - total > 0 {
+        // "X-Filler-N: " + value + CRLF; at most 100 bytes a line.
+        let name = format!("X-Filler-{n}: ");
+        let room = len - total;
+        let line_len = room.min(100);
+        let value_len = line_len.saturating_sub(name.len() + 2);
+        if value_len == 0 {
+            // Too little room for another line: lengthen the previous filler instead.
+            let last = fillers.last_mut().expect("fillers");
+            let body = last.trim_end_matches("\r\n").to_string();
+            *last = format!("{body}{}\r\n", "x".repeat(room));
+            total += room;
+            continue;
+        }
+        let value: String = (0..value_len)
+            .map(|i| (b'a' + ((i + n) % 26) as u8) as char)
+            .collect();
+        fillers.push(format!("{name}{value}\r\n"));
+        total += line_len;
+        n += 1;
+    }
+    let pos = ((fillers.len() as f64) * at.clamp(0.0, 1.0)).round() as usize;
+    fillers.insert(pos, cookie);
+    let mut head = String::from(request_line);
+    for l in &fillers {
+        head.push_str(l);
+    }
+    head.push_str("\r\n");
+    assert_eq!(head.len(), len, "request head length");
+    head.into_bytes()
 }

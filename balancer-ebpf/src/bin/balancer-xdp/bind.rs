@@ -170,7 +170,8 @@ fn answer_syn(ctx: &XdpContext, pkt: &Packet, stats: &Counters) -> u32 {
         .and_then(|()| syn_to_synack(ctx.data(), ctx.data_end(), pkt, cookie, mss))
         .and_then(|len| set_len(ctx, len));
     if built.is_none() {
-        stats.inc(Counter::PassMalformed);
+        // The frame could not be resized for the SYN-ACK.
+        stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;
     }
     stats.inc(Counter::SyncookiesSent);
@@ -495,15 +496,21 @@ pub fn binding(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, now: u64, stats:
     send_backend_syn(ctx, pkt, flow, stats)
 }
 
+/// Removes both entries of a cookie-mode flow (client side `key`, `flow` its entry) and its
+/// kept segment.
+#[inline(always)]
+pub fn forget(key: &FlowKey, flow: &Flow) {
+    let reply_key = FlowKey::new(flow.new_dst, key.src, flow.new_dport, key.sport, key.proto);
+    let _ = FLOWS.remove(&reply_key);
+    let _ = FLOWS.remove(key);
+    let _ = PENDING.remove(key);
+}
+
 /// The backend never answered: reset the client (RST from the VIP) and forget the
 /// connection.
 #[inline(never)]
 fn reset_client(ctx: &XdpContext, pkt: &Packet, flow: &Flow, stats: &Counters) -> u32 {
-    let key = pkt.key;
-    let reply_key = FlowKey::new(flow.new_dst, key.src, flow.new_dport, key.sport, key.proto);
-    let _ = FLOWS.remove(&reply_key);
-    let _ = FLOWS.remove(&key);
-    let _ = PENDING.remove(&key);
+    forget(&pkt.key, flow);
     stats.inc(Counter::BindingsTimedOut);
     match rst_for(ctx.data(), ctx.data_end(), pkt).and_then(|len| set_len(ctx, len)) {
         Some(()) => xdp_action::XDP_TX,
@@ -553,11 +560,23 @@ pub fn segment_len(seg: &PendingSegment) -> Option<u32> {
 /// the client through the splice; the client acknowledges it and retransmits its first
 /// segment, which the splice delivers.)
 #[inline(always)]
-pub fn complete_binding(reply: &mut Flow, key: &FlowKey, backend_isn: u32, stats: &Counters) {
+pub fn complete_binding(
+    reply: &mut Flow,
+    key: &FlowKey,
+    backend_isn: u32,
+    frame_len: u64,
+    stats: &Counters,
+) {
     if reply.phase != phase::BINDING {
         return;
     }
     let _ = PENDING.remove(key);
+    // The frame now carries the client's first segment to the backend.
+    stats.add(Counter::TxBytes, frame_len);
+    if let Some(b) = counters::backend(reply.backend) {
+        b.packets_to += 1;
+        b.bytes_to += frame_len;
+    }
     let delta = reply.cookie_isn.wrapping_sub(backend_isn);
     reply.phase = phase::SPLICED;
     reply.seq_delta = delta;
@@ -622,6 +641,7 @@ pub fn backend_answer(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &
         stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;
     }
-    complete_binding(reply, &key, backend_isn, stats);
+    complete_binding(reply, &key, backend_isn, needed as u64, stats);
+    stats.inc(Counter::TxSameInterface);
     xdp_action::XDP_TX
 }

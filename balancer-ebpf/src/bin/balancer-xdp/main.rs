@@ -19,6 +19,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use balancer_ebpf::{
+    direction,
     flow::{is_syn, new_entries_into, still_valid, track},
     parse::{parse_packet, ptr_at, read, EthHdr, Packet, ParseError},
     phase, Config, Counter, Service, ServiceKey, PROTO_TCP, SERVICE_F_COOKIE,
@@ -76,7 +77,12 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
             Some(c) => *c,
             None => Config::default(),
         };
-        if still_valid(flow, &pkt, now, &config) {
+        if flow.phase != phase::NAT && flow.direction == direction::TO_BACKEND && is_syn(&pkt) {
+            // A new connection on the 5-tuple of a cookie-mode flow: the old flow's
+            // entries must not catch its handshake ACK or first segment. Its SYN is
+            // answered statelessly below.
+            bind::forget(&pkt.key, flow);
+        } else if still_valid(flow, &pkt, now, &config) {
             if flow.phase == phase::BINDING {
                 return Ok(bind::binding(ctx, &pkt, flow, now, &stats));
             }

@@ -103,8 +103,9 @@ fn splice(
         l4_off,
         backend_isn.wrapping_add(1),
     )?;
-    complete_binding(reply, &key, backend_isn, stats);
+    complete_binding(reply, &key, backend_isn, new_len as u64, stats);
     stats.inc(Counter::SplicedByTc);
+    stats.inc(Counter::TxRedirect);
     // SAFETY: reading the skb's ingress interface; redirect to its egress side.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
