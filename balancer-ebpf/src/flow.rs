@@ -140,8 +140,8 @@ pub fn new_entries_into(
         client_isn: 0,
         cookie_isn: 0,
         mss: 0,
-        _pad1: 0,
-        _pad2: 0,
+        reuse_pending: 0,
+        reuse_isn: 0,
     };
     out.reply_key = FlowKey::new(backend.addr, k.src, backend.port, k.sport, k.proto);
     let backend_to_client = Endpoints {
@@ -177,8 +177,8 @@ pub fn new_entries_into(
         client_isn: 0,
         cookie_isn: 0,
         mss: 0,
-        _pad1: 0,
-        _pad2: 0,
+        reuse_pending: 0,
+        reuse_isn: 0,
     };
     out.key = k;
 }

@@ -284,8 +284,11 @@ pub struct Flow {
     pub cookie_isn: u32,
     /// Cookie-mode flows: the client's MSS (from the syncookie).
     pub mss: u16,
-    pub _pad1: u16,
-    pub _pad2: u32,
+    /// Cookie-mode flows: 1 when a SYN with another ISN (`reuse_isn`) arrived on this
+    /// 5-tuple: possibly a new connection reusing the client port. It replaces this one
+    /// only once it proves it completed the syncookie handshake.
+    pub reuse_pending: u16,
+    pub reuse_isn: u32,
 }
 
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;

@@ -195,7 +195,13 @@ pub struct Conn {
 impl Conn {
     /// Connects (2 s timeout) and sets 5 s read and write timeouts.
     pub fn connect(addr: SocketAddr) -> Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+        Self::connect_timeout(addr, CONNECT_TIMEOUT)
+    }
+
+    /// Connects within `timeout` (e.g. longer, for links that lose SYNs) and sets 5 s
+    /// read and write timeouts (change them with [`Conn::stream`]).
+    pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> Result<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;

@@ -3,6 +3,7 @@
 //! tests in `tests/tests/`, the demo and the benchmark.
 
 pub mod http;
+pub mod impair;
 pub mod netns;
 pub mod testrun;
 pub mod topology;

@@ -12,6 +12,13 @@
 //! (198.18.1.(10+i)/24) answer through 198.18.1.1. Different subnets on one segment keep
 //! backends from answering the client directly.
 //!
+//! Two-arm with a WAN ([`Topology::two_arm_with_wan`]): as two-arm, but the client's link
+//! to the gateway passes through a `wan` namespace whose [`impair::Relay`] forwards frames
+//! between its interfaces `cli` (to the client) and `gw` (to the gateway's `cli0`), losing
+//! and reordering some as its [`Impairment`] says. The relay is an L2 forwarder: addresses
+//! and routes are those of two-arm. GRO, GSO, TSO and checksum offload are off on the
+//! client's `eth0` and on both wan interfaces, so the relay sees wire-sized frames.
+//!
 //! In both, the client routes 198.18.0.0/15 (VIPs in 198.18.100.0/24 included) through the
 //! gateway, which forwards (`ip_forward=1`, no ICMP redirects). Every veth end has
 //! checksum offload off and GRO on (see [`netns::veth`]).
@@ -24,7 +31,8 @@
 //! or more and connections timing out in the one-arm topology).
 //!
 //! Dropping a `Topology` detaches the balancer instance (removing its pins), kills the
-//! test servers and deletes the namespaces, also when a test panics.
+//! test servers, stops the relay (if any) and deletes the namespaces, also when a test
+//! panics.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
@@ -37,7 +45,10 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::netns::{self, Netns};
+use crate::{
+    impair::{Impairment, Relay},
+    netns::{self, Netns},
+};
 
 /// The service address the tests and the demo use.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -146,10 +157,19 @@ struct Server {
     child: Child,
 }
 
+/// The impaired client link of [`Topology::two_arm_with_wan`].
+pub struct Wan {
+    // Declared before the namespace: the relay stops before the namespace goes.
+    pub relay: Relay,
+    pub ns: Netns,
+}
+
 pub struct Topology {
     // Field order matters only for what Drop::drop leaves: servers are killed there, the
     // namespaces are deleted when the fields drop afterwards.
     servers: Vec<Server>,
+    /// The client link's relay and namespace (two-arm with WAN only); stops first.
+    pub wan: Option<Wan>,
     /// BPF links of the XDP_PASS programs on the gateway interfaces' peers.
     _pass_links: Vec<OwnedFd>,
     instance: String,
@@ -171,6 +191,12 @@ impl Topology {
         Self::build(Arms::Two, n_backends, balancer_bin()?)
     }
 
+    /// Two-arm topology whose client link passes through an impairment relay (see the
+    /// module documentation), using [`balancer_bin`].
+    pub fn two_arm_with_wan(n_backends: usize, impairment: Impairment) -> Result<Topology> {
+        Self::build_with(Arms::Two, n_backends, balancer_bin()?, Some(impairment))
+    }
+
     /// One-arm topology with `n_backends` backends, using [`balancer_bin`].
     pub fn one_arm(n_backends: usize) -> Result<Topology> {
         Self::build(Arms::One, n_backends, balancer_bin()?)
@@ -179,7 +205,21 @@ impl Topology {
     /// Builds a topology that runs the given `balancer` binary. On failure, whatever was
     /// created is removed again.
     pub fn build(arms: Arms, n_backends: usize, balancer_bin: PathBuf) -> Result<Topology> {
+        Self::build_with(arms, n_backends, balancer_bin, None)
+    }
+
+    /// As [`Topology::build`]; with `wan` (two-arm only), the client's link runs through
+    /// an impairment relay.
+    pub fn build_with(
+        arms: Arms,
+        n_backends: usize,
+        balancer_bin: PathBuf,
+        wan: Option<Impairment>,
+    ) -> Result<Topology> {
         require_root()?;
+        if wan.is_some() && arms != Arms::Two {
+            bail!("an impaired client link needs the two-arm topology");
+        }
         if n_backends > MAX_BACKENDS {
             bail!("at most {MAX_BACKENDS} backends");
         }
@@ -211,13 +251,49 @@ impl Topology {
             Ok(())
         };
         let mut pass_links = Vec::new();
+        let mut wan_ns = None;
         let gateway_ifaces = match arms {
             Arms::Two => {
-                netns::veth(&client, "eth0", &gateway, "cli0")?;
+                match wan {
+                    None => {
+                        netns::veth(&client, "eth0", &gateway, "cli0")?;
+                        pass_links.push(attach_xdp_pass(&client, "eth0")?);
+                    }
+                    Some(_) => {
+                        let w = Netns::new("lbw")?;
+                        // The relay's namespace has no addresses and sends nothing itself.
+                        w.exec(
+                            "sysctl",
+                            &[
+                                "-qw",
+                                "net.ipv6.conf.all.disable_ipv6=1",
+                                "net.ipv6.conf.default.disable_ipv6=1",
+                            ],
+                        )?;
+                        netns::veth(&client, "eth0", &w, "cli")?;
+                        netns::veth(&w, "gw", &gateway, "cli0")?;
+                        // `gw` is the peer of the balancer's client-side interface: it
+                        // needs the XDP_PASS program (see the module documentation).
+                        // Offloads go off after it is attached: when GRO changes, veth
+                        // recomputes whether `cli0` may redirect into `gw`, which it may
+                        // as long as `gw` has a program (and the program keeps `gw`'s
+                        // NAPI with GRO off).
+                        pass_links.push(attach_xdp_pass(&w, "gw")?);
+                        for (ns, dev) in [(&w, "cli"), (&w, "gw"), (&client, "eth0")] {
+                            ns.exec(
+                                "ethtool",
+                                &[
+                                    "-K", dev, "gro", "off", "gso", "off", "tso", "off", "tx",
+                                    "off", "rx", "off",
+                                ],
+                            )?;
+                        }
+                        wan_ns = Some(w);
+                    }
+                }
                 netns::veth(&gateway, "srv0", &lan, "gw0")?;
                 lan.ip(&["link", "set", "gw0", "master", "br0"])?;
                 add_gateway_addrs("cli0", "srv0")?;
-                pass_links.push(attach_xdp_pass(&client, "eth0")?);
                 pass_links.push(attach_xdp_pass(&lan, "gw0")?);
                 vec!["cli0".to_string(), "srv0".to_string()]
             }
@@ -261,8 +337,16 @@ impl Topology {
                 name: backend_name(i),
             });
         }
+        let wan = match (wan_ns, wan) {
+            (Some(ns), Some(imp)) => Some(Wan {
+                relay: Relay::start(&ns, "cli", "gw", imp)?,
+                ns,
+            }),
+            _ => None,
+        };
         Ok(Topology {
             servers: Vec::new(),
+            wan,
             _pass_links: pass_links,
             instance: netns::unique_name("lbt"),
             balancer_bin,

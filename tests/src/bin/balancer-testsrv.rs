@@ -8,6 +8,11 @@
 //! - anything else: `NAME\n`. A request body (Content-Length) is read and reported in
 //!   `X-Body-Len` and `X-Body-Fnv` (64-bit FNV-1a, hex) (upload tests).
 //!
+//! A connection whose first byte is not an ASCII letter (a TLS ClientHello, ...) is not
+//! HTTP: the server writes `NAME\n` and then echoes every byte it receives until the
+//! client closes (tests of non-HTTP traffic see which backend got the bytes, and the
+//! bytes themselves).
+//!
 //! Connections are kept alive (HTTP/1.1 default) unless the client sends
 //! `Connection: close` (or speaks HTTP/1.0 without `Connection: keep-alive`).
 //! One thread per connection; request parsing ([`read_request`]) and routing ([`route`])
@@ -307,6 +312,15 @@ fn serve(state: &State, stream: TcpStream) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = BufReader::with_capacity(64 * 1024, stream.try_clone()?);
     let mut writer = BufWriter::with_capacity(64 * 1024, stream);
+    match reader.fill_buf() {
+        Ok([]) => return Ok(()),
+        Ok([first, ..]) if !first.is_ascii_alphabetic() => {
+            return echo(state, &mut reader, &mut writer)
+        }
+        Ok(_) => {}
+        Err(e) if is_timeout_or_reset(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    }
     loop {
         let (response, keep_alive) = match read_request(&mut reader) {
             Ok(req) => {
@@ -330,6 +344,29 @@ fn serve(state: &State, stream: TcpStream) -> std::io::Result<()> {
         if !keep_alive {
             return Ok(());
         }
+    }
+}
+
+/// Not HTTP: `NAME\n`, then everything received is sent back, until the peer closes.
+fn echo<R: BufRead, W: Write>(
+    state: &State,
+    reader: &mut R,
+    writer: &mut W,
+) -> std::io::Result<()> {
+    writer.write_all(format!("{}\n", state.name).as_bytes())?;
+    writer.flush()?;
+    loop {
+        let n = match reader.fill_buf() {
+            Ok([]) => return Ok(()),
+            Ok(buf) => {
+                writer.write_all(buf)?;
+                buf.len()
+            }
+            Err(e) if is_timeout_or_reset(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        reader.consume(n);
+        writer.flush()?;
     }
 }
 
@@ -418,6 +455,15 @@ mod tests {
         assert!(balancer_tests::http::is_pattern(&parsed.body));
         assert_eq!(parsed.body.len(), 300);
         assert_eq!(parsed.header("x-backend"), Some("be1"));
+    }
+
+    #[test]
+    fn echoes_what_is_not_http() {
+        let raw = [0x16u8, 0x03, 0x01, 0x00, 0x02, 0x01, 0x00];
+        let mut out = Vec::new();
+        echo(&state(), &mut BufReader::new(&raw[..]), &mut out).unwrap();
+        assert_eq!(&out[..4], b"be1\n");
+        assert_eq!(&out[4..], &raw[..]);
     }
 
     #[test]

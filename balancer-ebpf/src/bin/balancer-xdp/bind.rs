@@ -496,6 +496,42 @@ pub fn binding(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, now: u64, stats:
     send_backend_syn(ctx, pkt, flow, stats)
 }
 
+/// A SYN on the client side of a cookie-mode flow. A copy of the connection's own SYN is
+/// answered like the original (the syncookie is the same) and changes nothing; a SYN with
+/// another ISN is answered statelessly too, and its ISN noted: if it is a new connection
+/// reusing the client port, its handshake ACK or first segment proves it
+/// ([`proves_new_connection`]) and only then replaces the old connection. A blind SYN,
+/// whose sender never sees the syncookie, cannot tear the connection down.
+#[inline(never)]
+pub fn syn_on_cookie_flow(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &mut Flow,
+    stats: &Counters,
+) -> u32 {
+    if let Some((isn, _)) = tcp_seq_ack(ctx.data(), ctx.data_end(), pkt) {
+        if isn != flow.client_isn {
+            flow.reuse_isn = isn;
+            flow.reuse_pending = 1;
+        }
+    }
+    answer_syn(ctx, pkt, stats)
+}
+
+/// Whether a client segment on a cookie-mode flow with a noted SYN completes that SYN's
+/// syncookie handshake: `seq - 1` is the noted ISN and `ack - 1` a valid syncookie for it.
+#[inline(never)]
+pub fn proves_new_connection(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> bool {
+    if pkt.tcp_flags & (TCP_ACK | TCP_SYN | TCP_RST) != TCP_ACK {
+        return false;
+    }
+    let Some((seq, ack)) = tcp_seq_ack(ctx.data(), ctx.data_end(), pkt) else {
+        return false;
+    };
+    seq.wrapping_sub(1) == flow.reuse_isn
+        && validate(pkt, flow.reuse_isn, ack.wrapping_sub(1)).is_some()
+}
+
 /// Removes both entries of a cookie-mode flow (client side `key`, `flow` its entry) and its
 /// kept segment.
 #[inline(always)]

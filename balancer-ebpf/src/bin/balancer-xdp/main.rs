@@ -77,10 +77,16 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
             Some(c) => *c,
             None => Config::default(),
         };
-        if flow.phase != phase::NAT && flow.direction == direction::TO_BACKEND && is_syn(&pkt) {
-            // A new connection on the 5-tuple of a cookie-mode flow: the old flow's
-            // entries must not catch its handshake ACK or first segment. Its SYN is
-            // answered statelessly below.
+        let cookie_flow = flow.phase != phase::NAT && flow.direction == direction::TO_BACKEND;
+        if cookie_flow && is_syn(&pkt) {
+            // A duplicate of the connection's SYN, a new connection reusing the client
+            // port, or a blind attack: answered statelessly, and the live connection is
+            // left alone until a handshake proves otherwise.
+            return Ok(bind::syn_on_cookie_flow(ctx, &pkt, flow, &stats));
+        }
+        if cookie_flow && flow.reuse_pending != 0 && bind::proves_new_connection(ctx, &pkt, flow) {
+            // The client completed a new syncookie handshake on this 5-tuple: the old
+            // connection is over. Bound afresh below, like any new connection.
             bind::forget(&pkt.key, flow);
         } else if still_valid(flow, &pkt, now, &config) {
             if flow.phase == phase::BINDING {
