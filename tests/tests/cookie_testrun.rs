@@ -248,6 +248,72 @@ impl Conn {
             .ttl(64)
             .ack(b.wrapping_add(1))
     }
+
+    /// `f`, a segment of this connection from the client, as the splice to `backend`
+    /// (ISN `b`) must forward it: addressed to the backend, TTL one less, the
+    /// acknowledgement number shifted back by `K - B`.
+    fn forwarded_to_backend(&self, f: &Frame, backend: SocketAddrV4, b: u32) -> Frame {
+        let ack = tcp_ack(f).wrapping_sub(self.cookie).wrapping_add(b);
+        f.clone()
+            .addressed(
+                BACKEND_IF_MAC,
+                backend_mac(*backend.ip()),
+                self.client,
+                backend,
+            )
+            .ttl(f.ttl - 1)
+            .ack(ack)
+    }
+
+    /// `f`, a segment of the backend (ISN `b`) to this connection's client, as the splice
+    /// must forward it: addressed to the client from the VIP, TTL one less, the sequence
+    /// number shifted by `K - B`.
+    fn forwarded_to_client(&self, f: &Frame, b: u32) -> Frame {
+        let seq = tcp_seq(f).wrapping_add(self.cookie.wrapping_sub(b));
+        f.clone()
+            .addressed(CLIENT_IF_MAC, CLIENT_MAC, vip(), self.client)
+            .ttl(f.ttl - 1)
+            .seq(seq)
+    }
+}
+
+fn tcp_seq(f: &Frame) -> u32 {
+    match f.l4 {
+        L4::Tcp { seq, .. } => seq,
+        L4::Udp => panic!("not a TCP frame"),
+    }
+}
+
+fn tcp_ack(f: &Frame) -> u32 {
+    match f.l4 {
+        L4::Tcp { ack, .. } => ack,
+        L4::Udp => panic!("not a TCP frame"),
+    }
+}
+
+/// Runs `frame`, a client segment of `conn` spliced to `backend` (ISN `b`), through XDP
+/// and checks it is redirected to the backend as [`Conn::forwarded_to_backend`].
+fn spliced_to_backend(
+    bed: &TestBed,
+    conn: &Conn,
+    frame: &Frame,
+    backend: SocketAddrV4,
+    b: u32,
+    what: &str,
+) -> RunResult {
+    let r = run(bed, &frame.build(), Ingress::Client);
+    assert_eq!(r.verdict, XDP_REDIRECT, "{what}: got {}", r.verdict_name());
+    check_frame(&r.output, &conn.forwarded_to_backend(frame, backend, b)).expect(what);
+    r
+}
+
+/// Runs `frame`, a segment of the backend (ISN `b`) spliced to `conn`'s client, through
+/// XDP and checks it is redirected to the client as [`Conn::forwarded_to_client`].
+fn spliced_to_client(bed: &TestBed, conn: &Conn, frame: &Frame, b: u32, what: &str) -> RunResult {
+    let r = run(bed, &frame.build(), Ingress::Backend);
+    assert_eq!(r.verdict, XDP_REDIRECT, "{what}: got {}", r.verdict_name());
+    check_frame(&r.output, &conn.forwarded_to_client(frame, b)).expect(what);
+    r
 }
 
 /// Sends the client's SYN and checks the SYN-ACK: every field, the cookie computed here
@@ -906,9 +972,7 @@ fn retransmitted_first_segment_resends_the_backend_syn() {
     );
     check_frame(
         &r.output,
-        &conn
-            .expected_segment(&payload, backends[2], 77)
-            .ttl(CLIENT_TTL - 1),
+        &conn.forwarded_to_backend(&conn.data(&payload), backends[2], 77),
     )
     .unwrap();
 }
@@ -985,32 +1049,13 @@ fn repeated_backend_synack_after_splice_reaches_the_client() {
         ],
         "repeated backend SYN-ACK",
     );
-    let want = synack
-        .clone()
-        .addressed(CLIENT_IF_MAC, CLIENT_MAC, vip(), conn.client)
-        .ttl(63)
-        .seq(conn.cookie);
-    check_frame(&r.output, &want).expect("SYN-ACK forwarded to the client");
+    check_frame(&r.output, &conn.forwarded_to_client(&synack, b))
+        .expect("SYN-ACK forwarded to the client");
     // The client's duplicate ACK and its retransmitted first segment go to the backend,
     // acknowledging the backend's ISN.
-    let dup = conn.handshake_ack();
-    let r = run(&bed, &dup.build(), Ingress::Client);
-    assert_eq!(r.verdict, XDP_REDIRECT, "got {}", r.verdict_name());
-    let to_backend = |f: Frame| {
-        f.addressed(
-            BACKEND_IF_MAC,
-            backend_mac(*backends[0].ip()),
-            conn.client,
-            backends[0],
-        )
-        .ttl(CLIENT_TTL - 1)
-        .ack(b.wrapping_add(1))
-    };
-    check_frame(&r.output, &to_backend(dup.clone())).expect("client ACK");
-    let again = conn.data(&payload);
-    let r = run(&bed, &again.build(), Ingress::Client);
-    assert_eq!(r.verdict, XDP_REDIRECT, "got {}", r.verdict_name());
-    check_frame(&r.output, &to_backend(again.clone())).expect("first segment again");
+    let (dup, again) = (conn.handshake_ack(), conn.data(&payload));
+    spliced_to_backend(&bed, &conn, &dup, backends[0], b, "client ACK");
+    spliced_to_backend(&bed, &conn, &again, backends[0], b, "first segment again");
     assert_spliced(&bed, &conn, backends[0], b);
 }
 
@@ -1073,12 +1118,7 @@ fn spliced_traffic_is_translated_both_ways() {
                 ],
                 "spliced backend -> client",
             );
-            let want = from_backend
-                .clone()
-                .addressed(CLIENT_IF_MAC, CLIENT_MAC, vip(), conn.client)
-                .ttl(63)
-                .seq(b_next.wrapping_add(k.wrapping_sub(b)));
-            check_frame(&r.output, &want)
+            check_frame(&r.output, &conn.forwarded_to_client(&from_backend, b))
                 .unwrap_or_else(|e| panic!("B={b:#x} n={n} backend -> client: {e:#}"));
             assert_eq!(
                 backend_delta(&before, &bed.backend_counters().unwrap()),
@@ -1111,18 +1151,11 @@ fn spliced_traffic_is_translated_both_ways() {
                 ],
                 "spliced client -> backend",
             );
-            let want = from_client
-                .clone()
-                .addressed(
-                    BACKEND_IF_MAC,
-                    backend_mac(*backends[1].ip()),
-                    conn.client,
-                    backends[1],
-                )
-                .ttl(63)
-                .ack(b.wrapping_add(1).wrapping_add(acked));
-            check_frame(&r.output, &want)
-                .unwrap_or_else(|e| panic!("B={b:#x} n={n} client -> backend: {e:#}"));
+            check_frame(
+                &r.output,
+                &conn.forwarded_to_backend(&from_client, backends[1], b),
+            )
+            .unwrap_or_else(|e| panic!("B={b:#x} n={n} client -> backend: {e:#}"));
         }
     }
     // The second connection's backend sequence numbers wrapped around 2^32 in the loop.
@@ -1142,55 +1175,15 @@ fn fin_and_rst_end_a_spliced_flow() {
     let client_fin = Frame::tcp(conn.client, vip(), FIN_ACK)
         .seq(c_next)
         .ack(k.wrapping_add(1));
-    let r = run(&bed, &client_fin.build(), Ingress::Client);
-    assert_eq!(r.verdict, XDP_REDIRECT);
-    check_frame(
-        &r.output,
-        &client_fin
-            .clone()
-            .addressed(
-                BACKEND_IF_MAC,
-                backend_mac(*backends[1].ip()),
-                conn.client,
-                backends[1],
-            )
-            .ttl(63)
-            .ack(b.wrapping_add(1)),
-    )
-    .expect("client FIN");
+    spliced_to_backend(&bed, &conn, &client_fin, backends[1], b, "client FIN");
     let backend_fin = Frame::reply(backends[1], conn.client, FIN_ACK)
         .seq(b.wrapping_add(1))
         .ack(c_next.wrapping_add(1));
-    let r = run(&bed, &backend_fin.build(), Ingress::Backend);
-    assert_eq!(r.verdict, XDP_REDIRECT);
-    check_frame(
-        &r.output,
-        &backend_fin
-            .clone()
-            .addressed(CLIENT_IF_MAC, CLIENT_MAC, vip(), conn.client)
-            .ttl(63)
-            .seq(k.wrapping_add(1)),
-    )
-    .expect("backend FIN");
+    spliced_to_client(&bed, &conn, &backend_fin, b, "backend FIN");
     let last = Frame::tcp(conn.client, vip(), ACK)
         .seq(c_next.wrapping_add(1))
         .ack(k.wrapping_add(2));
-    let r = run(&bed, &last.build(), Ingress::Client);
-    assert_eq!(r.verdict, XDP_REDIRECT);
-    check_frame(
-        &r.output,
-        &last
-            .clone()
-            .addressed(
-                BACKEND_IF_MAC,
-                backend_mac(*backends[1].ip()),
-                conn.client,
-                backends[1],
-            )
-            .ttl(63)
-            .ack(b.wrapping_add(2)),
-    )
-    .expect("last ACK");
+    spliced_to_backend(&bed, &conn, &last, backends[1], b, "last ACK");
     let (fwd, rev) = entries(&bed, &conn, backends[1]);
     assert_eq!(
         (fwd.state, rev.state, fwd.phase),
@@ -1212,16 +1205,7 @@ fn fin_and_rst_end_a_spliced_flow() {
     )
     .seq(b2.wrapping_add(1))
     .ack(conn2.isn.wrapping_add(1 + payload_len));
-    let r = run(&bed, &rst.build(), Ingress::Backend);
-    assert_eq!(r.verdict, XDP_REDIRECT);
-    check_frame(
-        &r.output,
-        &rst.clone()
-            .addressed(CLIENT_IF_MAC, CLIENT_MAC, vip(), conn2.client)
-            .ttl(63)
-            .seq(k2.wrapping_add(1)),
-    )
-    .expect("backend RST");
+    spliced_to_client(&bed, &conn2, &rst, b2, "backend RST");
     let (_, rev) = entries(&bed, &conn2, backends[1]);
     assert_eq!(rev.state, flow_state::CLOSED);
     let crst = Frame::tcp(
@@ -1235,22 +1219,7 @@ fn fin_and_rst_end_a_spliced_flow() {
     )
     .seq(conn2.isn.wrapping_add(1 + payload_len))
     .ack(k2.wrapping_add(1));
-    let r = run(&bed, &crst.build(), Ingress::Client);
-    assert_eq!(r.verdict, XDP_REDIRECT);
-    check_frame(
-        &r.output,
-        &crst
-            .clone()
-            .addressed(
-                BACKEND_IF_MAC,
-                backend_mac(*backends[1].ip()),
-                conn2.client,
-                backends[1],
-            )
-            .ttl(63)
-            .ack(b2.wrapping_add(1)),
-    )
-    .expect("client RST");
+    spliced_to_backend(&bed, &conn2, &crst, backends[1], b2, "client RST");
     let (fwd, _) = entries(&bed, &conn2, backends[1]);
     assert_eq!(fwd.state, flow_state::CLOSED);
 }
@@ -1539,21 +1508,14 @@ fn tc_program_completes_the_binding() {
     let ack = Frame::tcp(conn.client, vip(), ACK)
         .seq(conn.isn.wrapping_add(1 + payload.len() as u32))
         .ack(conn.cookie.wrapping_add(101));
-    let r = run(&bed, &ack.build(), Ingress::Client);
-    assert_eq!(r.verdict, XDP_REDIRECT);
-    check_frame(
-        &r.output,
-        &ack.clone()
-            .addressed(
-                BACKEND_IF_MAC,
-                backend_mac(*backends[1].ip()),
-                conn.client,
-                backends[1],
-            )
-            .ttl(63)
-            .ack(b.wrapping_add(101)),
-    )
-    .expect("spliced ACK after the TC splice");
+    spliced_to_backend(
+        &bed,
+        &conn,
+        &ack,
+        backends[1],
+        b,
+        "spliced ACK after the TC splice",
+    );
 
     // The same SYN-ACK again is the spliced flow's business now (XDP's), not TC's.
     let r = tc_counted(&bed, &synack, TC_ACT_OK, &[], "SYN-ACK after the splice");
