@@ -72,6 +72,26 @@ pub fn new_entries(
     (pair.key, pair.forward, pair.reply_key, pair.reply)
 }
 
+/// Key of the other direction's entry of the flow that `flow` (stored under `key`)
+/// belongs to: the reply entry's key for a client-side entry, the client-side key for a
+/// reply entry.
+#[inline(always)]
+pub fn other_key(key: &FlowKey, flow: &Flow) -> FlowKey {
+    if flow.direction == direction::TO_BACKEND {
+        // client -> backend: the backend answers the client.
+        FlowKey::new(flow.new_dst, key.src, flow.new_dport, key.sport, key.proto)
+    } else {
+        // VIP -> client after the rewrite: the client wrote to the VIP.
+        FlowKey::new(
+            flow.new_dst,
+            flow.new_src,
+            flow.new_dport,
+            flow.new_sport,
+            key.proto,
+        )
+    }
+}
+
 /// Both entries of a new flow, side by side: what [`new_entries_into`] fills. The XDP
 /// program builds them in a per-CPU map value where the BPF stack is too small.
 #[repr(C)]
@@ -256,6 +276,9 @@ mod tests {
         );
         assert_eq!(rev.direction, direction::TO_CLIENT);
         assert_eq!(fwd.backend, 3);
+        // Each entry finds the other.
+        assert_eq!(other_key(&fk, &fwd), rk);
+        assert_eq!(other_key(&rk, &rev), fk);
     }
 
     #[test]

@@ -343,9 +343,8 @@ impl Balancer {
             for (key, _, _) in cookie.entries(service.id, None)? {
                 cookie.remove(&key)?;
             }
-            for (slot, _) in &backends {
-                cookie.forget_slot(*slot)?;
-            }
+            let slots: Vec<u32> = backends.iter().map(|(slot, _)| *slot).collect();
+            cookie.forget_slots(&slots)?;
         }
         for (slot, _) in backends {
             maps.backends
@@ -428,7 +427,7 @@ impl Balancer {
         };
         if let (Some(cm), Some(token)) = (&mut cookie_maps, &spec.server_id) {
             // A stale failover entry of the slot's previous backend must not apply.
-            cm.forget_slot(slot)?;
+            cm.forget_slots(&[slot])?;
             cm.insert(service.id, token, slot)?;
         }
         maps.update_backend(&service, slot, backend)?;
@@ -447,7 +446,7 @@ impl Balancer {
             for (key, _, _) in cookie.entries(service.id, Some(slot))? {
                 cookie.remove(&key)?;
             }
-            cookie.forget_slot(slot)?;
+            cookie.forget_slots(&[slot])?;
         }
         // An empty slot is not UP: the table drops it before the slot is cleared.
         maps.update_backend(&service, slot, Backend::default())

@@ -232,15 +232,16 @@ impl CookieMaps {
             .map_err(map_ctx("writing FAILOVER"))
     }
 
-    /// Clears every failover entry that names `slot` (as the failed or the replacement
-    /// backend), for a backend that goes away.
-    pub fn forget_slot(&mut self, slot: u32) -> Result<()> {
+    /// Clears every failover entry that names one of `slots` (as the failed or the
+    /// replacement backend), for backends that go away. One pass over the map, however
+    /// many slots.
+    pub fn forget_slots(&mut self, slots: &[u32]) -> Result<()> {
         for s in 0..MAX_BACKENDS {
             let f = self
                 .failover
                 .get(&s, 0)
                 .map_err(map_ctx("reading FAILOVER"))?;
-            if f.active == 1 && (s == slot || f.replacement == slot) {
+            if f.active == 1 && (slots.contains(&s) || slots.contains(&f.replacement)) {
                 self.set_failover(s, None)?;
             }
         }

@@ -12,10 +12,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use balancer_ebpf::{
-    backend_state,
     cookie::{CookieConfig, CookieOutcome, MAX_BURSTS, SCAN_MAX},
     direction,
-    flow::new_entries_into,
+    flow::{new_entries_into, other_key},
     flow_state,
     parse::{ptr_at, read, EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     phase,
@@ -83,10 +82,7 @@ pub fn new_connection(
         // The handshake ACK (or a bare FIN): nothing to bind on yet, and no state kept.
         return xdp_action::XDP_DROP;
     }
-    let choice = match COOKIE_CONFIG.get(service.id) {
-        Some(_) => choose(ctx, pkt, service, stats),
-        None => POLICY,
-    };
+    let choice = choose(ctx, pkt, service, stats);
     let binding = Binding {
         service: *service,
         client_isn,
@@ -352,21 +348,15 @@ fn choose(ctx: &XdpContext, pkt: &Packet, service: &Service, stats: &Counters) -
         stats.inc(Counter::CookieUnknownToken);
         return POLICY;
     };
-    if let Some(b) = BACKENDS.get(slot) {
-        if b.state == backend_state::UP && b.service == service.id {
-            return HIT | slot as u64;
-        }
+    if select::up(slot, service).is_some() {
+        return HIT | slot as u64;
     }
-    if let Some(f) = FAILOVER.get(slot) {
-        if f.active == 1 {
-            if let Some(b) = BACKENDS.get(f.replacement) {
-                if b.state == backend_state::UP && b.service == service.id {
-                    return FAILOVER_REDIRECT | f.replacement as u64;
-                }
-            }
+    match FAILOVER.get(slot) {
+        Some(f) if f.active == 1 && select::up(f.replacement, service).is_some() => {
+            FAILOVER_REDIRECT | f.replacement as u64
         }
+        _ => POLICY,
     }
-    POLICY
 }
 
 extern "C" fn scan_burst(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
@@ -418,11 +408,7 @@ fn scan(ctx: &XdpContext, pkt: &Packet, cfg: &CookieConfig) -> CookieOutcome {
 #[inline(always)]
 fn keep_segment(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, flow: &Flow) -> Option<()> {
     let seg = SEGMENT_SCRATCH.get_ptr_mut(0)?;
-    let len = pkt.ip_end - pkt.l4_off;
-    if len < 20 {
-        return None;
-    }
-    let len = bounded(len, PENDING_SEGMENT_MAX)?;
+    let len = tcp_segment_len(pkt.ip_end - pkt.l4_off)?;
     // SAFETY: per-CPU scratch; len <= PENDING_SEGMENT_MAX; offsets below are constants
     // inside the 20-byte TCP header the length check guarantees.
     unsafe {
@@ -536,8 +522,7 @@ pub fn proves_new_connection(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> boo
 /// kept segment.
 #[inline(always)]
 pub fn forget(key: &FlowKey, flow: &Flow) {
-    let reply_key = FlowKey::new(flow.new_dst, key.src, flow.new_dport, key.sport, key.proto);
-    let _ = FLOWS.remove(&reply_key);
+    let _ = FLOWS.remove(&other_key(key, flow));
     let _ = FLOWS.remove(key);
     let _ = PENDING.remove(key);
 }
@@ -569,21 +554,19 @@ pub fn synack_for_binding(
     if !synack || ack != reply.client_isn.wrapping_add(1) {
         return None;
     }
-    // The client side's key, from the reply entry's rewrite (VIP -> client).
-    let key = FlowKey::new(
-        reply.new_dst,
-        reply.new_src,
-        reply.new_dport,
-        reply.new_sport,
-        pkt.key.proto,
-    );
-    Some((key, backend_isn))
+    Some((other_key(&pkt.key, reply), backend_isn))
 }
 
 /// Length of a kept segment, bounded for the verifier.
 #[inline(always)]
 pub fn segment_len(seg: &PendingSegment) -> Option<u32> {
-    let len = seg.len as usize;
+    tcp_segment_len(seg.len as usize)
+}
+
+/// A TCP segment length (header and payload) that fits a kept segment, bounded for the
+/// verifier.
+#[inline(always)]
+fn tcp_segment_len(len: usize) -> Option<u32> {
     if len < 20 {
         return None;
     }
@@ -614,16 +597,15 @@ pub fn complete_binding(
         b.bytes_to += frame_len;
     }
     let delta = reply.cookie_isn.wrapping_sub(backend_isn);
-    reply.phase = phase::SPLICED;
-    reply.seq_delta = delta;
-    reply.state = flow_state::ESTABLISHED;
+    let splice = |f: &mut Flow| {
+        f.phase = phase::SPLICED;
+        f.seq_delta = delta;
+        f.state = flow_state::ESTABLISHED;
+    };
+    splice(reply);
     if let Some(f) = FLOWS.get_ptr_mut(key) {
         // SAFETY: pointer into the map value, valid during this run.
-        unsafe {
-            (*f).phase = phase::SPLICED;
-            (*f).seq_delta = delta;
-            (*f).state = flow_state::ESTABLISHED;
-        }
+        splice(unsafe { &mut *f });
     }
     stats.inc(Counter::BindingsCompleted);
 }

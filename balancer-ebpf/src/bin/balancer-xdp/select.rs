@@ -16,11 +16,14 @@ pub fn pick(service: &Service, key: &FlowKey) -> Option<(u32, Backend)> {
     if slot == NO_BACKEND {
         return None;
     }
-    let backend = *BACKENDS.get(slot)?;
     // The control plane removes draining and down backends from the table before it
     // changes their state, but a flow can race with that update: check again.
-    if backend.state != backend_state::UP {
-        return None;
-    }
-    Some((slot, backend))
+    up(slot, service).map(|backend| (slot, backend))
+}
+
+/// The backend in `slot` if it belongs to `service` and takes new flows.
+#[inline(always)]
+pub fn up(slot: u32, service: &Service) -> Option<Backend> {
+    let backend = *BACKENDS.get(slot)?;
+    (backend.state == backend_state::UP && backend.service == service.id).then_some(backend)
 }
