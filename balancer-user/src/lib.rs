@@ -6,12 +6,16 @@
 //! the pins, so the CLI is stateless and keeps working while no daemon runs.
 
 pub mod addr;
+pub mod config;
 pub mod control;
 pub mod cookie_mode;
 pub mod dataplane;
 pub mod error;
 pub mod flows;
+pub mod group;
+pub mod health;
 pub mod maglev;
+pub mod metrics;
 pub mod stats;
 
 pub use addr::{Proto, ServiceAddr};
