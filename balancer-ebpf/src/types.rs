@@ -34,8 +34,13 @@ pub mod map_names {
     pub const SYNCOOKIE_KEYS: &str = "BALANCER_SYNCOOKIE_KEYS";
     /// First data segments of connections being bound to a backend.
     pub const PENDING: &str = "BALANCER_PENDING";
+    /// Ring buffer of cookie primary/secondary pairs (read by the daemon; pinned so that a
+    /// restarted daemon reads on where the last one stopped).
+    pub const PAIRS: &str = "BALANCER_PAIRS";
+    /// Backend health as the daemon's checks see it.
+    pub const HEALTH: &str = "BALANCER_HEALTH";
     /// Every map the data plane pins, in the order `balancer` reports them.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         CONFIG,
         SERVICES,
         BACKENDS,
@@ -48,6 +53,8 @@ pub mod map_names {
         FAILOVER,
         SYNCOOKIE_KEYS,
         PENDING,
+        PAIRS,
+        HEALTH,
     ];
 }
 
@@ -293,6 +300,57 @@ pub struct Flow {
 
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
+/// Cookie mode: by default one in this many cookies that name a secondary is reported.
+pub const DEFAULT_PAIR_SAMPLE: u32 = 16;
+
+/// Bytes of the ring buffer that carries [`CookiePair`] reports.
+pub const PAIRS_RING_BYTES: u32 = 64 * 1024;
+
+/// A primary/secondary token pair read from a session cookie (record of the PAIRS ring
+/// buffer): the control plane learns replication pairs from traffic with it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CookiePair {
+    /// Service id.
+    pub service: u32,
+    pub _pad: u32,
+    /// `cookie::token_hash` of the primary token.
+    pub primary: u64,
+    /// `cookie::token_hash` of the secondary token.
+    pub secondary: u64,
+}
+
+/// Health states of a backend as the daemon's checks see them.
+pub mod health_state {
+    /// Not checked (no daemon, or a backend not yet checked).
+    pub const UNKNOWN: u8 = 0;
+    pub const UP: u8 = 1;
+    pub const DOWN: u8 = 2;
+}
+
+/// Value of the HEALTH array (indexed by backend slot): written by the daemon's health
+/// checks, read by `balancer backend list`, `balancer stats` and the metrics endpoint.
+/// Kept in a pinned map so that it outlives the daemon. The data plane does not read it:
+/// the daemon turns health into the backend's state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendHealth {
+    /// One of [`health_state`].
+    pub state: u8,
+    pub _pad1: u8,
+    pub _pad2: u16,
+    /// Response time of the last check, microseconds.
+    pub last_response_us: u32,
+    /// Checks run.
+    pub checks: u64,
+    /// Checks failed.
+    pub failures: u64,
+    /// Wall-clock time of the last state change, Unix nanoseconds (0: never).
+    pub last_change_unix_ns: u64,
+    /// State changes.
+    pub transitions: u64,
+}
+
 /// Data-plane settings (array map with one element).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -304,6 +362,10 @@ pub struct Config {
     /// Idle timeout of UDP flows.
     pub udp_timeout_s: u32,
     pub flags: u32,
+    /// Cookie mode: report one in `pair_sample_mask + 1` primary/secondary token pairs
+    /// seen in cookies to the control plane (a power of two minus one; 0 reports all).
+    pub pair_sample_mask: u32,
+    pub _pad: u32,
 }
 
 impl Default for Config {
@@ -313,6 +375,8 @@ impl Default for Config {
             tcp_transient_timeout_s: 30,
             udp_timeout_s: 60,
             flags: 0,
+            pair_sample_mask: DEFAULT_PAIR_SAMPLE - 1,
+            _pad: 0,
         }
     }
 }
@@ -418,6 +482,10 @@ counters! {
         CookieBeyondFirstSegment = "cookie_beyond_first_segment",
         /// Cookie mode: primary token unknown (no backend has it): policy decides.
         CookieUnknownToken = "cookie_unknown_token",
+        /// Cookie mode: primary/secondary token pairs reported to the control plane (sampled).
+        CookiePairsReported = "cookie_pairs_reported",
+        /// Cookie mode: sampled token pairs lost because the report ring buffer was full.
+        CookiePairsLost = "cookie_pairs_lost",
     }
 }
 
@@ -472,7 +540,9 @@ const _: () = {
     assert!(core::mem::size_of::<ServerId>() == 8 + MAX_SERVER_ID_LEN);
     assert!(core::mem::size_of::<Failover>() == 8);
     assert!(core::mem::size_of::<PendingSegment>() == 8 + PENDING_SEGMENT_MAX);
-    assert!(core::mem::size_of::<Config>() == 16);
+    assert!(core::mem::size_of::<Config>() == 24);
+    assert!(core::mem::size_of::<CookiePair>() == 24);
+    assert!(core::mem::size_of::<BackendHealth>() == 40);
     assert!(core::mem::size_of::<BackendStats>() == 64);
 };
 
@@ -491,6 +561,8 @@ mod pod {
     unsafe impl aya::Pod for ServerId {}
     unsafe impl aya::Pod for Failover {}
     unsafe impl aya::Pod for PendingSegment {}
+    unsafe impl aya::Pod for CookiePair {}
+    unsafe impl aya::Pod for BackendHealth {}
 }
 
 #[cfg(test)]

@@ -114,6 +114,18 @@ impl fmt::Display for ServiceAddr {
     }
 }
 
+/// Parses the displayed form, `VIP:PORT/proto` (`/proto` optional, TCP by default).
+impl FromStr for ServiceAddr {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.split_once('/') {
+            Some((endpoint, proto)) => ServiceAddr::parse(endpoint, proto.parse()?),
+            None => ServiceAddr::parse(s, Proto::Tcp),
+        }
+    }
+}
+
 /// Converts a network-byte-order address from a map into an `Ipv4Addr`.
 pub fn ip_from_map(addr: u32) -> Ipv4Addr {
     Ipv4Addr::from(addr.to_ne_bytes())
@@ -150,6 +162,9 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+        assert_eq!(s.to_string().parse::<ServiceAddr>().unwrap(), s);
+        assert_eq!("198.18.100.1:80".parse::<ServiceAddr>().unwrap(), s);
+        assert!("198.18.100.1:80/sctp".parse::<ServiceAddr>().is_err());
         assert!("sctp".parse::<Proto>().is_err());
         assert_eq!("UDP".parse::<Proto>().unwrap(), Proto::Udp);
     }

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::{
     addr::{ip_from_map, ip_to_map, parse_endpoint, Proto, ServiceAddr},
+    backend_health::HealthInfo,
     cookie_mode::{validate_server_id, CookieMaps, CookieSettings},
     dataplane::Balancer,
     error::{map_ctx, Error, Result},
@@ -81,6 +82,9 @@ pub struct BackendInfo {
     /// Cookie-mode services: the backend that takes this one's sessions, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failover_to: Option<String>,
+    /// What the daemon's health checks found (absent: never checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthInfo>,
 }
 
 pub fn state_name(state: u8) -> &'static str {
@@ -449,7 +453,8 @@ impl Balancer {
             cookie.forget_slots(&[slot])?;
         }
         // An empty slot is not UP: the table drops it before the slot is cleared.
-        maps.update_backend(&service, slot, Backend::default())
+        maps.update_backend(&service, slot, Backend::default())?;
+        self.clear_health(slot)
     }
 
     /// Cookie mode: sends the sessions of `failed` (whose cookies name it as primary) to
@@ -542,6 +547,7 @@ impl Balancer {
     /// Backends of one service, or of all services.
     pub fn backends(&self, filter: Option<ServiceAddr>) -> Result<Vec<BackendInfo>> {
         let maps = Maps::open(self)?;
+        let health = self.health_records()?;
         let services = maps.services()?;
         if let Some(f) = filter {
             if !services.iter().any(|(a, _)| *a == f) {
@@ -556,7 +562,8 @@ impl Balancer {
             let shares = maglev::shares(&maps.ring_block(&service)?);
             let cookie = CookieDetails::read(self, &maps, &service)?;
             for (slot, b) in maps.backends_of(&service)? {
-                out.push(describe(&addr, slot, &b, &shares, &cookie));
+                let health = health.get(&slot).and_then(HealthInfo::from_record);
+                out.push(describe(&addr, slot, &b, &shares, &cookie, health));
             }
         }
         Ok(out)
@@ -575,7 +582,8 @@ impl Balancer {
             .map_err(map_ctx("reading BACKENDS"))?;
         let shares = maglev::shares(&maps.ring_block(service)?);
         let cookie = CookieDetails::read(self, maps, service)?;
-        Ok(describe(addr, slot, &b, &shares, &cookie))
+        let health = HealthInfo::from_record(&self.health_record(slot)?);
+        Ok(describe(addr, slot, &b, &shares, &cookie, health))
     }
 
     /// Service address and backend address of every used backend slot (for counters).
@@ -639,6 +647,7 @@ fn describe(
     b: &Backend,
     shares: &std::collections::HashMap<u32, usize>,
     cookie: &CookieDetails,
+    health: Option<HealthInfo>,
 ) -> BackendInfo {
     BackendInfo {
         service: addr.to_string(),
@@ -649,5 +658,6 @@ fn describe(
         table_share: *shares.get(&slot).unwrap_or(&0) as f64 / RING_SIZE as f64,
         server_id: cookie.tokens.get(&slot).cloned(),
         failover_to: cookie.failover.get(&slot).cloned(),
+        health,
     }
 }

@@ -142,12 +142,23 @@ impl Balancer {
         attached_interfaces(&self.dir)
     }
 
-    pub fn config(&self) -> Result<Config> {
-        let array: Array<MapData, Config> = self
-            .map(map_names::CONFIG)?
+    fn config_map(&self) -> Result<Array<MapData, Config>> {
+        self.map(map_names::CONFIG)?
             .try_into()
-            .map_err(map_ctx("CONFIG map"))?;
-        array.get(&0, 0).map_err(map_ctx("reading CONFIG"))
+            .map_err(map_ctx("CONFIG map"))
+    }
+
+    pub fn config(&self) -> Result<Config> {
+        self.config_map()?
+            .get(&0, 0)
+            .map_err(map_ctx("reading CONFIG"))
+    }
+
+    /// Replaces the data-plane settings (timeouts apply to the next packet of each flow).
+    pub fn set_config(&self, config: &Config) -> Result<()> {
+        self.config_map()?
+            .set(0, config, 0)
+            .map_err(map_ctx("writing CONFIG"))
     }
 }
 
@@ -432,6 +443,23 @@ fn unpin_link(path: &Path) {
     } else {
         let _ = fs::remove_file(path);
     }
+}
+
+/// Detaches the instance from one interface; program, maps and other interfaces stay.
+pub fn detach_interface(dir: &Path, name: &str) -> Result<()> {
+    require_root()?;
+    let link = dir.join(format!("{LINK_PREFIX}{name}"));
+    if !link.exists() {
+        return Err(Error::invalid(
+            "interface",
+            name,
+            "is not attached to this instance",
+        ));
+    }
+    let _lock = lock_dir(dir)?;
+    unpin_link(&link);
+    unpin_link(&dir.join(format!("{TC_LINK_PREFIX}{name}")));
+    Ok(())
 }
 
 /// Detaches the instance from every interface and removes its program, maps and pin

@@ -47,6 +47,13 @@ pub enum Error {
     },
     #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Group(#[from] crate::group::GroupError),
+    /// The daemon refused or could not do something; the message says what.
+    #[error("{0}")]
+    Daemon(String),
     #[error("{context}: {source}")]
     Io {
         context: String,

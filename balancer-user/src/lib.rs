@@ -6,9 +6,11 @@
 //! the pins, so the CLI is stateless and keeps working while no daemon runs.
 
 pub mod addr;
+pub mod backend_health;
 pub mod config;
 pub mod control;
 pub mod cookie_mode;
+pub mod daemon;
 pub mod dataplane;
 pub mod error;
 pub mod flows;
@@ -16,6 +18,7 @@ pub mod group;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
+pub mod pairs;
 pub mod stats;
 
 pub use addr::{Proto, ServiceAddr};

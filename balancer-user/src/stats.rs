@@ -5,6 +5,7 @@ use balancer_ebpf::{map_names, BackendStats, Counter, GlobalStats};
 use serde::Serialize;
 
 use crate::{
+    backend_health::HealthInfo,
     dataplane::Balancer,
     error::{map_ctx, Result},
 };
@@ -17,6 +18,9 @@ pub struct BackendCounters {
     pub state: &'static str,
     #[serde(flatten)]
     pub counters: BackendCountersValues,
+    /// What the daemon's health checks found (absent: never checked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthInfo>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -92,6 +96,7 @@ impl Balancer {
             .map_err(map_ctx("BACKEND_STATS map"))?;
         let mut names: Vec<_> = self.slot_names()?.into_iter().collect();
         names.sort_by(|a, b| (&a.1 .0, &a.1 .1).cmp(&(&b.1 .0, &b.1 .1)));
+        let health = self.health_records()?;
         let mut backends = Vec::new();
         for (slot, (service, backend, state)) in names {
             let per_cpu = per_backend
@@ -107,6 +112,7 @@ impl Balancer {
                 slot,
                 state,
                 counters: sum.into(),
+                health: health.get(&slot).and_then(HealthInfo::from_record),
             });
         }
         Ok(Stats { global, backends })

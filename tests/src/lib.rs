@@ -5,5 +5,6 @@
 pub mod http;
 pub mod impair;
 pub mod netns;
+pub mod session;
 pub mod testrun;
 pub mod topology;

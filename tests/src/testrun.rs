@@ -544,7 +544,12 @@ impl TestBed {
 
         let dir = Path::new(PIN_ROOT).join(unique_name("tr"));
         let pins = PinGuard(dir.clone());
-        dataplane::load_pinned(&dir, flow_capacity, &balancer_ebpf::Config::default())
+        // Every cookie pair is reported (no sampling), so counters are deterministic.
+        let config = balancer_ebpf::Config {
+            pair_sample_mask: 0,
+            ..Default::default()
+        };
+        dataplane::load_pinned(&dir, flow_capacity, &config)
             .with_context(|| format!("loading the data plane under {}", dir.display()))?;
         let balancer = Balancer::open(&dir)?;
         let program = balancer.program()?;

@@ -15,7 +15,9 @@ use std::{
 };
 
 use balancer_ebpf::{
-    backend_state, direction, flow_state, phase,
+    backend_state,
+    cookie::{scan_payload, CookieConfig, CookieOutcome},
+    direction, flow_state, phase,
     syncookie::{decode_mss, encode_mss, CookieSecret},
     Counter, Flow, FlowKey,
 };
@@ -365,6 +367,13 @@ fn bind(
     ];
     if let Some(c) = outcome {
         expect.push((c, 1));
+    }
+    // The test bed reports every primary/secondary pair the scanner finds.
+    if let CookieOutcome::Found {
+        secondary: Some(_), ..
+    } = scan_payload(payload, &CookieConfig::default())
+    {
+        expect.push((Counter::CookiePairsReported, 1));
     }
     let before = bed.backend_counters().unwrap();
     let r = run_counted(
@@ -1466,7 +1475,13 @@ fn no_backend_drops_the_first_segment() {
         &input,
         Ingress::Client,
         XDP_DROP,
-        &[(Counter::SyncookiesValid, 1), (Counter::DropNoBackend, 1)],
+        // The pair is reported although the connection cannot be bound: the servers
+        // named in the cookie are still each other's replication partners.
+        &[
+            (Counter::SyncookiesValid, 1),
+            (Counter::CookiePairsReported, 1),
+            (Counter::DropNoBackend, 1),
+        ],
         "first segment without backends",
     );
     assert_eq!(r.output, input);
@@ -1589,7 +1604,7 @@ fn tc_program_leaves_other_packets_alone() {
 #[test]
 fn cookie_helpers_check_themselves() {
     // No root needed: packet builders and validators only.
-    use balancer_ebpf::cookie::{scan_payload, token_hash, CookieConfig, CookieOutcome};
+    use balancer_ebpf::cookie::token_hash;
     let f = Frame::to_vip(40000, PSH_ACK)
         .ack(77)
         .tcp_options(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])

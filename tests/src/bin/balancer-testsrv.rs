@@ -5,6 +5,7 @@
 //! - `GET /bytes/N`: N bytes of the deterministic pattern of `balancer_tests::http`
 //!   (download tests);
 //! - `GET /slow/MS`: waits MS milliseconds, then answers `NAME\n` (holds a request open);
+//! - `GET /health`: `ok\n` (the balancer daemon's HTTP health check);
 //! - anything else: `NAME\n`. A request body (Content-Length) is read and reported in
 //!   `X-Body-Len` and `X-Body-Fnv` (64-bit FNV-1a, hex) (upload tests).
 //!
@@ -17,22 +18,49 @@
 //! `Connection: close` (or speaks HTTP/1.0 without `Connection: keep-alive`).
 //! One thread per connection; request parsing ([`read_request`]) and routing ([`route`])
 //! are separate so that features such as sessions extend `route` and [`State`] only.
+//!
+//! **Session mode** (`--server-id ID --peer ID=IP:PORT ...`): a replicated app server, as
+//! the balancer's cookie mode expects (the rules are in `balancer_tests::session`):
+//! - `GET` or `POST /session` (or any path under `/session/`): increments the counter of
+//!   the session named by the `JSESSIONID` cookie (a new session without one), copies the
+//!   new state to a secondary peer and only then answers `200` with
+//!   `{"server","session","counter","secondary","event","replayed"}` (`secondary` null
+//!   when no peer took the copy; `event` new, continued, takeover or lost) and
+//!   `Set-Cookie: JSESSIONID=<session>!<ID>!<secondary or NONE>; Path=/`. The cookie
+//!   names this server as primary: after a takeover it is re-issued. A session that
+//!   cannot be continued here is replaced by a new one with `X-Session-Lost: 1`; one that
+//!   another server took over is answered `409` with `X-Session-Owner`. A request that
+//!   repeats the session's last `X-Request-Id` is answered again without incrementing.
+//! - `POST /_replicate`: a peer's session state (JSON [`Replica`]); `200` stored or
+//!   already current, `409` (with `X-Session-Owner`) from a stale primary.
+//! - `GET /_sessions`: counters (sessions held as primary and as replica, takeovers,
+//!   lost, replications...); `GET /_sessions/SESSION`: what this server holds of one.
+//!
+//! Replication uses pooled keep-alive connections to the peers with a short timeout
+//! (`--replicate-timeout-ms`); no lock is held while a replica is on the wire, so two
+//! servers that are each other's secondary cannot deadlock.
 
 use std::{
+    collections::HashMap,
     io::{BufRead, BufReader, BufWriter, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, Mutex, MutexGuard, PoisonError,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
-use balancer_tests::http::{
-    connection_has, fill_pattern, find_header, read_headers, read_line, Fnv64,
+use anyhow::{bail, Context, Result};
+use balancer_tests::{
+    http::{connection_has, fill_pattern, find_header, read_headers, read_line, Conn, Fnv64},
+    session::{
+        check_server_id, check_token, new_session_id, Begin, Event, Peer, Peers, Received, Replica,
+        SecondaryChoice, SessionCookie, Stats, Store, Update, DEFAULT_COOKIE_NAME, FAIL_COOLDOWN,
+    },
 };
 use clap::Parser;
+use serde::Serialize;
 
 /// Idle connections are closed after this long without a request.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -41,6 +69,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const KEEP_BODY: u64 = 64 * 1024;
 /// Largest `/slow/MS` wait.
 const MAX_SLOW_MS: u64 = 600_000;
+/// Idle replication connections kept per peer.
+const MAX_POOLED: usize = 16;
 
 #[derive(Parser)]
 #[command(
@@ -51,15 +81,49 @@ struct Args {
     /// Address to listen on, IP:PORT.
     #[arg(long)]
     listen: SocketAddr,
-    /// Name this server answers with.
-    #[arg(long)]
-    name: String,
+    /// Name this server answers with (body and `X-Backend`); defaults to --server-id.
+    #[arg(long, required_unless_present = "server_id")]
+    name: Option<String>,
+    /// Session mode: the server id this server writes into session cookies (the token
+    /// given to `balancer backend add --server-id`).
+    #[arg(long, value_parser = parse_server_id)]
+    server_id: Option<String>,
+    /// Session mode: another app server that can hold replicas (repeat for each).
+    #[arg(long = "peer", value_name = "ID=IP:PORT", requires = "server_id")]
+    peers: Vec<Peer>,
+    /// Session mode: name of the session cookie.
+    #[arg(long, default_value = DEFAULT_COOKIE_NAME, value_parser = parse_cookie_name)]
+    cookie_name: String,
+    /// Session mode: what picks a session's secondary (`partner`: one peer for all of
+    /// this server's sessions, as the balancer's per-backend failover expects;
+    /// `session`: spread by session id).
+    #[arg(long, value_enum, default_value_t = SecondaryChoice::Partner)]
+    secondary_choice: SecondaryChoice,
+    /// Session mode: how long a peer has to connect and acknowledge a replica.
+    #[arg(long, default_value_t = 300, value_name = "MS")]
+    replicate_timeout_ms: u64,
+}
+
+fn parse_server_id(s: &str) -> Result<String, String> {
+    check_server_id(s).map(|()| s.to_string())
+}
+
+/// A cookie name: 1-31 HTTP token characters (as the balancer's `--cookie-name`).
+fn parse_cookie_name(s: &str) -> Result<String, String> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if (1..=31).contains(&s.len()) && s.chars().all(tchar) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("cookie name {s:?}: 1-31 token characters"))
+    }
 }
 
 /// Shared by all connections of the server.
 struct State {
     name: String,
     requests: AtomicU64,
+    /// Present in session mode.
+    sessions: Option<Sessions>,
 }
 
 /// A parsed request head plus what was read of its body.
@@ -127,6 +191,14 @@ impl Response {
     fn text(status: u16, text: impl Into<String>) -> Self {
         let mut r = Response::new(status, ResponseBody::Bytes(text.into().into_bytes()));
         r.headers.push(("Content-Type".into(), "text/plain".into()));
+        r
+    }
+
+    fn json(status: u16, value: &impl Serialize) -> Self {
+        let body = serde_json::to_vec(value).expect("serialising to JSON cannot fail");
+        let mut r = Response::new(status, ResponseBody::Bytes(body));
+        r.headers
+            .push(("Content-Type".into(), "application/json".into()));
         r
     }
 
@@ -231,7 +303,25 @@ fn read_body<R: Read>(r: &mut R, len: u64) -> Result<Body, ReadError> {
 fn route(state: &State, req: &Request) -> Response {
     let path = req.path.split('?').next().unwrap_or_default();
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
-    let response = match (req.method.as_str(), segments.next(), segments.next()) {
+    let (top, rest) = (segments.next(), segments.next());
+    let response = state
+        .sessions
+        .as_ref()
+        .and_then(|s| s.route(req, top, rest))
+        .unwrap_or_else(|| plain_route(state, &req.method, top, rest));
+    let mut response = response.header("X-Backend", &state.name);
+    if req.header("content-length").is_some() {
+        response = response
+            .header("X-Body-Len", req.body.len)
+            .header("X-Body-Fnv", req.body.fnv.hex());
+    }
+    response
+}
+
+/// The routes of every mode; `top` and `rest` split the path at its second `/`.
+fn plain_route(state: &State, method: &str, top: Option<&str>, rest: Option<&str>) -> Response {
+    match (method, top, rest) {
+        ("GET", Some("health"), None) => Response::text(200, "ok\n"),
         ("GET", Some("bytes"), Some(n)) => match n.parse::<u64>() {
             Ok(n) => Response::new(200, ResponseBody::Pattern(n)),
             Err(_) => Response::text(400, format!("bad byte count {n:?}\n")),
@@ -244,14 +334,7 @@ fn route(state: &State, req: &Request) -> Response {
             _ => Response::text(400, format!("bad delay {ms:?} (0..={MAX_SLOW_MS} ms)\n")),
         },
         _ => name_response(state),
-    };
-    let mut response = response.header("X-Backend", &state.name);
-    if req.header("content-length").is_some() {
-        response = response
-            .header("X-Body-Len", req.body.len)
-            .header("X-Body-Fnv", req.body.fnv.hex());
     }
-    response
 }
 
 fn name_response(state: &State) -> Response {
@@ -263,6 +346,8 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
         501 => "Not Implemented",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",
@@ -370,6 +455,269 @@ fn echo<R: BufRead, W: Write>(
     }
 }
 
+/// Locks a mutex, also one a panicking connection thread poisoned: the store's updates
+/// are single assignments, never left half done.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Session mode: the replicated app server (see the module documentation).
+struct Sessions {
+    server_id: String,
+    cookie_name: String,
+    choice: SecondaryChoice,
+    /// Connect, write and read timeout of one replication.
+    timeout: Duration,
+    store: Mutex<Store>,
+    peers: Mutex<Peers>,
+    /// Idle keep-alive connections to each peer, by peer id.
+    pool: Mutex<HashMap<String, Vec<Conn>>>,
+}
+
+/// Where a session update's replica went.
+enum Replication {
+    /// Acknowledged by this peer, or by none (`None`: answered without a replica).
+    Acked(Option<String>),
+    /// A peer says `owner` took the session over: this server's copy is stale.
+    Refused { owner: String },
+}
+
+/// The body of a session answer.
+#[derive(Serialize)]
+struct Answer<'a> {
+    server: &'a str,
+    session: &'a str,
+    counter: u64,
+    secondary: Option<&'a str>,
+    event: &'static str,
+    replayed: bool,
+}
+
+/// `GET /_sessions`.
+#[derive(Serialize)]
+struct Summary<'a> {
+    server: &'a str,
+    /// Sessions held as primary.
+    primary: usize,
+    /// Sessions held as replica.
+    replicas: usize,
+    #[serde(flatten)]
+    stats: &'a Stats,
+}
+
+impl Sessions {
+    fn new(server_id: &str, args: &Args) -> Result<Sessions> {
+        let peers = Peers::new(server_id, args.peers.clone()).map_err(anyhow::Error::msg)?;
+        Ok(Sessions {
+            server_id: server_id.to_string(),
+            cookie_name: args.cookie_name.clone(),
+            choice: args.secondary_choice,
+            timeout: Duration::from_millis(args.replicate_timeout_ms.max(1)),
+            store: Mutex::new(Store::new(server_id)),
+            peers: Mutex::new(peers),
+            pool: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The session routes; `None` for the others (served as in plain mode).
+    fn route(&self, req: &Request, top: Option<&str>, rest: Option<&str>) -> Option<Response> {
+        let response = match (req.method.as_str(), top, rest) {
+            ("GET" | "POST", Some("session"), _) => self.serve(req),
+            (_, Some("session"), _) => Response::text(405, "GET or POST a session\n"),
+            ("POST", Some("_replicate"), None) => self.receive(req),
+            ("GET", Some("_sessions"), None) => self.summary(),
+            ("GET", Some("_sessions"), Some(id)) => self.show(id),
+            _ => return None,
+        };
+        Some(response)
+    }
+
+    /// A client request on a session: update, replicate, answer.
+    fn serve(&self, req: &Request) -> Response {
+        let request_id = req.header("x-request-id");
+        if let Some(Err(why)) = request_id.map(|id| check_token("request id", id)) {
+            return Response::text(400, format!("{why}\n"));
+        }
+        let cookie = SessionCookie::from_headers(&req.headers, &self.cookie_name);
+        let begun = lock(&self.store).begin(cookie.as_ref(), request_id, new_session_id);
+        let update = match begun {
+            Begin::Update(u) => u,
+            Begin::Moved { owner } => return moved(&owner),
+        };
+        let exclude = match &update.event {
+            // The session came here because its primary did not answer: do not make it
+            // the new secondary, nor anyone's for a while.
+            Event::Takeover { old_primary } => {
+                lock(&self.peers).mark_failed(old_primary, Instant::now());
+                Some(old_primary.as_str())
+            }
+            _ => None,
+        };
+        let replica = &update.replica;
+        match self.replicate(replica, exclude) {
+            Replication::Acked(secondary) => {
+                lock(&self.store).commit(&replica.session, replica.version(), secondary.as_deref());
+                self.answer(&update, secondary)
+            }
+            Replication::Refused { owner } => {
+                lock(&self.store).abandon(&replica.session, replica.version());
+                moved(&owner)
+            }
+        }
+    }
+
+    /// The `200` answer to an update whose replica is on `secondary`.
+    fn answer(&self, update: &Update, secondary: Option<String>) -> Response {
+        let r = &update.replica;
+        let body = Answer {
+            server: &self.server_id,
+            session: &r.session,
+            counter: r.counter,
+            secondary: secondary.as_deref(),
+            event: update.event.name(),
+            replayed: update.replayed,
+        };
+        let response = Response::json(200, &body);
+        let cookie = SessionCookie {
+            session: r.session.clone(),
+            primary: self.server_id.clone(),
+            secondary,
+        };
+        let response = response.header("Set-Cookie", cookie.set_cookie(&self.cookie_name));
+        match update.event {
+            Event::Lost { .. } => response.header("X-Session-Lost", 1),
+            _ => response,
+        }
+    }
+
+    /// Sends the replica to the first candidate peer that acknowledges it. Each failure
+    /// takes that peer out of the candidates for a while (`FAIL_COOLDOWN`).
+    fn replicate(&self, replica: &Replica, exclude: Option<&str>) -> Replication {
+        let key = match self.choice {
+            SecondaryChoice::Partner => &self.server_id,
+            SecondaryChoice::Session => &replica.session,
+        };
+        let candidates = lock(&self.peers).candidates(key, exclude, Instant::now());
+        let body = serde_json::to_vec(replica).expect("serialising to JSON cannot fail");
+        for peer in candidates {
+            match self.send(&peer, &body) {
+                Ok(Replication::Acked(_)) => {
+                    lock(&self.peers).mark_ok(&peer.id);
+                    lock(&self.store).stats.replications_sent += 1;
+                    return Replication::Acked(Some(peer.id));
+                }
+                Ok(refused) => return refused,
+                Err(e) => {
+                    lock(&self.store).stats.replications_failed += 1;
+                    if lock(&self.peers).mark_failed(&peer.id, Instant::now()) {
+                        eprintln!(
+                            "balancer-testsrv {}: replication to {} ({}) failed, \
+                             not using it for {FAIL_COOLDOWN:?}: {e:#}",
+                            self.server_id, peer.id, peer.addr
+                        );
+                    }
+                }
+            }
+        }
+        Replication::Acked(None)
+    }
+
+    /// One `POST /_replicate` to `peer`, on a pooled connection if there is one.
+    fn send(&self, peer: &Peer, body: &[u8]) -> Result<Replication> {
+        let pooled = lock(&self.pool).get_mut(&peer.id).and_then(Vec::pop);
+        if let Some(conn) = pooled {
+            // The peer may have closed it since; replicas are idempotent, so the retry
+            // on a fresh connection below is safe even if this one got through.
+            if let Ok(outcome) = self.exchange(&peer.id, conn, body) {
+                return Ok(outcome);
+            }
+        }
+        let conn = Conn::connect_timeout(peer.addr, self.timeout)?;
+        conn.stream().set_read_timeout(Some(self.timeout))?;
+        conn.stream().set_write_timeout(Some(self.timeout))?;
+        self.exchange(&peer.id, conn, body)
+    }
+
+    fn exchange(&self, peer_id: &str, mut conn: Conn, body: &[u8]) -> Result<Replication> {
+        let headers = [("Content-Type", "application/json")];
+        let resp = conn.request("POST", "/_replicate", &headers, body)?;
+        let outcome = match resp.status {
+            200 => Replication::Acked(Some(peer_id.to_string())),
+            409 => Replication::Refused {
+                owner: resp
+                    .header("x-session-owner")
+                    .unwrap_or_default()
+                    .to_string(),
+            },
+            status => bail!("status {status}: {}", resp.text()),
+        };
+        if !resp.closes() {
+            let mut pool = lock(&self.pool);
+            let idle = pool.entry(peer_id.to_string()).or_default();
+            if idle.len() < MAX_POOLED {
+                idle.push(conn);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// `POST /_replicate`.
+    fn receive(&self, req: &Request) -> Response {
+        let replica = match parse_replica(req) {
+            Ok(r) => r,
+            Err(why) => return Response::text(400, format!("{why}\n")),
+        };
+        match lock(&self.store).receive(&replica) {
+            Received::Stored | Received::Current => Response::text(200, "ok\n"),
+            Received::Stale { owner } => Response::text(409, format!("session owned by {owner}\n"))
+                .header("X-Session-Owner", owner),
+        }
+    }
+
+    fn summary(&self) -> Response {
+        let store = lock(&self.store);
+        let (primary, replicas) = store.counts();
+        Response::json(
+            200,
+            &Summary {
+                server: &self.server_id,
+                primary,
+                replicas,
+                stats: &store.stats,
+            },
+        )
+    }
+
+    /// `GET /_sessions/SESSION`.
+    fn show(&self, session: &str) -> Response {
+        match lock(&self.store).get(session) {
+            Some(entry) => Response::json(200, entry),
+            None => Response::text(404, format!("no session {session:?} here\n")),
+        }
+    }
+}
+
+fn parse_replica(req: &Request) -> Result<Replica, String> {
+    let body = req
+        .body
+        .data
+        .as_deref()
+        .ok_or("a replica is a small JSON body")?;
+    let replica: Replica = serde_json::from_slice(body).map_err(|e| format!("replica: {e}"))?;
+    check_token("session id", &replica.session)?;
+    check_server_id(&replica.primary)?;
+    if let Some(id) = &replica.last_request {
+        check_token("request id", id)?;
+    }
+    Ok(replica)
+}
+
+/// `409`: `owner` holds the session now; the client's cookie is out of date.
+fn moved(owner: &str) -> Response {
+    let body = serde_json::json!({ "error": "session moved", "owner": owner });
+    Response::json(409, &body).header("X-Session-Owner", owner)
+}
+
 fn main() {
     if let Err(e) = run(Args::parse()) {
         eprintln!("balancer-testsrv: error: {e:#}");
@@ -380,9 +728,14 @@ fn main() {
 fn run(args: Args) -> Result<()> {
     let listener =
         TcpListener::bind(args.listen).with_context(|| format!("listening on {}", args.listen))?;
+    let sessions = match &args.server_id {
+        Some(id) => Some(Sessions::new(id, &args)?),
+        None => None,
+    };
     let state = Arc::new(State {
-        name: args.name,
+        name: args.name.or(args.server_id).expect("clap requires one"),
         requests: AtomicU64::new(0),
+        sessions,
     });
     for stream in listener.incoming() {
         let stream = match stream {
@@ -415,6 +768,7 @@ mod tests {
         State {
             name: "be1".into(),
             requests: AtomicU64::new(0),
+            sessions: None,
         }
     }
 

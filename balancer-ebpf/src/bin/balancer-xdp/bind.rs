@@ -6,8 +6,8 @@
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{
-        bpf_ktime_get_tai_ns, bpf_loop, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
-        bpf_xdp_store_bytes,
+        bpf_get_prandom_u32, bpf_ktime_get_tai_ns, bpf_loop, bpf_xdp_adjust_tail,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -23,15 +23,15 @@ use balancer_ebpf::{
         backend_syn_len, client_mss, data_to_backend_syn, rst_for, set_ack, syn_to_synack,
         synack_len, synack_to_segment_headers, tcp_seq_ack,
     },
-    Counter, Flow, FlowKey, PendingSegment, ServerIdKey, Service, PENDING_SEGMENT_MAX,
+    CookiePair, Counter, Flow, FlowKey, PendingSegment, ServerIdKey, Service, PENDING_SEGMENT_MAX,
 };
 
 use crate::{
     counters::{self, Counters},
     forward,
     maps::{
-        BACKENDS, COOKIE_CONFIG, ENTRY_SCRATCH, FAILOVER, FLOWS, PENDING, SCAN, SEGMENT_SCRATCH,
-        SERVER_IDS, SYNCOOKIE_KEYS,
+        BACKENDS, CONFIG, COOKIE_CONFIG, ENTRY_SCRATCH, FAILOVER, FLOWS, PAIRS, PENDING, SCAN,
+        SEGMENT_SCRATCH, SERVER_IDS, SYNCOOKIE_KEYS,
     },
     select,
 };
@@ -316,7 +316,12 @@ fn choose(ctx: &XdpContext, pkt: &Packet, service: &Service, stats: &Counters) -
         return POLICY;
     };
     let primary = match scan(ctx, pkt, cfg) {
-        CookieOutcome::Found { primary, .. } => primary,
+        CookieOutcome::Found { primary, secondary } => {
+            if let Some(secondary) = secondary {
+                report_pair(service.id, primary, secondary, stats);
+            }
+            primary
+        }
         CookieOutcome::NotHttp => {
             stats.inc(Counter::CookieNotHttp);
             return POLICY;
@@ -356,6 +361,29 @@ fn choose(ctx: &XdpContext, pkt: &Packet, service: &Service, stats: &Counters) -
             FAILOVER_REDIRECT | f.replacement as u64
         }
         _ => POLICY,
+    }
+}
+
+/// Reports a sampled primary/secondary token pair to the daemon, which learns
+/// replication pairs from them. Sampling keeps the ring-buffer cost off most binds; a
+/// full ring loses the sample (counted), never the connection.
+#[inline(always)]
+fn report_pair(service: u32, primary: u64, secondary: u64, stats: &Counters) {
+    let mask = CONFIG.get(0).map_or(u32::MAX, |c| c.pair_sample_mask);
+    // SAFETY: helper without arguments.
+    if unsafe { bpf_get_prandom_u32() } & mask != 0 {
+        return;
+    }
+    let pair = CookiePair {
+        service,
+        _pad: 0,
+        primary,
+        secondary,
+    };
+    if PAIRS.output::<CookiePair>(&pair, 0).is_ok() {
+        stats.inc(Counter::CookiePairsReported);
+    } else {
+        stats.inc(Counter::CookiePairsLost);
     }
 }
 

@@ -142,7 +142,7 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, service: &Service, stats: &Counters)
     let eth = match ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) {
         // SAFETY: bounds-checked by ptr_at.
         Some(p) => unsafe { read(p) },
-        None => return (xdp_action::XDP_PASS),
+        None => return xdp_action::XDP_PASS,
     };
     // SAFETY: reading the context field of the running program.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };

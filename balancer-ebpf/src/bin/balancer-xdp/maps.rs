@@ -3,15 +3,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use balancer_ebpf::{
     cookie::{CookieConfig, ScanScratch},
     flow::FlowPair,
     syncookie::SyncookieKeys,
-    Backend, BackendStats, Config, Failover, Flow, FlowKey, GlobalStats, PendingSegment, ServerId,
-    ServerIdKey, Service, ServiceKey, DEFAULT_FLOW_CAPACITY, MAX_BACKENDS, MAX_SERVICES,
-    PENDING_CAPACITY, RING_SIZE,
+    Backend, BackendHealth, BackendStats, Config, Failover, Flow, FlowKey, GlobalStats,
+    PendingSegment, ServerId, ServerIdKey, Service, ServiceKey, DEFAULT_FLOW_CAPACITY,
+    MAX_BACKENDS, MAX_SERVICES, PAIRS_RING_BYTES, PENDING_CAPACITY, RING_SIZE,
 };
 
 #[map(name = "BALANCER_CONFIG")]
@@ -57,6 +57,15 @@ pub static SYNCOOKIE_KEYS: Array<SyncookieKeys> = Array::pinned(1, 0);
 /// already addressed to the chosen backend).
 #[map(name = "BALANCER_PENDING")]
 pub static PENDING: LruHashMap<FlowKey, PendingSegment> = LruHashMap::pinned(PENDING_CAPACITY, 0);
+
+/// Sampled primary/secondary token pairs from session cookies, for the daemon.
+#[map(name = "BALANCER_PAIRS")]
+pub static PAIRS: RingBuf = RingBuf::pinned(PAIRS_RING_BYTES, 0);
+
+/// Backend health written by the daemon. The program never reads it; it is defined here
+/// so that it is created and pinned with the other maps and outlives the daemon.
+#[map(name = "BALANCER_HEALTH")]
+pub static HEALTH: Array<BackendHealth> = Array::pinned(MAX_BACKENDS, 0);
 
 /// Per-CPU scratch for building a PENDING value (too large for the BPF stack). Not
 /// pinned: it holds nothing between packets.

@@ -1,5 +1,8 @@
-//! `balancer`: the operator's CLI. Every command works from the pinned state of one
-//! instance, so it needs no daemon. Errors are printed on one line and exit non-zero.
+//! `balancer`: the operator's CLI. Every admin command works from the pinned state of
+//! one instance, so it needs no daemon; `daemon` runs the control plane, and `reload`,
+//! `members` and `pairs` talk to it. Errors are printed on one line and exit non-zero.
+
+mod daemon_cmds;
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +13,9 @@ use anyhow::Result;
 use balancer_ebpf::{backend_state, Config, Counter, DEFAULT_FLOW_CAPACITY};
 use balancer_user::{
     addr::parse_endpoint,
+    backend_health::HealthInfo,
     control::DEFAULT_WEIGHT,
+    daemon::control_socket::{self, DEFAULT_RUN_DIR},
     dataplane::{self, DEFAULT_BPFFS_ROOT},
     AttachOptions, BackendSpec, Balancer, CookieSettings, Mode, Proto, ServiceAddr,
 };
@@ -29,6 +34,9 @@ struct Cli {
     /// Directory on a bpffs mount that holds the instances.
     #[arg(long, global = true, default_value = DEFAULT_BPFFS_ROOT)]
     bpffs_root: PathBuf,
+    /// Directory of the daemons' control sockets.
+    #[arg(long, global = true, default_value = DEFAULT_RUN_DIR)]
+    run_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -74,6 +82,24 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         limit: usize,
     },
+    /// Run the control plane: apply a configuration file, check health, fail over.
+    /// The instance is the one the file names.
+    Daemon(daemon_cmds::DaemonArgs),
+    /// Make the running daemon re-read its configuration (like SIGHUP), and say
+    /// whether it was applied or rejected.
+    Reload,
+    /// Show the daemon's group membership table.
+    Members {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the replication pairs the daemon knows, with their source.
+    Pairs {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Announce this host (an app server) to the balancers with signed host messages.
+    Agent(daemon_cmds::AgentArgs),
 }
 
 #[derive(Args)]
@@ -267,8 +293,15 @@ fn one_line(e: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let dir = dataplane::instance_dir(&cli.bpffs_root, &cli.instance)?;
-    match cli.command {
+    let Cli {
+        instance,
+        bpffs_root,
+        run_dir,
+        command,
+    } = cli;
+    let dir = dataplane::instance_dir(&bpffs_root, &instance)?;
+    let socket = control_socket::socket_path(&run_dir, &instance);
+    match command {
         Command::Attach(a) => {
             let opts = AttachOptions {
                 interfaces: a.interfaces,
@@ -284,13 +317,13 @@ fn run(cli: Cli) -> Result<()> {
                         a.tcp_transient_timeout,
                     )?,
                     udp_timeout_s: nonzero("--udp-timeout", a.udp_timeout)?,
-                    flags: 0,
+                    ..Config::default()
                 },
             };
             let attached = dataplane::attach(&dir, &opts)?;
             println!(
                 "attached instance '{}' to {}",
-                cli.instance,
+                instance,
                 attached.join(", ")
             );
         }
@@ -298,7 +331,7 @@ fn run(cli: Cli) -> Result<()> {
             let detached = dataplane::detach(&dir)?;
             println!(
                 "detached instance '{}' from {}",
-                cli.instance,
+                instance,
                 if detached.is_empty() {
                     "no interface".to_string()
                 } else {
@@ -306,7 +339,7 @@ fn run(cli: Cli) -> Result<()> {
                 }
             );
         }
-        Command::Status { json } => status(&Balancer::open(&dir)?, &cli.instance, json)?,
+        Command::Status { json } => status(&Balancer::open(&dir)?, &instance, json)?,
         Command::Service(cmd) => service(&dir, cmd)?,
         Command::Backend(cmd) => backend(&dir, cmd)?,
         Command::Stats { json, watch } => {
@@ -355,6 +388,11 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )?;
         }
+        Command::Daemon(args) => daemon_cmds::run_daemon(bpffs_root, run_dir, args)?,
+        Command::Reload => daemon_cmds::reload(&socket)?,
+        Command::Members { json } => daemon_cmds::members(&socket, json)?,
+        Command::Pairs { json } => daemon_cmds::pairs(&socket, json)?,
+        Command::Agent(args) => daemon_cmds::run_agent(args)?,
     }
     Ok(())
 }
@@ -527,9 +565,14 @@ fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
                     "NEW-FLOW SHARE",
                     "SERVER-ID",
                     "FAILOVER-TO",
+                    "HEALTH",
+                    "CHECKS",
+                    "FAILED",
+                    "RESPONSE",
+                    "CHANGED",
                 ],
                 |x| {
-                    vec![
+                    let mut row = vec![
                         x.service.clone(),
                         x.backend.clone(),
                         x.state.to_string(),
@@ -537,7 +580,9 @@ fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
                         format!("{:.1}%", x.table_share * 100.0),
                         x.server_id.clone().unwrap_or_else(|| "-".into()),
                         x.failover_to.clone().unwrap_or_else(|| "-".into()),
-                    ]
+                    ];
+                    row.extend(health_cells(x.health.as_ref()));
+                    row
                 },
             )?;
             return Ok(());
@@ -552,6 +597,25 @@ fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
         info.table_share * 100.0
     );
     Ok(())
+}
+
+/// HEALTH, CHECKS, FAILED, RESPONSE and CHANGED cells of a backend ("-" if unchecked).
+fn health_cells(h: Option<&HealthInfo>) -> Vec<String> {
+    let Some(h) = h else {
+        return vec!["-".into(); 5];
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    vec![
+        h.health.to_string(),
+        h.checks.to_string(),
+        h.failures.to_string(),
+        format!("{:.1}ms", h.response_s * 1e3),
+        h.last_change_unix_s.map_or("never".into(), |t| {
+            format!("{:.0}s ago", (now - t).max(0.0))
+        }),
+    ]
 }
 
 fn print_stats(b: &Balancer, json: bool) -> Result<()> {
@@ -585,6 +649,7 @@ fn print_stats(b: &Balancer, json: bool) -> Result<()> {
                 x.counters.bytes_to.to_string(),
                 x.counters.packets_from.to_string(),
                 x.counters.bytes_from.to_string(),
+                x.health.as_ref().map_or("-", |h| h.health).to_string(),
             ]
         })
         .collect::<Vec<_>>();
@@ -598,6 +663,7 @@ fn print_stats(b: &Balancer, json: bool) -> Result<()> {
             "BYTES_TO",
             "PKTS_FROM",
             "BYTES_FROM",
+            "HEALTH",
         ],
         &rows,
     );
@@ -605,7 +671,7 @@ fn print_stats(b: &Balancer, json: bool) -> Result<()> {
 }
 
 /// Prints a list as pretty JSON, or as a table with one row per item.
-fn print_list<T: serde::Serialize>(
+pub(crate) fn print_list<T: serde::Serialize>(
     items: &[T],
     json: bool,
     header: &[&str],
