@@ -452,6 +452,22 @@ pub fn set_ack(start: usize, end: usize, l4_off: usize, ack: u32) -> Option<()> 
     Some(())
 }
 
+/// Sets the sequence number of the TCP header at `l4_off`, updating its checksum
+/// incrementally.
+#[inline(always)]
+pub fn set_seq(start: usize, end: usize, l4_off: usize, seq: u32) -> Option<()> {
+    let p = ptr_at_mut::<TcpHdr>(start, end, l4_off)?;
+    // SAFETY: bounds-checked by ptr_at_mut.
+    unsafe {
+        let mut h = read(p);
+        let new = seq.to_be();
+        h.check = crate::csum::apply_delta(h.check, crate::csum::u32_delta(h.seq, new));
+        h.seq = new;
+        write(p, h);
+    }
+    Some(())
+}
+
 #[inline(always)]
 fn opaque(x: usize) -> usize {
     // SAFETY: reading a live local.

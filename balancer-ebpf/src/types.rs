@@ -464,6 +464,8 @@ counters! {
         BindingsCompleted = "bindings_completed",
         /// Cookie mode: bindings abandoned because the backend did not answer in time (client reset).
         BindingsTimedOut = "bindings_timed_out",
+        /// Cookie mode: bindings the backend refused (RST to its SYN, e.g. no server listening): the RST is passed to the client.
+        BindingsRefused = "bindings_refused",
         /// Cookie mode: SYNs re-sent to the backend for a client retransmitting its first segment.
         BindRetransmits = "bind_retransmits",
         /// Cookie mode: first segments delivered by the TC program because the driver's frame could not grow in XDP.

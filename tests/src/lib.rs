@@ -2,6 +2,7 @@
 //! reference HTTP server, and a harness for BPF_PROG_TEST_RUN. Used by the integration
 //! tests in `tests/tests/`, the demo and the benchmark.
 
+pub mod daemon;
 pub mod http;
 pub mod impair;
 pub mod netns;

@@ -175,6 +175,8 @@ pub struct Topology {
     instance: String,
     balancer_bin: PathBuf,
     attach_tried: bool,
+    /// Backends run as replicated app servers.
+    session_mode: bool,
     pub arms: Arms,
     pub client: Netns,
     pub gateway: Netns,
@@ -351,6 +353,7 @@ impl Topology {
             instance: netns::unique_name("lbt"),
             balancer_bin,
             attach_tried: false,
+            session_mode: false,
             arms,
             client,
             gateway,
@@ -480,7 +483,28 @@ impl Topology {
         self.wait_listening(i)
     }
 
+    /// Starts every backend as a replicated app server (`balancer-testsrv` session
+    /// mode): server id = backend name, every other backend a peer. Later
+    /// [`Topology::start_server`] calls start them the same way.
+    pub fn start_session_servers(&mut self, testsrv: &Path) -> Result<()> {
+        self.session_mode = true;
+        self.start_servers(testsrv)
+    }
+
+    /// Something other than [`Topology::attach`] (the daemon) attaches this instance:
+    /// detach it when the topology goes.
+    pub fn will_be_attached(&mut self) {
+        self.attach_tried = true;
+    }
+
     fn spawn_server(&mut self, i: usize, testsrv: &Path) -> Result<()> {
+        let peers: Vec<String> = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i && self.session_mode)
+            .map(|(_, o)| format!("{}={}", o.name, o.socket_addr()))
+            .collect();
         let b = &self.backends[i];
         if self.servers.iter().any(|s| s.name == b.name) {
             bail!("server {} already runs", b.name);
@@ -495,6 +519,12 @@ impl Topology {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        if self.session_mode {
+            cmd.arg("--server-id").arg(&b.name);
+            for p in &peers {
+                cmd.arg("--peer").arg(p);
+            }
+        }
         // Own process group: a Ctrl-C at the terminal reaches the demo (which then tears
         // down in order) but not the servers directly.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);

@@ -13,7 +13,7 @@ use std::{
 
 use balancer_tests::{
     http::{self, Conn},
-    session::SessionCookie,
+    session::{json, try_request, Answer, SessionCookie},
 };
 use serde_json::Value;
 
@@ -123,63 +123,10 @@ fn wait_listening(s: &mut Server) {
     }
 }
 
-fn json(r: &http::Response) -> Value {
-    serde_json::from_slice(&r.body)
-        .unwrap_or_else(|e| panic!("status {}, body {:?}: {e}", r.status, r.text()))
-}
-
-/// A session answer, as the client sees it.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    body: Value,
-    cookie: Option<SessionCookie>,
-    lost: bool,
-    backend: String,
-}
-
-impl Answer {
-    fn counter(&self) -> u64 {
-        self.body["counter"].as_u64().expect("counter")
-    }
-
-    fn event(&self) -> &str {
-        self.body["event"].as_str().expect("event")
-    }
-
-    fn cookie(&self) -> &SessionCookie {
-        self.cookie.as_ref().expect("a session cookie")
-    }
-}
-
 /// `GET /session` to `addr`, sending `cookie` and `request_id` if given.
 fn request(addr: SocketAddr, cookie: Option<&SessionCookie>, request_id: Option<&str>) -> Answer {
     try_request(addr, cookie, request_id)
         .unwrap_or_else(|e| panic!("GET /session from {addr}: {e:#}"))
-}
-
-fn try_request(
-    addr: SocketAddr,
-    cookie: Option<&SessionCookie>,
-    request_id: Option<&str>,
-) -> anyhow::Result<Answer> {
-    let cookie_header = cookie.map(|c| format!("JSESSIONID={c}"));
-    let mut headers = vec![("Connection", "close")];
-    headers.extend(cookie_header.as_deref().map(|c| ("Cookie", c)));
-    headers.extend(request_id.map(|id| ("X-Request-Id", id)));
-    let r = Conn::connect(addr)?.request("GET", "/session", &headers, &[])?;
-    let cookie = r.header("set-cookie").map(|v| {
-        let value = v.split(';').next().unwrap();
-        let value = value.strip_prefix("JSESSIONID=").expect("JSESSIONID");
-        SessionCookie::parse(value).expect("a well-formed session cookie")
-    });
-    Ok(Answer {
-        status: r.status,
-        body: json(&r),
-        cookie,
-        lost: r.header("x-session-lost").is_some(),
-        backend: r.header("x-backend").unwrap_or_default().to_string(),
-    })
 }
 
 /// Checks an answer from server `from` to the update that should yield `counter`.

@@ -98,41 +98,56 @@ pub struct SyncReport {
 }
 
 /// Writes the planned backend states and failover rewrites where the maps differ.
+///
+/// Order matters, because the data plane honours a rewrite only while the primary is
+/// not up: new rewrites are written first (inert until their primary leaves), then the
+/// states, then stale rewrites are removed (their primaries are up again, or nothing
+/// can take their sessions). A primary therefore never goes down without its rewrite in
+/// place, and no cookie naming it falls to the policy in between.
 pub fn sync(b: &Balancer, plan: &HashMap<BackendKey, Desired>) -> Result<SyncReport> {
     let mut report = SyncReport::default();
-    for info in b.backends(None)? {
-        let Some(key) = key_of(&info) else { continue };
-        let Some(want) = plan.get(&key) else { continue };
-        let (service, endpoint) = (key.0, info.backend.as_str());
-        let want_state = state_name(want.state);
-        // State before failover: a rewrite's target must already be up, and a recovered
-        // primary's rewrite goes only once it takes flows again.
-        if info.state != want_state {
-            b.set_backend_state(service, endpoint, want.state)?;
-            let why = if want.held { " (hold-down)" } else { "" };
+    let current: Vec<(BackendKey, BackendInfo, &Desired)> = b
+        .backends(None)?
+        .into_iter()
+        .filter_map(|info| {
+            let key = key_of(&info)?;
+            Some((key, info, plan.get(&key)?))
+        })
+        .collect();
+    let rewrite_of = |want: &Desired| want.failover_to.map(|e| e.to_string());
+    for (key, info, want) in &current {
+        let to = rewrite_of(want);
+        if to.is_some() && info.failover_to != to {
+            b.set_failover(key.0, &info.backend, to.as_deref())?;
+            report.rewrites += 1;
             report.lines.push(format!(
-                "service {service}: backend {endpoint} {} -> {want_state}{why}",
-                info.state
+                "service {}: failover rewrite {} -> {} ({}'s sessions go to its secondary)",
+                key.0,
+                info.backend,
+                to.as_deref().unwrap_or_default(),
+                info.server_id.as_deref().unwrap_or("?")
             ));
         }
-        let want_to = want.failover_to.map(|e| e.to_string());
-        if info.failover_to != want_to {
-            b.set_failover(service, endpoint, want_to.as_deref())?;
-            match &want_to {
-                Some(to) => {
-                    report.rewrites += 1;
-                    report.lines.push(format!(
-                        "service {service}: failover rewrite {endpoint} -> {to} ({}'s sessions go to its secondary)",
-                        info.server_id.as_deref().unwrap_or("?")
-                    ));
-                }
-                None => {
-                    report.restores += 1;
-                    report.lines.push(format!(
-                        "service {service}: failover rewrite of {endpoint} removed"
-                    ));
-                }
-            }
+    }
+    for (key, info, want) in &current {
+        let want_state = state_name(want.state);
+        if info.state != want_state {
+            b.set_backend_state(key.0, &info.backend, want.state)?;
+            let why = if want.held { " (hold-down)" } else { "" };
+            report.lines.push(format!(
+                "service {}: backend {} {} -> {want_state}{why}",
+                key.0, info.backend, info.state
+            ));
+        }
+    }
+    for (key, info, want) in &current {
+        if rewrite_of(want).is_none() && info.failover_to.is_some() {
+            b.set_failover(key.0, &info.backend, None)?;
+            report.restores += 1;
+            report.lines.push(format!(
+                "service {}: failover rewrite of {} removed",
+                key.0, info.backend
+            ));
         }
     }
     Ok(report)

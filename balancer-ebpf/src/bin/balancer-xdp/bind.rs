@@ -20,7 +20,7 @@ use balancer_ebpf::{
     phase,
     syncookie::{check_cookie, decode_mss, encode_mss, make_cookie, time_window},
     tcp_reply::{
-        backend_syn_len, client_mss, data_to_backend_syn, rst_for, set_ack, syn_to_synack,
+        backend_syn_len, client_mss, data_to_backend_syn, rst_for, set_ack, set_seq, syn_to_synack,
         synack_len, synack_to_segment_headers, tcp_seq_ack,
     },
     CookiePair, Counter, Flow, FlowKey, PendingSegment, ServerIdKey, Service, PENDING_SEGMENT_MAX,
@@ -567,6 +567,32 @@ fn reset_client(ctx: &XdpContext, pkt: &Packet, flow: &Flow, stats: &Counters) -
     }
 }
 
+/// A RST from the backend while binding. If it answers the SYN we sent (it acknowledges
+/// the client's ISN: nothing listens on the backend, or it refuses), the client learns at
+/// once rather than after the bind timeout: the RST goes to the client, in the client's
+/// sequence space (the syncookie's), and the connection is forgotten. Any other RST
+/// (blind, or stale) is dropped.
+#[inline(never)]
+fn backend_refused(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Counters) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let answers_our_syn = pkt.tcp_flags & TCP_ACK != 0
+        && tcp_seq_ack(start, end, pkt).map(|(_, ack)| ack)
+            == Some(reply.client_isn.wrapping_add(1));
+    if !answers_our_syn
+        || set_seq(start, end, pkt.l4_off, reply.cookie_isn.wrapping_add(1)).is_none()
+    {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    }
+    let client_key = other_key(&pkt.key, reply);
+    stats.inc(Counter::BindingsRefused);
+    let verdict = forward::forward(ctx, pkt, reply, stats);
+    let _ = FLOWS.remove(&client_key);
+    let _ = FLOWS.remove(&pkt.key);
+    let _ = PENDING.remove(&client_key);
+    verdict
+}
+
 /// Checks that a backend packet for a reply entry in the binding phase is the SYN-ACK
 /// acknowledging the client's ISN; returns the client side's flow key and the backend's
 /// ISN. Shared by the XDP path and the TC fallback.
@@ -649,6 +675,9 @@ pub fn complete_binding(
 pub fn backend_answer(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Counters) -> u32 {
     let start = ctx.data();
     let end = ctx.data_end();
+    if pkt.tcp_flags & TCP_RST != 0 {
+        return backend_refused(ctx, pkt, reply, stats);
+    }
     let Some((key, backend_isn)) = synack_for_binding(start, end, pkt, reply) else {
         stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;

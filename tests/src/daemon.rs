@@ -1,0 +1,326 @@
+//! `balancer daemon` as a test runs it: a configuration for a [`Topology`], the daemon
+//! process in the gateway's namespace with its own control-socket directory and log
+//! file, and cleanup (SIGTERM, then SIGKILL; the files removed) when the guard drops,
+//! also when a test panics.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{
+    netns,
+    topology::{service_arg, Topology, BPFFS_ROOT},
+};
+
+/// Settings of [`daemon_config`].
+#[derive(Clone, Debug)]
+pub struct ConfigOptions {
+    pub cookie: bool,
+    /// Health-check interval and fall/rise counts.
+    pub health_interval: &'static str,
+    pub health_timeout: &'static str,
+    pub rise: u32,
+    pub fall: u32,
+    /// `"tcp"` or `"http"` (GET /health).
+    pub health_kind: &'static str,
+    pub hold_down: &'static str,
+    pub pair_sample: u32,
+    /// Configured replication pairs: (primary name, secondary name).
+    pub pairs: Vec<(String, String)>,
+    /// Backends (by index) left out of the configuration.
+    pub without: Vec<usize>,
+    /// Extra TOML appended (e.g. a `[group]` section).
+    pub extra: String,
+}
+
+impl Default for ConfigOptions {
+    fn default() -> Self {
+        ConfigOptions {
+            cookie: true,
+            health_interval: "200ms",
+            health_timeout: "100ms",
+            rise: 2,
+            fall: 2,
+            health_kind: "http",
+            hold_down: "2s",
+            pair_sample: 1,
+            pairs: Vec::new(),
+            without: Vec::new(),
+            extra: String::new(),
+        }
+    }
+}
+
+/// A daemon configuration for `t`: its instance and interfaces, one service at the
+/// topology's VIP with every backend (server id = backend name in cookie mode).
+pub fn daemon_config(t: &Topology, o: &ConfigOptions) -> String {
+    let mut s = String::new();
+    let ifaces: Vec<String> = t
+        .gateway_ifaces
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    let _ = writeln!(
+        s,
+        "[daemon]\ninstance = \"{}\"\ninterfaces = [{}]\nfailover_hold_down = \"{}\"\npair_sample = {}\n",
+        t.instance(),
+        ifaces.join(", "),
+        o.hold_down,
+        o.pair_sample
+    );
+    let _ = writeln!(
+        s,
+        "[health]\nkind = \"{}\"\npath = \"/health\"\ninterval = \"{}\"\ntimeout = \"{}\"\nrise = {}\nfall = {}\n",
+        o.health_kind, o.health_interval, o.health_timeout, o.rise, o.fall
+    );
+    let _ = writeln!(
+        s,
+        "[[service]]\naddress = \"{}\"\nmode = \"{}\"\n",
+        service_arg(),
+        if o.cookie { "cookie" } else { "nat" }
+    );
+    for (i, b) in t.backends.iter().enumerate() {
+        if o.without.contains(&i) {
+            continue;
+        }
+        let _ = writeln!(s, "  [[service.backend]]\n  address = \"{}\"", b.endpoint());
+        if o.cookie {
+            let _ = writeln!(s, "  server_id = \"{}\"", b.name);
+            if let Some((_, sec)) = o.pairs.iter().find(|(p, _)| *p == b.name) {
+                let _ = writeln!(s, "  secondary = \"{sec}\"");
+            }
+        }
+        s.push('\n');
+    }
+    s.push_str(&o.extra);
+    s
+}
+
+/// A running `balancer daemon`.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Holds the configuration, the control socket directory and the log.
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    balancer_bin: PathBuf,
+    gateway_ns: String,
+    instance: String,
+}
+
+impl Daemon {
+    /// Writes `config` and starts the daemon in `t`'s gateway namespace; returns once
+    /// its control socket answers.
+    pub fn start(t: &mut Topology, config: &str) -> Result<Daemon> {
+        let dir = std::env::temp_dir().join(netns::unique_name("lbd"));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut d = Daemon {
+            child: None,
+            config: dir.join("balancer.toml"),
+            dir,
+            balancer_bin: t.balancer_bin().to_path_buf(),
+            gateway_ns: t.gateway.name().to_string(),
+            instance: t.instance().to_string(),
+        };
+        // The daemon attaches: the topology must detach when it goes.
+        t.will_be_attached();
+        d.write_config(config)?;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    pub fn write_config(&self, config: &str) -> Result<()> {
+        fs::write(&self.config, config)
+            .with_context(|| format!("writing {}", self.config.display()))
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// The daemon's log so far (all its runs).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the daemon process (again, after [`Daemon::stop`]) and waits for it.
+    pub fn spawn(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("the daemon runs already");
+        }
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.gateway_ns))
+            .arg(&self.balancer_bin)
+            .arg("--bpffs-root")
+            .arg(BPFFS_ROOT)
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("daemon")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        self.child = Some(cmd.spawn().context("starting balancer daemon")?);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                bail!(
+                    "the daemon exited ({status}) before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            if self.ctl(&["pairs", "--json"])?.status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon is not ready after 20 s:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Whether the daemon process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: libc::c_int) -> Result<()> {
+        let child = self.child.as_ref().context("the daemon does not run")?;
+        // SAFETY: plain kill(2) on our child's pid.
+        if unsafe { libc::kill(child.id() as i32, sig) } != 0 {
+            bail!("kill: {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the daemon did not stop within 10 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to clean up) and waits for it.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// The CLI for this daemon's instance and control socket, in the gateway namespace.
+    pub fn ctl(&self, args: &[&str]) -> Result<Output> {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.gateway_ns))
+            .arg(&self.balancer_bin)
+            .arg("--instance")
+            .arg(&self.instance)
+            .arg("--bpffs-root")
+            .arg(BPFFS_ROOT)
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .args(args)
+            .output()
+            .context("running balancer")
+    }
+
+    /// [`Daemon::ctl`] with `--json`, parsed; fails with stderr on a non-zero exit.
+    pub fn ctl_json(&self, args: &[&str]) -> Result<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.ctl(&all)?;
+        if !out.status.success() {
+            bail!(
+                "balancer {} failed: {}",
+                all.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).context("parsing the CLI's JSON")
+    }
+
+    /// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout` with the
+    /// daemon's log.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Result<Option<T>>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = f()? {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{what}: not within {timeout:?}; daemon log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `backend list --json` as (backend name -> entry), names from the topology.
+    pub fn backends(&self) -> Result<Vec<Value>> {
+        let v = self.ctl_json(&["backend", "list"])?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            eprintln!("daemon: {e:#}");
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The entry of `backend list --json` for `endpoint`.
+pub fn backend_entry<'a>(list: &'a [Value], endpoint: &str) -> Option<&'a Value> {
+    list.iter().find(|b| b["backend"] == endpoint)
+}
