@@ -22,6 +22,7 @@ use crate::{
     dataplane::Balancer,
     error::{map_ctx, Error, Result},
     maglev::{self, Member, NO_BACKEND},
+    ring::RingMap,
 };
 
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -111,7 +112,7 @@ fn validate_weight(weight: u32) -> Result<()> {
 struct Maps {
     services: HashMap<MapData, ServiceKey, Service>,
     backends: Array<MapData, Backend>,
-    ring: Array<MapData, u32>,
+    ring: RingMap,
 }
 
 impl Maps {
@@ -125,10 +126,7 @@ impl Maps {
                 .map(map_names::BACKENDS)?
                 .try_into()
                 .map_err(map_ctx("BACKENDS map"))?,
-            ring: b
-                .map(map_names::RING)?
-                .try_into()
-                .map_err(map_ctx("RING map"))?,
+            ring: RingMap::open(b)?,
         })
     }
 
@@ -189,26 +187,12 @@ impl Maps {
     }
 
     fn ring_block(&self, service: &Service) -> Result<Vec<u32>> {
-        let base = service.id * RING_SIZE;
-        (0..RING_SIZE)
-            .map(|i| {
-                self.ring
-                    .get(&(base + i), 0)
-                    .map_err(map_ctx("reading RING"))
-            })
-            .collect()
+        Ok(self.ring.read(service.id))
     }
 
     /// Writes the entries of `new` that differ from `old`.
     fn write_ring(&mut self, service: &Service, old: &[u32], new: &[u32]) -> Result<()> {
-        let base = service.id * RING_SIZE;
-        for (i, (o, n)) in old.iter().zip(new).enumerate() {
-            if o != n {
-                self.ring
-                    .set(base + i as u32, n, 0)
-                    .map_err(map_ctx("writing RING"))?;
-            }
-        }
+        self.ring.write_changes(service.id, old, new);
         Ok(())
     }
 

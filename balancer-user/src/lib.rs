@@ -19,6 +19,7 @@ pub mod health;
 pub mod maglev;
 pub mod metrics;
 pub mod pairs;
+mod ring;
 pub mod stats;
 
 pub use addr::{Proto, ServiceAddr};

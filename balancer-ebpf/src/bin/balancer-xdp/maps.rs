@@ -2,6 +2,7 @@
 //! `balancer_ebpf::map_names` and the README's "Maps" table).
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
@@ -24,9 +25,10 @@ pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES
 pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
 
 /// One Maglev table of `RING_SIZE` backend slots per service, service `id` at
-/// `id * RING_SIZE`.
+/// `id * RING_SIZE`. Memory-mappable: the control plane rewrites tables in place rather
+/// than with one syscall per entry.
 #[map(name = "BALANCER_RING")]
-pub static RING: Array<u32> = Array::pinned(MAX_SERVICES * RING_SIZE, 0);
+pub static RING: Array<u32> = Array::pinned(MAX_SERVICES * RING_SIZE, BPF_F_MMAPABLE);
 
 /// Both directions of every flow; the capacity is set at load time.
 #[map(name = "BALANCER_FLOWS")]
