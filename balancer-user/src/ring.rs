@@ -24,6 +24,9 @@ use crate::{
 
 /// Entries of the whole map: one table per possible service.
 const ENTRIES: usize = (MAX_SERVICES * RING_SIZE) as usize;
+/// The kernel stores array values 8-byte aligned: each `u32` entry takes 8 bytes of the
+/// mapping, its value in the first 4.
+const STRIDE: usize = 8;
 
 pub(crate) struct RingMap {
     base: NonNull<AtomicU32>,
@@ -36,7 +39,7 @@ impl RingMap {
         let data = MapData::from_pin(&path)
             .map_err(map_ctx(format!("opening pinned map {}", map_names::RING)))?;
         let page = page_size();
-        let bytes = (ENTRIES * 4).div_ceil(page) * page;
+        let bytes = (ENTRIES * STRIDE).div_ceil(page) * page;
         let fd = data.fd().as_fd().as_raw_fd();
         // SAFETY: a fresh shared mapping of the map's value area; the kernel checks that
         // the map is mmapable and at least this large. The fd may close after mmap.
@@ -61,29 +64,27 @@ impl RingMap {
         })
     }
 
-    /// The table of service `id`.
-    fn table(&self, id: u32) -> &[AtomicU32] {
-        let start = (id.min(MAX_SERVICES - 1) * RING_SIZE) as usize;
-        // SAFETY: the mapping holds ENTRIES u32s, start + RING_SIZE <= ENTRIES, and
-        // AtomicU32 has u32's layout; it lives as long as self.
-        unsafe {
-            std::slice::from_raw_parts(self.base.as_ptr().add(start), RING_SIZE as usize)
-        }
+    /// Entry `i` of service `id`'s table.
+    fn entry(&self, id: u32, i: usize) -> &AtomicU32 {
+        let index = (id.min(MAX_SERVICES - 1) * RING_SIZE) as usize + i.min(RING_SIZE as usize - 1);
+        // SAFETY: index < ENTRIES and the mapping holds ENTRIES values STRIDE bytes apart,
+        // each starting with its u32 (4-byte aligned, AtomicU32 has u32's layout); the
+        // mapping lives as long as self.
+        unsafe { &*self.base.as_ptr().add(index * (STRIDE / 4)) }
     }
 
     /// A copy of service `id`'s table.
     pub fn read(&self, id: u32) -> Vec<u32> {
-        self.table(id)
-            .iter()
-            .map(|e| e.load(Ordering::Relaxed))
+        (0..RING_SIZE as usize)
+            .map(|i| self.entry(id, i).load(Ordering::Relaxed))
             .collect()
     }
 
     /// Writes the entries of `new` that differ from `old` into service `id`'s table.
     pub fn write_changes(&self, id: u32, old: &[u32], new: &[u32]) {
-        for ((entry, o), n) in self.table(id).iter().zip(old).zip(new) {
+        for (i, (o, n)) in old.iter().zip(new).enumerate() {
             if o != n {
-                entry.store(*n, Ordering::Release);
+                self.entry(id, i).store(*n, Ordering::Release);
             }
         }
     }

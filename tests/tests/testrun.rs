@@ -863,3 +863,44 @@ fn harness_checks_detect_broken_frames() {
     assert_eq!(backend_mac(backend_addr(1)), [2, 0, 0, 0, 1, 11]);
     assert_eq!(xdp_md(54, 3)[4..8], 54u32.to_ne_bytes());
 }
+
+/// The control plane writes the lookup tables through a memory mapping; the data plane
+/// (and the map syscalls) must see every entry of them.
+#[test]
+fn every_table_entry_names_a_backend_of_its_service() {
+    let (bed, svc, backends) = setup();
+    // A second service, with its own table.
+    let other = SocketAddrV4::new(Ipv4Addr::new(198, 18, 100, 9), 80);
+    bed.add_service(other, Proto::Tcp, &tcp_backends(2)[..1])
+        .unwrap();
+    let ring: aya::maps::Array<aya::maps::MapData, u32> = bed
+        .balancer()
+        .map(balancer_ebpf::map_names::RING)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let slots: Vec<u32> = bed
+        .balancer()
+        .backends(Some(svc))
+        .unwrap()
+        .iter()
+        .map(|b| b.slot)
+        .collect();
+    assert_eq!(slots.len(), backends.len());
+    let id = bed
+        .balancer()
+        .services()
+        .unwrap()
+        .iter()
+        .find(|s| s.addr == svc)
+        .unwrap()
+        .id;
+    let size = balancer_ebpf::RING_SIZE;
+    let mut count = std::collections::HashMap::new();
+    for i in 0..size {
+        let slot = ring.get(&(id * size + i), 0).unwrap();
+        assert!(slots.contains(&slot), "entry {i}: slot {slot}");
+        *count.entry(slot).or_insert(0) += 1;
+    }
+    assert_eq!(count.len(), slots.len(), "{count:?}");
+}
