@@ -42,8 +42,8 @@
 //! path = "/"                        # http: request path
 //! expect_status = 200               # http: expected status code
 //! # host = "app.example"            # http: Host header (default: the backend address)
-//! interval = "1s"
-//! timeout = "500ms"                 # at most the interval
+//! interval = "250ms"
+//! timeout = "200ms"                 # at most the interval
 //! rise = 2                          # consecutive successes to become healthy
 //! fall = 2                          # consecutive failures to become unhealthy
 //!
@@ -1117,7 +1117,7 @@ mod tests {
         assert_eq!(web.health.path, "/health");
         assert_eq!(
             web.health.timeout,
-            Duration::from_millis(500),
+            Duration::from_millis(200),
             "merged from [health]"
         );
         assert_eq!(web.backends[0].addr.to_string(), "198.18.1.2:8080");
@@ -1452,7 +1452,7 @@ mod tests {
             ),
             (
                 r#"timeout = "2s""#,
-                "health: invalid health-check timeout '2s': must not exceed the interval (1s)",
+                "health: invalid health-check timeout '2s': must not exceed the interval (250ms)",
             ),
             (
                 r#"interval = "10ms", timeout = "5ms""#,

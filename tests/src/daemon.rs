@@ -6,7 +6,9 @@
 use std::{
     fmt::Write as _,
     fs,
-    path::PathBuf,
+    io::Write as _,
+    os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _},
+    path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
@@ -118,26 +120,90 @@ impl Daemon {
     /// Writes `config` and starts the daemon in `t`'s gateway namespace; returns once
     /// its control socket answers.
     pub fn start(t: &mut Topology, config: &str) -> Result<Daemon> {
+        let mut d = Daemon::new(t)?;
+        d.write_config(config)?;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// A daemon for `t` that does not run yet: its directory exists, so files its
+    /// configuration names (group keys) can be written there first; then
+    /// [`Daemon::write_config`] and [`Daemon::spawn`].
+    pub fn new(t: &mut Topology) -> Result<Daemon> {
         let dir = std::env::temp_dir().join(netns::unique_name("lbd"));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut d = Daemon {
+        // The daemon attaches: the topology must detach when it goes.
+        t.will_be_attached();
+        Ok(Daemon {
             child: None,
             config: dir.join("balancer.toml"),
             dir,
             balancer_bin: t.balancer_bin().to_path_buf(),
             gateway_ns: t.gateway.name().to_string(),
             instance: t.instance().to_string(),
-        };
-        // The daemon attaches: the topology must detach when it goes.
-        t.will_be_attached();
-        d.write_config(config)?;
-        d.spawn()?;
-        Ok(d)
+        })
     }
 
     pub fn write_config(&self, config: &str) -> Result<()> {
         fs::write(&self.config, config)
             .with_context(|| format!("writing {}", self.config.display()))
+    }
+
+    /// Writes `name` in the daemon's directory with the given mode (e.g. a group key
+    /// file, 0600) and returns its path.
+    pub fn write_file(&self, name: &str, contents: &str, mode: u32) -> Result<PathBuf> {
+        let path = self.dir.join(name);
+        let _ = fs::remove_file(&path);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(contents.as_bytes())?;
+        // The umask may have taken bits off at creation.
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        Ok(path)
+    }
+
+    /// Path of the daemon's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.run_dir().join(format!("{}.sock", self.instance))
+    }
+
+    /// Process id of the running daemon.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Length of the log so far, to read what a later run wrote ([`Daemon::log_since`]).
+    pub fn log_len(&self) -> usize {
+        self.log().len()
+    }
+
+    /// The log from byte `offset` on.
+    pub fn log_since(&self, offset: usize) -> String {
+        self.log().get(offset..).unwrap_or_default().to_string()
+    }
+
+    /// What the CLI shows of the pinned state, without what changes by itself (health
+    /// check counters and times, traffic): `service list`, `backend list` (health
+    /// reduced to up/down) and `status`. Two dumps are equal when the daemon changed
+    /// nothing in between.
+    pub fn state_dump(&self) -> Result<Value> {
+        let services = self.ctl_json(&["service", "list"])?;
+        let mut backends = self.ctl_json(&["backend", "list"])?;
+        for b in backends.as_array_mut().into_iter().flatten() {
+            if let Some(h) = b.get_mut("health").and_then(Value::as_object_mut) {
+                h.retain(|k, _| k == "health");
+            }
+        }
+        let status = self.ctl_json(&["status"])?;
+        Ok(serde_json::json!({
+            "services": services,
+            "backends": backends,
+            "status": status,
+        }))
     }
 
     pub fn run_dir(&self) -> PathBuf {
@@ -323,4 +389,60 @@ impl Drop for Daemon {
 /// The entry of `backend list --json` for `endpoint`.
 pub fn backend_entry<'a>(list: &'a [Value], endpoint: &str) -> Option<&'a Value> {
     list.iter().find(|b| b["backend"] == endpoint)
+}
+
+/// A background process of a test (e.g. `balancer agent` in a backend's namespace), with
+/// its output in a log file; killed (SIGKILL) when the guard drops, also on panic.
+pub struct Background {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Background {
+    /// Spawns `cmd` with stdin closed and stdout and stderr appended to `log`.
+    pub fn spawn(mut cmd: Command, log: &Path) -> Result<Background> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        Ok(Background {
+            child: Some(child),
+            log: log.to_path_buf(),
+        })
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Its output so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Kills it (SIGKILL) and waits for it.
+    pub fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
 }

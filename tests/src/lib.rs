@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod http;
 pub mod impair;
+pub mod load;
 pub mod netns;
 pub mod session;
 pub mod testrun;

@@ -1,0 +1,156 @@
+//! Failover under load, end to end: 50 clients each update their own session through the
+//! VIP while the app server holding the most sessions as primary is killed; the daemon
+//! notices, rewrites that primary's sessions to its secondary (learned from the cookies
+//! in traffic), and every session continues with no lost or repeated update.
+//!
+//! Needs root and a built `balancer` binary (see `netns.rs`).
+
+use std::{
+    path::Path,
+    thread,
+    time::{Duration, Instant},
+};
+
+use balancer_tests::{
+    daemon::{backend_entry, daemon_config, ConfigOptions, Daemon},
+    load::{
+        busiest_primary, check_sessions, check_takeovers, failover_time, metric_value, metrics,
+        primaries_at, sessions_of, totals, wait_healthy, wait_pair, Load, LoadOptions,
+    },
+    topology::{self, vip, Topology},
+};
+
+const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
+const CLIENTS: usize = 50;
+const BEFORE_KILL: Duration = Duration::from_millis(1500);
+const AFTER_KILL: Duration = Duration::from_secs(3);
+
+fn require_root() {
+    if let Err(e) = topology::require_root() {
+        panic!("these integration tests need root: {e:#}");
+    }
+}
+
+/// The problems as one message (with the daemon's log), or nothing.
+fn report(what: &str, problems: &[String], d: &Daemon) -> Option<String> {
+    if problems.is_empty() {
+        return None;
+    }
+    let shown: Vec<&String> = problems.iter().take(20).collect();
+    Some(format!(
+        "{what}: {} problems, first ones:\n  {}\ndaemon log:\n{}",
+        problems.len(),
+        shown
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join("\n  "),
+        d.log()
+    ))
+}
+
+#[test]
+fn kill_a_primary_under_load_every_session_continues_on_its_secondary() {
+    require_root();
+    let mut t = Topology::two_arm(3).expect("building the topology");
+    t.start_session_servers(Path::new(TESTSRV))
+        .expect("starting app servers");
+    let config = daemon_config(&t, &ConfigOptions::default());
+    let d = Daemon::start(&mut t, &config).expect("starting the daemon");
+    wait_healthy(&d, 3, Duration::from_secs(10)).unwrap();
+
+    let opts = LoadOptions {
+        clients: CLIENTS,
+        ..LoadOptions::default()
+    };
+    let load = Load::start(&t.client, vip(), &opts).expect("starting the clients");
+    thread::sleep(BEFORE_KILL);
+    let (victim, secondary) = match busiest_primary(&load.live()) {
+        Some((v, Some(s))) => (v, s),
+        other => panic!("no primary with a secondary after {BEFORE_KILL:?}: {other:?}"),
+    };
+    // The daemon learned the pair from the cookies in traffic (pair_sample = 1).
+    wait_pair(&d, &victim, &secondary, Duration::from_secs(5)).unwrap();
+    let victim_i = t.backend_index(&victim).unwrap();
+    let victim_ep = t.backends[victim_i].endpoint();
+    let secondary_ep = t.backends[t.backend_index(&secondary).unwrap()].endpoint();
+    let before_kill = load.answered();
+
+    let kill = Instant::now();
+    t.stop_server(victim_i).expect("killing the victim");
+    thread::sleep(AFTER_KILL);
+    let logs = load.stop();
+
+    let (answered, retried) = totals(&logs);
+    let by_primary = primaries_at(&logs, kill);
+    let victims = sessions_of(&logs, &victim, kill);
+    let failover = failover_time(&logs, &victim, kill);
+    eprintln!(
+        "failover: killed {victim} (secondary {secondary}) after {BEFORE_KILL:?} of load; \
+         sessions per primary at the kill {by_primary:?}"
+    );
+    eprintln!(
+        "failover: {answered} requests answered ({before_kill} before the kill, {} after), \
+         {retried} failed attempts retried, {CLIENTS} clients, {} sessions of {victim}",
+        answered as u64 - before_kill,
+        victims.len()
+    );
+    match failover {
+        Some(f) => eprintln!(
+            "failover: kill -> first request served by the secondary: {:.0} ms",
+            f.as_secs_f64() * 1e3
+        ),
+        None => eprintln!("failover: no request of {victim}'s sessions served by {secondary}"),
+    }
+
+    if let Some(msg) = report("session continuity", &check_sessions(&logs), &d) {
+        panic!("{msg}");
+    }
+    assert!(!victims.is_empty(), "{victim} held no session at the kill");
+    if let Some(msg) = report(
+        "takeover by the secondary",
+        &check_takeovers(&logs, &victim, kill),
+        &d,
+    ) {
+        panic!("{msg}");
+    }
+    let failover = failover.expect("a request served by the secondary");
+    assert!(
+        failover < AFTER_KILL,
+        "failover took {failover:?}; daemon log:\n{}",
+        d.log()
+    );
+    // Every client kept working after the kill: each has answers after it.
+    for l in &logs {
+        assert!(
+            l.answers.iter().any(|a| a.at > kill + failover),
+            "client {} has no answer after the failover",
+            l.client
+        );
+    }
+
+    // The daemon's view: the victim down, its sessions rewritten to the secondary, one
+    // rewrite in all.
+    let list = d.backends().unwrap();
+    let entry = backend_entry(&list, &victim_ep).unwrap();
+    assert_eq!(entry["state"], "down", "{entry}");
+    assert_eq!(entry["health"]["health"], "down", "{entry}");
+    assert_eq!(entry["failover_to"], secondary_ep.as_str(), "{entry}");
+    for b in &t.backends {
+        if b.name != victim {
+            let e = backend_entry(&list, &b.endpoint()).unwrap();
+            assert_eq!(e["state"], "up", "{e}");
+            assert!(e.get("failover_to").is_none(), "{e}");
+        }
+    }
+    let text = metrics(&t).unwrap();
+    assert_eq!(
+        metric_value(&text, "balancer_failover_rewrites_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "balancer_failover_restores_total"),
+        Some(0.0)
+    );
+}
