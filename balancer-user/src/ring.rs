@@ -54,9 +54,9 @@ impl RingMap {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(io_ctx("mapping the RING map (created without BPF_F_MMAPABLE? detach and attach again)")(
-                std::io::Error::last_os_error(),
-            ));
+            return Err(io_ctx(
+                "mapping the RING map (created without BPF_F_MMAPABLE? detach and attach again)",
+            )(std::io::Error::last_os_error()));
         }
         Ok(RingMap {
             base: NonNull::new(ptr.cast()).expect("mmap returned a non-null pointer"),

@@ -101,6 +101,8 @@ pub struct ClientLog {
     pub failed_attempts: u64,
     /// The first few failures, for reports.
     pub failures: Vec<String>,
+    /// The latest failure after those.
+    pub last_failure: Option<String>,
     /// Why the client stopped before the load was stopped: a request given up, or an
     /// answer it cannot continue from (not 200, no cookie or counter).
     pub aborted: Option<String>,
@@ -264,9 +266,11 @@ fn run_client(
                 Ok(a) => break Some(a),
                 Err(e) => {
                     log.failed_attempts += 1;
+                    let line = format!("{id} attempt {attempts} (+{:?}): {e:#}", first.elapsed());
                     if log.failures.len() < 5 {
-                        log.failures
-                            .push(format!("{id} attempt {attempts}: {e:#}"));
+                        log.failures.push(line);
+                    } else {
+                        log.last_failure = Some(line);
                     }
                     if stop.load(Ordering::SeqCst) {
                         log.interrupted = true;
@@ -359,9 +363,10 @@ pub fn check_sessions(logs: &[ClientLog]) -> Vec<String> {
         }
         if log.interrupted {
             problems.push(format!(
-                "client {c}: a request was still failing when the load stopped ({} failed attempts; first: {:?})",
+                "client {c}: a request was still failing when the load stopped ({} failed attempts; first: {:?}, last: {:?})",
                 log.failed_attempts,
-                log.failures.first()
+                log.failures.first(),
+                log.last_failure.as_ref().or(log.failures.last())
             ));
         }
         let Some(session) = log.session() else {
@@ -476,7 +481,9 @@ pub fn check_takeovers(logs: &[ClientLog], victim: &str, kill: Instant) -> Vec<S
             .and_then(|a| a.cookie.as_ref())
             .and_then(|k| k.secondary.clone())
         else {
-            problems.push(format!("client {c}: its cookie at the kill named no secondary"));
+            problems.push(format!(
+                "client {c}: its cookie at the kill named no secondary"
+            ));
             continue;
         };
         let after: Vec<&Answered> = log

@@ -970,6 +970,13 @@ pub const RST: TcpFlags = TcpFlags {
     rst: true,
     psh: false,
 };
+pub const RST_ACK: TcpFlags = TcpFlags {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: true,
+    psh: false,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum L4 {

@@ -1656,3 +1656,58 @@ fn cookie_helpers_check_themselves() {
         }
     }
 }
+
+/// A backend that refuses the connection (RST|ACK to the balancer's SYN, nothing
+/// listening): the client gets the RST at once, in its own sequence space (the
+/// syncookie's), from the VIP, and the connection is forgotten. A RST that does not
+/// answer our SYN is dropped and changes nothing.
+#[test]
+fn backend_refusal_resets_the_client_at_once() {
+    let (bed, _, backends) = setup();
+    let conn = handshake(&bed, Conn::new(40000, 5000, 1460));
+    let payload = http_get("be2");
+    bind(&bed, &conn, &payload, backends[1], Choice::Hit, None);
+    let refusal = |ack: u32| {
+        Frame::reply(backends[1], conn.client, RST_ACK)
+            .seq(0)
+            .ack(ack)
+            .window(0)
+            .build()
+    };
+    // Blind RST (wrong ack): dropped, the binding goes on.
+    run_counted(
+        &bed,
+        &refusal(conn.isn.wrapping_add(7)),
+        Ingress::Backend,
+        XDP_DROP,
+        &[(Counter::DropWhileBinding, 1)],
+        "RST not answering our SYN",
+    );
+    assert_eq!(bed.flow_entries().unwrap().len(), 2);
+    let r = run_counted(
+        &bed,
+        &refusal(conn.isn.wrapping_add(1)),
+        Ingress::Backend,
+        XDP_REDIRECT,
+        &[
+            (Counter::BindingsRefused, 1),
+            (Counter::TxRedirect, 1),
+            (Counter::TxBytes, 54),
+        ],
+        "backend refusal",
+    );
+    let d = decode_checked(&r.output).expect("RST to the client");
+    assert_eq!((d.src, d.dst), (vip(), conn.client));
+    assert_eq!(
+        d.seq,
+        Some(conn.cookie.wrapping_add(1)),
+        "in the client's window"
+    );
+    assert_eq!(d.ack, Some(conn.isn.wrapping_add(1)));
+    let flags = d.tcp_flags.unwrap();
+    assert!(flags.rst && flags.ack, "{flags:?}");
+    assert!(
+        bed.flow_entries().unwrap().is_empty(),
+        "connection forgotten"
+    );
+}

@@ -136,7 +136,11 @@ fn colliding_tokens() -> (String, String) {
         let hb = word(start, &b0);
         let b1 = (ha ^ hb ^ u64::from_le_bytes(*a1)).to_le_bytes();
         if b1.iter().all(|c| c.is_ascii_alphanumeric()) {
-            let a = format!("{}{}", std::str::from_utf8(a0).unwrap(), std::str::from_utf8(a1).unwrap());
+            let a = format!(
+                "{}{}",
+                std::str::from_utf8(a0).unwrap(),
+                std::str::from_utf8(a1).unwrap()
+            );
             let b = format!(
                 "{}{}",
                 std::str::from_utf8(&b0).unwrap(),
@@ -164,8 +168,13 @@ fn bad_configuration_on_reload_keeps_the_running_state() {
     let before = d.state_dump().unwrap();
     let be = |i: usize| t.backends[i].endpoint();
     let address = |i: usize| format!("  address = \"{}\"\n", be(i));
-    let with_weight =
-        |w: u32| edit(&base, &address(0), &format!("{}  weight = {w}\n", address(0)));
+    let with_weight = |w: u32| {
+        edit(
+            &base,
+            &address(0),
+            &format!("{}  weight = {w}\n", address(0)),
+        )
+    };
     let (tok_a, tok_b) = colliding_tokens();
     let readable_key = d
         .write_file("readable.key", GROUP_KEY, 0o644)
@@ -265,13 +274,20 @@ fn bad_configuration_on_reload_keeps_the_running_state() {
         let out = d.ctl(&["reload"]).unwrap();
         let err = stderr(&out);
         eprintln!("{what}: {err}");
-        assert!(!out.status.success(), "{what}: reload succeeded\n{}", d.log());
+        assert!(
+            !out.status.success(),
+            "{what}: reload succeeded\n{}",
+            d.log()
+        );
         assert_eq!(err.lines().count(), 1, "{what}: not one line: {err}");
         assert!(
             err.starts_with("balancer: error: reload rejected, running state kept: "),
             "{what}: {err}"
         );
-        assert!(err.contains(expected.as_str()), "{what}: {err:?} lacks {expected:?}");
+        assert!(
+            err.contains(expected.as_str()),
+            "{what}: {err:?} lacks {expected:?}"
+        );
         assert!(out.stdout.is_empty(), "{what}");
     }
 
@@ -287,7 +303,10 @@ fn bad_configuration_on_reload_keeps_the_running_state() {
     })
     .unwrap();
     let hup_log = d.log_since(log_at);
-    assert!(hup_log.contains("weight 0 is not in 1..=10000"), "{hup_log}");
+    assert!(
+        hup_log.contains("weight 0 is not in 1..=10000"),
+        "{hup_log}"
+    );
     assert!(d.is_running());
 
     let text = metrics(&t);
@@ -311,8 +330,16 @@ fn bad_configuration_on_reload_keeps_the_running_state() {
             ..ConfigOptions::default()
         },
     );
-    let good = edit(&good, &address(0), &format!("{}  weight = 50\n", address(0)));
-    let good = edit(&good, &address(1), &format!("{}  drain = true\n", address(1)));
+    let good = edit(
+        &good,
+        &address(0),
+        &format!("{}  weight = 50\n", address(0)),
+    );
+    let good = edit(
+        &good,
+        &address(1),
+        &format!("{}  drain = true\n", address(1)),
+    );
     d.write_config(&good).unwrap();
     let log_at = d.log_len();
     let out = d.ctl(&["reload"]).unwrap();
@@ -322,7 +349,11 @@ fn bad_configuration_on_reload_keeps_the_running_state() {
     let list = d.backends().unwrap();
     assert_eq!(list.len(), 2, "{list:?}");
     let e1 = backend_entry(&list, &be(0)).expect("be1");
-    assert_eq!((e1["weight"].as_u64(), e1["state"].as_str()), (Some(50), Some("up")), "{e1}");
+    assert_eq!(
+        (e1["weight"].as_u64(), e1["state"].as_str()),
+        (Some(50), Some("up")),
+        "{e1}"
+    );
     let e2 = backend_entry(&list, &be(1)).expect("be2");
     assert_eq!(e2["state"], "draining", "{e2}");
     assert!(backend_entry(&list, &be(2)).is_none(), "{list:?}");
@@ -420,13 +451,20 @@ fn load_thread(
                 c.connections.fetch_add(1, Ordering::Relaxed);
                 http::get(vip(), "/")
             };
-            match result.map_err(|e| format!("{e:#}")).and_then(|r| check_answer(&r).map(|_| r)) {
+            match result
+                .map_err(|e| format!("{e:#}"))
+                .and_then(|r| check_answer(&r).map(|_| r))
+            {
                 Ok(_) => {
                     c.ok.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(e) => c.fail(format!(
                     "{}: {e}",
-                    if keep_alive { "keep-alive" } else { "new connection" }
+                    if keep_alive {
+                        "keep-alive"
+                    } else {
+                        "new connection"
+                    }
                 )),
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -494,7 +532,10 @@ fn restarting_the_daemon_under_load_fails_no_request() {
             }
             _ => {
                 d.kill().unwrap();
-                assert!(d.control_socket().exists(), "a killed daemon leaves its socket");
+                assert!(
+                    d.control_socket().exists(),
+                    "a killed daemon leaves its socket"
+                );
             }
         }
         std::thread::sleep(Duration::from_secs(1));
@@ -547,7 +588,10 @@ fn restarting_the_daemon_under_load_fails_no_request() {
         assert!(c.ok() > 100, "{what}: only {} requests", c.ok());
     }
     for (_, _, while_stopped, _) in &windows {
-        assert!(*while_stopped > 0, "no request while the daemon was stopped");
+        assert!(
+            *while_stopped > 0,
+            "no request while the daemon was stopped"
+        );
     }
     assert_eq!(d.state_dump().unwrap(), before);
 }
@@ -573,7 +617,9 @@ fn row<'a>(rows: &'a [Value], name: &str, trusted: bool) -> Option<&'a Value> {
 }
 
 fn counter(counters: &Value, name: &str) -> u64 {
-    counters[name].as_u64().unwrap_or_else(|| panic!("no counter {name}: {counters}"))
+    counters[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}: {counters}"))
 }
 
 /// A host message as an agent would send it, stamped `timestamp_ms`.
@@ -650,7 +696,14 @@ fn group_membership_trusts_only_signed_fresh_messages() {
             .env("RUST_LOG", "info");
         Background::spawn(cmd, &d.dir.join(format!("{name}.log"))).unwrap()
     };
-    let mut good = agent(0, &key_file, "app-be1", "be1", "be2", &["--send-to", CAPTURE]);
+    let mut good = agent(
+        0,
+        &key_file,
+        "app-be1",
+        "be1",
+        "be2",
+        &["--send-to", CAPTURE],
+    );
     let mut evil = agent(1, &other_key_file, "app-evil", "be2", "be3", &[]);
 
     let be1_addr = t.backends[0].addr.to_string();
@@ -664,12 +717,15 @@ fn group_membership_trusts_only_signed_fresh_messages() {
         .unwrap();
     assert_eq!(m["role"], "agent", "{m}");
     assert_eq!(m["addr"], be1_addr.as_str(), "{m}");
-    assert_eq!((&m["server_id"], &m["secondary"]), (&Value::from("be1"), &Value::from("be2")));
+    assert_eq!(
+        (&m["server_id"], &m["secondary"]),
+        (&Value::from("be1"), &Value::from("be2"))
+    );
     let ifaces = m["interfaces"].as_array().unwrap();
     assert!(
-        ifaces.iter().any(|i| i["name"] == "eth0"
-            && i["ip"] == be1_addr.as_str()
-            && i["prefix_len"] == 24),
+        ifaces
+            .iter()
+            .any(|i| i["name"] == "eth0" && i["ip"] == be1_addr.as_str() && i["prefix_len"] == 24),
         "{m}"
     );
     d.wait_for("the balancer's own message", Duration::from_secs(5), || {
@@ -680,23 +736,31 @@ fn group_membership_trusts_only_signed_fresh_messages() {
     })
     .unwrap();
     let pair = d
-        .wait_for("pair be1 -> be2 from the agent", Duration::from_secs(5), || {
-            let pairs = d.ctl_json(&["pairs"])?;
-            Ok(pairs
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|p| p["primary"] == "be1" && p["secondary"] == "be2")
-                .cloned())
-        })
+        .wait_for(
+            "pair be1 -> be2 from the agent",
+            Duration::from_secs(5),
+            || {
+                let pairs = d.ctl_json(&["pairs"])?;
+                Ok(pairs
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["primary"] == "be1" && p["secondary"] == "be2")
+                    .cloned())
+            },
+        )
         .unwrap();
     assert_eq!(pair["source"], "agent", "{pair}");
     assert_eq!(pair["service"], "198.18.100.1:80/tcp", "{pair}");
     let evil_row = d
-        .wait_for("app-evil listed as untrusted", Duration::from_secs(5), || {
-            let (rows, _) = members(&d);
-            Ok(row(&rows, "app-evil", false).cloned())
-        })
+        .wait_for(
+            "app-evil listed as untrusted",
+            Duration::from_secs(5),
+            || {
+                let (rows, _) = members(&d);
+                Ok(row(&rows, "app-evil", false).cloned())
+            },
+        )
         .unwrap();
     assert_eq!(evil_row["up"], false, "{evil_row}");
     assert!(evil.is_running(), "{}", evil.log());
@@ -762,7 +826,11 @@ fn group_membership_trusts_only_signed_fresh_messages() {
         assert!(rows.iter().all(|m| m["name"] != name), "{name}: {rows:?}");
     }
     let trusted = row(&rows, "app-be1", true).expect("app-be1 still trusted");
-    assert_eq!(trusted["addr"], be1_addr.as_str(), "a forged message moved it: {trusted}");
+    assert_eq!(
+        trusted["addr"],
+        be1_addr.as_str(),
+        "a forged message moved it: {trusted}"
+    );
     assert_eq!(trusted["up"], true, "{trusted}");
     let forged_row = row(&rows, "app-be1", false).expect("the forged message as an untrusted row");
     assert_eq!(forged_row["addr"], "198.18.1.99", "{forged_row}");
@@ -837,7 +905,10 @@ fn group_membership_trusts_only_signed_fresh_messages() {
     assert!(handled > 1000, "{c2}");
     let expected = (window.as_millis() / HEALTH_INTERVAL.as_millis()) as u64;
     for ((ep, before), (_, after)) in checks_before.iter().zip(&checks_after) {
-        eprintln!("{ep}: {} checks during the {window:?} flood window (schedule: {expected})", after - before);
+        eprintln!(
+            "{ep}: {} checks during the {window:?} flood window (schedule: {expected})",
+            after - before
+        );
         assert!(
             after - before + 3 >= expected,
             "{ep}: {} checks in {window:?}, every {HEALTH_INTERVAL:?} expected",
@@ -920,12 +991,24 @@ fn control_socket_pins_and_metrics_are_restricted() {
     assert_eq!(mode(&d.run_dir()), 0o700, "{}", d.run_dir().display());
     let pin_dir = t.pin_dir();
     for dir in [pin_dir.as_path(), pin_dir.parent().unwrap()] {
-        assert_eq!(mode(dir) & 0o077, 0, "{} is mode {:o}", dir.display(), mode(dir));
+        assert_eq!(
+            mode(dir) & 0o077,
+            0,
+            "{} is mode {:o}",
+            dir.display(),
+            mode(dir)
+        );
     }
     let mut pins = 0;
     for e in std::fs::read_dir(&pin_dir).unwrap() {
         let p = e.unwrap().path();
-        assert_eq!(mode(&p) & 0o077, 0, "{} is mode {:o}", p.display(), mode(&p));
+        assert_eq!(
+            mode(&p) & 0o077,
+            0,
+            "{} is mode {:o}",
+            p.display(),
+            mode(&p)
+        );
         pins += 1;
     }
     assert!(pins > 10, "{pins} pins");
@@ -933,12 +1016,23 @@ fn control_socket_pins_and_metrics_are_restricted() {
     // Others cannot use them.
     let bin = t.balancer_bin().to_path_buf();
     let run_dir = d.run_dir().display().to_string();
-    let out = as_nobody(&bin, &["--instance", t.instance(), "--run-dir", &run_dir, "reload"]);
+    let out = as_nobody(
+        &bin,
+        &["--instance", t.instance(), "--run-dir", &run_dir, "reload"],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
     let out = as_nobody(&bin, &["--instance", t.instance(), "backend", "list"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("must run as root"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("must run as root"),
+        "{}",
+        stderr(&out)
+    );
     for dir in [&pin_dir, &d.run_dir()] {
         let out = as_nobody(Path::new("/bin/ls"), &[&dir.display().to_string()]);
         assert!(!out.status.success(), "nobody lists {}", dir.display());
@@ -981,7 +1075,9 @@ fn control_socket_pins_and_metrics_are_restricted() {
     let gw_side: SocketAddr = SocketAddr::from((GATEWAY_SERVER_ADDR, 9469));
     let refused = t
         .gateway
-        .run(move || std::net::TcpStream::connect_timeout(&gw_side, Duration::from_secs(1)).is_err())
+        .run(move || {
+            std::net::TcpStream::connect_timeout(&gw_side, Duration::from_secs(1)).is_err()
+        })
         .unwrap();
     assert!(refused, "metrics answer on {gw_side}");
     let from_client: SocketAddr = "198.18.0.1:9469".parse().unwrap();
@@ -1002,7 +1098,10 @@ fn assert_no_daemon(d: &Daemon, args: &[&str]) {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("no balancer daemon answers"), "{args:?}: {err}");
+    assert!(
+        err.contains("no balancer daemon answers"),
+        "{args:?}: {err}"
+    );
 }
 
 /// With the daemon stopped, the CLI still shows the last health from the pinned HEALTH
@@ -1040,7 +1139,12 @@ fn cli_works_from_pinned_state_while_the_daemon_is_stopped() {
             assert_eq!(b["health"]["health"], "up", "{b}");
         }
         assert_eq!(d.state_dump().unwrap(), running, "after {how}");
-        for args in [&["reload"][..], &["members"], &["pairs"], &["members", "--json"]] {
+        for args in [
+            &["reload"][..],
+            &["members"],
+            &["pairs"],
+            &["members", "--json"],
+        ] {
             assert_no_daemon(&d, args);
         }
         // Forwarding goes on; nobody checks: the records stay as they were.

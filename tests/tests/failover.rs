@@ -32,13 +32,17 @@ fn require_root() {
 }
 
 /// The problems as one message (with the daemon's log), or nothing.
-fn report(what: &str, problems: &[String], d: &Daemon) -> Option<String> {
+fn report(what: &str, problems: &[String], t: &Topology, d: &Daemon) -> Option<String> {
     if problems.is_empty() {
         return None;
     }
+    let stats = t
+        .balancer_output(&["stats"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     let shown: Vec<&String> = problems.iter().take(20).collect();
     Some(format!(
-        "{what}: {} problems, first ones:\n  {}\ndaemon log:\n{}",
+        "{what}: {} problems, first ones:\n  {}\nbalancer stats:\n{stats}\ndaemon log:\n{}",
         problems.len(),
         shown
             .iter()
@@ -103,13 +107,14 @@ fn kill_a_primary_under_load_every_session_continues_on_its_secondary() {
         None => eprintln!("failover: no request of {victim}'s sessions served by {secondary}"),
     }
 
-    if let Some(msg) = report("session continuity", &check_sessions(&logs), &d) {
+    if let Some(msg) = report("session continuity", &check_sessions(&logs), &t, &d) {
         panic!("{msg}");
     }
     assert!(!victims.is_empty(), "{victim} held no session at the kill");
     if let Some(msg) = report(
         "takeover by the secondary",
         &check_takeovers(&logs, &victim, kill),
+        &t,
         &d,
     ) {
         panic!("{msg}");
