@@ -440,29 +440,30 @@ pub fn synack_to_segment_headers(
 /// incrementally.
 #[inline(always)]
 pub fn set_ack(start: usize, end: usize, l4_off: usize, ack: u32) -> Option<()> {
-    let p = ptr_at_mut::<TcpHdr>(start, end, l4_off)?;
-    // SAFETY: bounds-checked by ptr_at_mut.
-    unsafe {
-        let mut h = read(p);
-        let new = ack.to_be();
-        h.check = crate::csum::apply_delta(h.check, crate::csum::u32_delta(h.ack_seq, new));
-        h.ack_seq = new;
-        write(p, h);
-    }
-    Some(())
+    set_seq_field(start, end, l4_off, ack, true)
 }
 
 /// Sets the sequence number of the TCP header at `l4_off`, updating its checksum
 /// incrementally.
 #[inline(always)]
 pub fn set_seq(start: usize, end: usize, l4_off: usize, seq: u32) -> Option<()> {
+    set_seq_field(start, end, l4_off, seq, false)
+}
+
+#[inline(always)]
+fn set_seq_field(start: usize, end: usize, l4_off: usize, value: u32, ack: bool) -> Option<()> {
     let p = ptr_at_mut::<TcpHdr>(start, end, l4_off)?;
     // SAFETY: bounds-checked by ptr_at_mut.
     unsafe {
         let mut h = read(p);
-        let new = seq.to_be();
-        h.check = crate::csum::apply_delta(h.check, crate::csum::u32_delta(h.seq, new));
-        h.seq = new;
+        let new = value.to_be();
+        let old = if ack { h.ack_seq } else { h.seq };
+        h.check = crate::csum::apply_delta(h.check, crate::csum::u32_delta(old, new));
+        if ack {
+            h.ack_seq = new;
+        } else {
+            h.seq = new;
+        }
         write(p, h);
     }
     Some(())
@@ -1172,6 +1173,18 @@ mod tests {
         assert_eq!(tcp.acknowledgment_number, 778);
         assert_eq!(tcp.sequence_number, CLIENT_ISN.wrapping_add(1));
         assert_eq!(h.payload.slice(), payload);
+        assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&ip, payload).unwrap());
+        // The sequence number likewise (a refused binding's RST gets the client's).
+        let (start, end) = range(&mut f);
+        set_seq(start, end, l4, 0xdead_beef).unwrap();
+        let h = PacketHeaders::from_ethernet_slice(&f).unwrap();
+        let Some(TransportHeader::Tcp(tcp)) = h.transport else {
+            panic!("no TCP header")
+        };
+        assert_eq!(
+            (tcp.sequence_number, tcp.acknowledgment_number),
+            (0xdead_beef, 778)
+        );
         assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&ip, payload).unwrap());
         // Too short a frame: untouched.
         let mut short = std::vec![0u8; 40];

@@ -261,6 +261,15 @@ fn bad_configuration_on_reload_keeps_the_running_state() {
             "daemon.metrics 192.0.2.1:9469: ".into(),
         ),
         (
+            "interface that cannot take the program, with be2 drained",
+            Some(edit(
+                &edit(&base, "\"srv0\"]", "\"srv0\", \"lo\"]"),
+                &address(1),
+                &format!("{}  drain = true\n", address(1)),
+            )),
+            "attaching to lo: ".into(),
+        ),
+        (
             "file missing",
             None,
             format!("cannot read {}", d.config.display()),

@@ -159,3 +159,47 @@ fn kill_a_primary_under_load_every_session_continues_on_its_secondary() {
         Some(0.0)
     );
 }
+
+#[test]
+#[ignore]
+fn debug_after_failover() {
+    use balancer_tests::session::SessionCookie;
+    require_root();
+    let mut t = Topology::two_arm(3).expect("building the topology");
+    t.start_session_servers(Path::new(TESTSRV)).unwrap();
+    let config = daemon_config(&t, &ConfigOptions::default());
+    let d = Daemon::start(&mut t, &config).unwrap();
+    wait_healthy(&d, 3, Duration::from_secs(10)).unwrap();
+    let opts = LoadOptions { clients: CLIENTS, ..LoadOptions::default() };
+    let load = Load::start(&t.client, vip(), &opts).unwrap();
+    thread::sleep(BEFORE_KILL);
+    let (victim, secondary) = match busiest_primary(&load.live()) {
+        Some((v, Some(s))) => (v, s),
+        other => panic!("{other:?}"),
+    };
+    let live = load.live();
+    let victim_i = t.backend_index(&victim).unwrap();
+    let cap = std::process::Command::new("ip")
+        .args(["netns", "exec", t.gateway.name(), "tcpdump", "-i", "srv0", "-nn", "-w", "/tmp/fo-srv0.pcap"])
+        .spawn().unwrap();
+    let cap2 = std::process::Command::new("ip")
+        .args(["netns", "exec", t.client.name(), "tcpdump", "-i", "eth0", "-nn", "-w", "/tmp/fo-cli.pcap"])
+        .spawn().unwrap();
+    thread::sleep(Duration::from_millis(300));
+    let kill = Instant::now();
+    t.stop_server(victim_i).unwrap();
+    thread::sleep(Duration::from_millis(1500));
+    let logs = load.stop();
+    eprintln!("stopped load at {:?}", kill.elapsed());
+    let c: Vec<SessionCookie> = live.iter().flatten().filter(|l| l.cookie.primary == victim).map(|l| l.cookie.clone()).collect();
+    for (i, cookie) in c.iter().take(5).enumerate() {
+        let cookie = cookie.clone();
+        let r = t.client.run(move || balancer_tests::session::try_request(vip(), Some(&cookie), Some(&format!("dbg{i}")))).unwrap();
+        eprintln!("{:?} dbg{i}: {:?}", kill.elapsed(), r.map(|a| (a.backend, a.body)));
+    }
+    let _ = (logs, secondary);
+    eprintln!("{}", String::from_utf8_lossy(&t.balancer_output(&["stats"]).unwrap().stdout));
+    eprintln!("{}", d.log());
+    unsafe { libc::kill(cap.id() as i32, libc::SIGINT); libc::kill(cap2.id() as i32, libc::SIGINT); }
+    thread::sleep(Duration::from_millis(500));
+}

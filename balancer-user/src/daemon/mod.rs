@@ -321,8 +321,10 @@ impl Daemon {
     /// Applies a prepared configuration: data-plane settings, services and backends,
     /// pairs, health checkers, group membership, metrics, then the failover plan.
     fn apply(&mut self, p: Prepared) -> Result<()> {
-        let previous = std::mem::replace(&mut self.cfg, p.cfg);
-        attach_interfaces(&self.dir, &self.cfg, Some(&previous))?;
+        // Before the new configuration replaces the running one: a rejected attach must
+        // not leave it to the next replan (which would apply its drain flags).
+        attach_interfaces(&self.dir, &p.cfg, Some(&self.cfg))?;
+        self.cfg = p.cfg;
         let b = self.balancer()?;
         let mut dp = self.cfg.daemon.flow_timeouts;
         dp.pair_sample_mask = self.cfg.daemon.pair_sample - 1;
