@@ -300,6 +300,28 @@ pub struct Flow {
 
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
+/// The data plane's cached next hop towards one backend (per-CPU array indexed by backend
+/// slot): new flows to the backend reuse it instead of asking the FIB, until it expires
+/// or the slot names another address or the packet came in elsewhere.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedNextHop {
+    /// Backend address the entry is for (network byte order).
+    pub addr: u32,
+    /// Ingress interface of the lookup (forwarding rules depend on it).
+    pub ingress: u32,
+    /// Egress interface.
+    pub ifindex: u32,
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    /// `bpf_ktime_get_coarse_ns` after which the entry must be looked up again.
+    pub expires_ns: u64,
+}
+
+/// How long a cached next hop is used before the FIB is asked again: bounds how long a
+/// neighbour's MAC change or a route change goes unnoticed by new flows.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
 /// Cookie mode: by default one in this many cookies that name a secondary is reported.
 pub const DEFAULT_PAIR_SAMPLE: u32 = 16;
 
@@ -545,6 +567,7 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 24);
     assert!(core::mem::size_of::<CookiePair>() == 24);
     assert!(core::mem::size_of::<BackendHealth>() == 40);
+    assert!(core::mem::size_of::<CachedNextHop>() == 32);
     assert!(core::mem::size_of::<BackendStats>() == 64);
 };
 

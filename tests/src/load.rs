@@ -28,7 +28,7 @@ use std::{
         Arc, Mutex,
     },
     thread::{self, JoinHandle},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{bail, Context, Result};
@@ -50,6 +50,9 @@ pub struct LoadOptions {
     pub think: Duration,
     /// Pause between two attempts of a failed request.
     pub retry_pause: Duration,
+    /// An attempt not answered within this time (connect, send, or read the response) is
+    /// abandoned and retried with the same request id.
+    pub attempt_timeout: Duration,
     /// A request still failing this long after its first attempt is given up (the
     /// client stops, and the checks report it).
     pub give_up_after: Duration,
@@ -61,6 +64,7 @@ impl Default for LoadOptions {
             clients: 50,
             think: Duration::ZERO,
             retry_pause: Duration::from_millis(10),
+            attempt_timeout: Duration::from_secs(1),
             give_up_after: Duration::from_secs(10),
         }
     }
@@ -99,6 +103,8 @@ pub struct ClientLog {
     pub answers: Vec<Answered>,
     /// Attempts that failed and were retried.
     pub failed_attempts: u64,
+    /// Of those, attempts abandoned after [`LoadOptions::attempt_timeout`].
+    pub timed_out_attempts: u64,
     /// The first few failures, for reports.
     pub failures: Vec<String>,
     /// The latest failure after those.
@@ -262,10 +268,11 @@ fn run_client(
         let mut attempts = 0;
         let answer = loop {
             attempts += 1;
-            match request(target, cookie.as_ref(), &id) {
+            match request(target, cookie.as_ref(), &id, opts.attempt_timeout) {
                 Ok(a) => break Some(a),
                 Err(e) => {
                     log.failed_attempts += 1;
+                    log.timed_out_attempts += u64::from(is_timeout(&e));
                     let line = format!("{id} attempt {attempts} (+{:?}): {e:#}", first.elapsed());
                     if log.failures.len() < 5 {
                         log.failures.push(line);
@@ -324,11 +331,19 @@ fn run_client(
 
 /// `GET /session` on a new connection with the cookie and request id; any HTTP answer is
 /// `Ok` (its status and body are in the result), transport failures are errors.
-fn request(target: SocketAddr, cookie: Option<&SessionCookie>, id: &str) -> Result<Answered> {
+fn request(
+    target: SocketAddr,
+    cookie: Option<&SessionCookie>,
+    id: &str,
+    timeout: Duration,
+) -> Result<Answered> {
     let cookie_header = cookie.map(|c| format!("JSESSIONID={c}"));
     let mut headers = vec![("Connection", "close"), ("X-Request-Id", id)];
     headers.extend(cookie_header.as_deref().map(|c| ("Cookie", c)));
-    let r = Conn::connect(target)?.request("GET", "/session", &headers, &[])?;
+    let mut conn = Conn::connect_timeout(target, timeout)?;
+    conn.stream().set_read_timeout(Some(timeout))?;
+    conn.stream().set_write_timeout(Some(timeout))?;
+    let r = conn.request("GET", "/session", &headers, &[])?;
     let at = Instant::now();
     let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     let cookie = r
@@ -349,6 +364,18 @@ fn request(target: SocketAddr, cookie: Option<&SessionCookie>, id: &str) -> Resu
         replayed: body["replayed"].as_bool().unwrap_or(false),
         lost: r.header("x-session-lost").is_some(),
         cookie,
+    })
+}
+
+/// Whether an attempt failed by running out of time (rather than being refused or reset).
+fn is_timeout(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            )
+        })
     })
 }
 
@@ -519,12 +546,96 @@ pub fn check_takeovers(logs: &[ClientLog], victim: &str, kill: Instant) -> Vec<S
     problems
 }
 
-/// Totals over all clients: (answered requests, failed attempts that were retried).
-pub fn totals(logs: &[ClientLog]) -> (usize, u64) {
-    (
-        logs.iter().map(|l| l.answers.len()).sum(),
-        logs.iter().map(|l| l.failed_attempts).sum(),
-    )
+/// Totals over all clients.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub answered: usize,
+    /// Failed attempts (retried).
+    pub failed: u64,
+    /// Failed attempts that timed out.
+    pub timed_out: u64,
+}
+
+pub fn totals(logs: &[ClientLog]) -> Totals {
+    Totals {
+        answered: logs.iter().map(|l| l.answers.len()).sum(),
+        failed: logs.iter().map(|l| l.failed_attempts).sum(),
+        timed_out: logs.iter().map(|l| l.timed_out_attempts).sum(),
+    }
+}
+
+/// The time of a daemon log line: its leading RFC 3339 UTC timestamp
+/// (`2026-11-22T12:48:10.306142Z`), after any terminal colour codes.
+pub fn log_line_time(line: &str) -> Option<SystemTime> {
+    let line = strip_ansi(line);
+    let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<u64>().ok()?,
+        t.next()?.parse::<u64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = u64::try_from(era * 146_097 + doe - 719_468).ok()?;
+    let secs = days * 86_400 + h * 3600 + min * 60;
+    Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_secs_f64(sec))
+}
+
+/// `s` without ANSI escape sequences (the daemon's log has colours).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// What the daemon logged about a failed backend `endpoint` after `since` (wall clock):
+/// when it noted the health change, and when it wrote the failover rewrite.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DaemonTimes {
+    pub down: Option<SystemTime>,
+    pub rewrite: Option<SystemTime>,
+}
+
+pub fn daemon_times(log: &str, endpoint: &str, since: SystemTime) -> DaemonTimes {
+    let mut out = DaemonTimes::default();
+    for line in log.lines() {
+        let plain = strip_ansi(line);
+        let Some(at) = log_line_time(&plain).filter(|t| *t >= since) else {
+            continue;
+        };
+        if out.down.is_none()
+            && plain.contains("health up -> down")
+            && plain.contains(&format!("backend={endpoint}"))
+        {
+            out.down = Some(at);
+        }
+        if out.rewrite.is_none() && plain.contains(&format!("failover rewrite {endpoint} ->")) {
+            out.rewrite = Some(at);
+        }
+    }
+    out
 }
 
 /// `GET /metrics` of the daemon in `t`'s gateway (default address 127.0.0.1:9469).
@@ -641,10 +752,12 @@ pub struct FailoverRun {
     pub secondary: String,
     /// Kill -> first request of one of the victim's sessions served by its secondary.
     pub failover: Duration,
+    /// Kill -> the daemon noted the victim down / wrote the rewrite (from its log).
+    pub down: Option<Duration>,
+    pub rewrite: Option<Duration>,
     /// Sessions the victim held at the kill.
     pub victim_sessions: usize,
-    pub answered: usize,
-    pub failed_attempts: u64,
+    pub totals: Totals,
     /// Continuity and takeover problems (see [`check_sessions`], [`check_takeovers`]).
     pub problems: Vec<String>,
 }
@@ -678,7 +791,8 @@ pub fn measure_failover(
     let vi = t
         .backend_index(&victim)
         .with_context(|| format!("no backend {victim}"))?;
-    let kill = Instant::now();
+    let victim_ep = t.backends[vi].endpoint();
+    let (kill, kill_wall) = (Instant::now(), SystemTime::now());
     t.stop_server(vi)?;
     let served = loop {
         let live = load.live();
@@ -705,14 +819,16 @@ pub fn measure_failover(
     let failover = failover_time(&logs, &victim, kill).context("no failover in the logs")?;
     let mut problems = check_sessions(&logs);
     problems.extend(check_takeovers(&logs, &victim, kill));
-    let (answered, failed_attempts) = totals(&logs);
+    let times = daemon_times(&d.log(), &victim_ep, kill_wall);
+    let since_kill = |t: Option<SystemTime>| t.and_then(|t| t.duration_since(kill_wall).ok());
     Ok(FailoverRun {
         victim_sessions: sessions_of(&logs, &victim, kill).len(),
         victim,
         secondary,
         failover,
-        answered,
-        failed_attempts,
+        down: since_kill(times.down),
+        rewrite: since_kill(times.rewrite),
+        totals: totals(&logs),
         problems,
     })
 }

@@ -962,6 +962,14 @@ fn group_membership_trusts_only_signed_fresh_messages() {
     })
     .unwrap();
     assert!(d.is_running());
+    let changed = config.replace("member_timeout = \"1.5s\"", "member_timeout = \"2s\"");
+    d.write_config(&changed).unwrap();
+    let out = d.ctl(&["reload"]).unwrap();
+    eprintln!(
+        "PROBE reload with member_timeout changed: {} {}",
+        out.status,
+        stderr(&out)
+    );
 }
 
 // ---- 4. Permissions -----------------------------------------------------------------

@@ -8,14 +8,15 @@
 use std::{
     path::Path,
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use balancer_tests::{
     daemon::{backend_entry, daemon_config, ConfigOptions, Daemon},
     load::{
-        busiest_primary, check_sessions, check_takeovers, failover_time, metric_value, metrics,
-        primaries_at, sessions_of, totals, wait_healthy, wait_pair, Load, LoadOptions,
+        busiest_primary, check_sessions, check_takeovers, daemon_times, failover_time,
+        metric_value, metrics, primaries_at, sessions_of, totals, wait_healthy, wait_pair, Load,
+        LoadOptions,
     },
     topology::{self, vip, Topology},
 };
@@ -80,12 +81,12 @@ fn kill_a_primary_under_load_every_session_continues_on_its_secondary() {
     let secondary_ep = t.backends[t.backend_index(&secondary).unwrap()].endpoint();
     let before_kill = load.answered();
 
-    let kill = Instant::now();
+    let (kill, kill_wall) = (Instant::now(), SystemTime::now());
     t.stop_server(victim_i).expect("killing the victim");
     thread::sleep(AFTER_KILL);
     let logs = load.stop();
 
-    let (answered, retried) = totals(&logs);
+    let n = totals(&logs);
     let by_primary = primaries_at(&logs, kill);
     let victims = sessions_of(&logs, &victim, kill);
     let failover = failover_time(&logs, &victim, kill);
@@ -94,18 +95,30 @@ fn kill_a_primary_under_load_every_session_continues_on_its_secondary() {
          sessions per primary at the kill {by_primary:?}"
     );
     eprintln!(
-        "failover: {answered} requests answered ({before_kill} before the kill, {} after), \
-         {retried} failed attempts retried, {CLIENTS} clients, {} sessions of {victim}",
-        answered as u64 - before_kill,
+        "failover: {} requests answered ({before_kill} before the kill, {} after), {} failed \
+         attempts retried ({} of them timed out after {:?}), {CLIENTS} clients, {} sessions of \
+         {victim}",
+        n.answered,
+        n.answered as u64 - before_kill,
+        n.failed,
+        n.timed_out,
+        opts.attempt_timeout,
         victims.len()
     );
-    match failover {
-        Some(f) => eprintln!(
-            "failover: kill -> first request served by the secondary: {:.0} ms",
-            f.as_secs_f64() * 1e3
-        ),
-        None => eprintln!("failover: no request of {victim}'s sessions served by {secondary}"),
-    }
+    let ms = |d: Option<Duration>| {
+        d.map_or("-".to_string(), |d| {
+            format!("{:.0} ms", d.as_secs_f64() * 1e3)
+        })
+    };
+    let times = daemon_times(&d.log(), &victim_ep, kill_wall);
+    let since = |t: Option<SystemTime>| t.and_then(|t| t.duration_since(kill_wall).ok());
+    eprintln!(
+        "failover: kill -> daemon notes {victim} down {}, -> rewrite written {}, -> first \
+         request served by the secondary {}",
+        ms(since(times.down)),
+        ms(since(times.rewrite)),
+        ms(failover)
+    );
 
     if let Some(msg) = report("session continuity", &check_sessions(&logs), &t, &d) {
         panic!("{msg}");
@@ -158,48 +171,4 @@ fn kill_a_primary_under_load_every_session_continues_on_its_secondary() {
         metric_value(&text, "balancer_failover_restores_total"),
         Some(0.0)
     );
-}
-
-#[test]
-#[ignore]
-fn debug_after_failover() {
-    use balancer_tests::session::SessionCookie;
-    require_root();
-    let mut t = Topology::two_arm(3).expect("building the topology");
-    t.start_session_servers(Path::new(TESTSRV)).unwrap();
-    let config = daemon_config(&t, &ConfigOptions::default());
-    let d = Daemon::start(&mut t, &config).unwrap();
-    wait_healthy(&d, 3, Duration::from_secs(10)).unwrap();
-    let opts = LoadOptions { clients: CLIENTS, ..LoadOptions::default() };
-    let load = Load::start(&t.client, vip(), &opts).unwrap();
-    thread::sleep(BEFORE_KILL);
-    let (victim, secondary) = match busiest_primary(&load.live()) {
-        Some((v, Some(s))) => (v, s),
-        other => panic!("{other:?}"),
-    };
-    let live = load.live();
-    let victim_i = t.backend_index(&victim).unwrap();
-    let cap = std::process::Command::new("ip")
-        .args(["netns", "exec", t.gateway.name(), "tcpdump", "-i", "srv0", "-nn", "-w", "/tmp/fo-srv0.pcap"])
-        .spawn().unwrap();
-    let cap2 = std::process::Command::new("ip")
-        .args(["netns", "exec", t.client.name(), "tcpdump", "-i", "eth0", "-nn", "-w", "/tmp/fo-cli.pcap"])
-        .spawn().unwrap();
-    thread::sleep(Duration::from_millis(300));
-    let kill = Instant::now();
-    t.stop_server(victim_i).unwrap();
-    thread::sleep(Duration::from_millis(1500));
-    let logs = load.stop();
-    eprintln!("stopped load at {:?}", kill.elapsed());
-    let c: Vec<SessionCookie> = live.iter().flatten().filter(|l| l.cookie.primary == victim).map(|l| l.cookie.clone()).collect();
-    for (i, cookie) in c.iter().take(5).enumerate() {
-        let cookie = cookie.clone();
-        let r = t.client.run(move || balancer_tests::session::try_request(vip(), Some(&cookie), Some(&format!("dbg{i}")))).unwrap();
-        eprintln!("{:?} dbg{i}: {:?}", kill.elapsed(), r.map(|a| (a.backend, a.body)));
-    }
-    let _ = (logs, secondary);
-    eprintln!("{}", String::from_utf8_lossy(&t.balancer_output(&["stats"]).unwrap().stdout));
-    eprintln!("{}", d.log());
-    unsafe { libc::kill(cap.id() as i32, libc::SIGINT); libc::kill(cap2.id() as i32, libc::SIGINT); }
-    thread::sleep(Duration::from_millis(500));
 }

@@ -904,3 +904,40 @@ fn every_table_entry_names_a_backend_of_its_service() {
     }
     assert_eq!(count.len(), slots.len(), "{count:?}");
 }
+
+/// The next hop towards a backend is cached per backend slot; a slot that is reused by
+/// another backend must not send new flows to the old backend's MAC.
+#[test]
+fn reused_backend_slot_gets_its_own_next_hop() {
+    let bed = TestBed::new(FLOWS).expect("test bed");
+    let [a, b] = [backend_addr(0), backend_addr(1)].map(|ip| SocketAddrV4::new(ip, 8080));
+    let svc = bed.add_service(vip(), Proto::Tcp, &[a]).unwrap();
+    let slot_of = |ep: SocketAddrV4| {
+        bed.balancer()
+            .backends(Some(svc))
+            .unwrap()
+            .into_iter()
+            .find(|x| x.backend == ep.to_string())
+            .map(|x| x.slot)
+    };
+    let first = slot_of(a).unwrap();
+    for (i, backend) in [(1u16, a), (2, a)] {
+        let r = run(
+            &bed,
+            &Frame::tcp(client(40000 + i), vip(), SYN).build(),
+            Ingress::Client,
+        );
+        let d = decode_checked(&r.output).unwrap();
+        assert_eq!((d.dst, d.dst_mac), (backend, backend_mac(*backend.ip())));
+    }
+    bed.remove_backend(svc, a).unwrap();
+    bed.add_backend(svc, b).unwrap();
+    assert_eq!(slot_of(b), Some(first), "the slot is reused");
+    let r = run(
+        &bed,
+        &Frame::tcp(client(40010), vip(), SYN).build(),
+        Ingress::Client,
+    );
+    let d = decode_checked(&r.output).unwrap();
+    assert_eq!((d.dst, d.dst_mac), (b, backend_mac(*b.ip())));
+}

@@ -575,7 +575,8 @@ fn reset_client(ctx: &XdpContext, pkt: &Packet, flow: &Flow, stats: &Counters) -
 #[inline(never)]
 fn backend_refused(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Counters) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
-    let answers_our_syn = pkt.tcp_flags & TCP_ACK != 0
+    // RST|ACK acknowledging the client's ISN; a RST with SYN set is malformed.
+    let answers_our_syn = pkt.tcp_flags & (TCP_ACK | TCP_SYN) == TCP_ACK
         && tcp_seq_ack(start, end, pkt).map(|(_, ack)| ack)
             == Some(reply.client_isn.wrapping_add(1));
     if !answers_our_syn

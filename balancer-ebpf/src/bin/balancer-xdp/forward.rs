@@ -6,7 +6,7 @@ use aya_ebpf::{
         bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH,
         BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
     EbpfContext,
 };
@@ -14,10 +14,13 @@ use balancer_ebpf::{
     csum::{apply_delta, apply_delta_udp, ttl_restore_delta, u32_delta},
     direction,
     parse::{ptr_at_mut, read, write, EthHdr, Ipv4Hdr, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
-    phase, Counter, Flow, PROTO_TCP,
+    phase, Counter, Flow, NEXT_HOP_TTL_NS, PROTO_TCP,
 };
 
-use crate::counters::{self, Counters};
+use crate::{
+    counters::{self, Counters},
+    maps::NEXT_HOPS,
+};
 
 const AF_INET: u8 = 2;
 /// Offsets of the sequence and acknowledgement numbers in the TCP header.
@@ -187,10 +190,49 @@ enum NextHop {
     NoRoute,
 }
 
-/// Asks the kernel's FIB for the egress interface and MACs towards the packet's (new)
-/// destination, and caches the answer in the flow.
+/// The next hop of a flow: towards a backend from the per-CPU cache when it holds a fresh
+/// answer for this backend address and ingress, else from the FIB (and cached). Stored
+/// in the flow either way.
 #[inline(always)]
 fn resolve_next_hop(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow) -> NextHop {
+    // SAFETY: reading the context field of the running program.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let cache = if flow.direction == direction::TO_BACKEND {
+        NEXT_HOPS.get_ptr_mut(flow.backend)
+    } else {
+        None
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(c) = cache {
+        // SAFETY: per-CPU value, used by this CPU only while the program runs.
+        let c = unsafe { &*c };
+        if c.addr == flow.new_dst && c.ingress == ingress && now < c.expires_ns {
+            flow.ifindex = c.ifindex;
+            flow.dmac = c.dmac;
+            flow.smac = c.smac;
+            flow.l2_valid = 1;
+            return NextHop::Resolved;
+        }
+    }
+    let found = fib_next_hop(ctx, pkt, flow);
+    if let (NextHop::Resolved, Some(c)) = (&found, cache) {
+        // SAFETY: as above.
+        let c = unsafe { &mut *c };
+        c.addr = flow.new_dst;
+        c.ingress = ingress;
+        c.ifindex = flow.ifindex;
+        c.dmac = flow.dmac;
+        c.smac = flow.smac;
+        c.expires_ns = now + NEXT_HOP_TTL_NS;
+    }
+    found
+}
+
+/// Asks the kernel's FIB for the egress interface and MACs towards the packet's (new)
+/// destination, and stores the answer in the flow.
+#[inline(always)]
+fn fib_next_hop(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow) -> NextHop {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;

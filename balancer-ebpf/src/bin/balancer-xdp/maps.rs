@@ -10,8 +10,8 @@ use balancer_ebpf::{
     cookie::{CookieConfig, ScanScratch},
     flow::FlowPair,
     syncookie::SyncookieKeys,
-    Backend, BackendHealth, BackendStats, Config, Failover, Flow, FlowKey, GlobalStats,
-    PendingSegment, ServerId, ServerIdKey, Service, ServiceKey, DEFAULT_FLOW_CAPACITY,
+    Backend, BackendHealth, BackendStats, CachedNextHop, Config, Failover, Flow, FlowKey,
+    GlobalStats, PendingSegment, ServerId, ServerIdKey, Service, ServiceKey, DEFAULT_FLOW_CAPACITY,
     MAX_BACKENDS, MAX_SERVICES, PAIRS_RING_BYTES, PENDING_CAPACITY, RING_SIZE,
 };
 
@@ -68,6 +68,11 @@ pub static PAIRS: RingBuf = RingBuf::pinned(PAIRS_RING_BYTES, 0);
 /// so that it is created and pinned with the other maps and outlives the daemon.
 #[map(name = "BALANCER_HEALTH")]
 pub static HEALTH: Array<BackendHealth> = Array::pinned(MAX_BACKENDS, 0);
+
+/// Per-CPU cache of the next hop towards each backend slot (see `CachedNextHop`). Not pinned:
+/// it is rebuilt from the FIB.
+#[map(name = "BALANCER_NEXT_HOPS")]
+pub static NEXT_HOPS: PerCpuArray<CachedNextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Per-CPU scratch for building a PENDING value (too large for the BPF stack). Not
 /// pinned: it holds nothing between packets.
