@@ -230,13 +230,9 @@ fn prepare(cfg: DaemonConfig, current: Option<&DaemonConfig>) -> Result<Prepared
     let group = match &cfg.group {
         Some(g) if current.and_then(|c| c.group.as_ref()) != Some(g) => {
             let key = GroupKey::from_file(&g.key_file)?;
-            let socket = std::net::UdpSocket::bind(g.listen)
+            let socket = bind_group_socket(g.listen)
+                .and_then(UdpSocket::from_std)
                 .map_err(|e| Error::Daemon(format!("group.listen {}: {e}", g.listen)))?;
-            socket
-                .set_nonblocking(true)
-                .map_err(|e| Error::Daemon(format!("group socket: {e}")))?;
-            let socket = UdpSocket::from_std(socket)
-                .map_err(|e| Error::Daemon(format!("group socket: {e}")))?;
             Some((g.clone(), key, socket))
         }
         _ => None,
@@ -255,6 +251,57 @@ fn prepare(cfg: DaemonConfig, current: Option<&DaemonConfig>) -> Result<Prepared
         group,
         metrics,
     })
+}
+
+/// The group listener's socket, with SO_REUSEPORT: a reload that changes other group
+/// settings binds the new socket while the old listener still holds the address (the
+/// old one closes when its task is replaced).
+fn bind_group_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(v4) = addr else {
+        return Err(std::io::Error::other("only IPv4 addresses are supported"));
+    };
+    // SAFETY: plain socket(2); the fd is owned by the UdpSocket below from here on.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh socket we own.
+    let socket = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(v4.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: valid option value and address of the sizes passed.
+    let ok = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEPORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+            && libc::bind(
+                fd,
+                (&sin as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ) == 0
+    };
+    if !ok {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(socket)
 }
 
 /// Attaches the configured interfaces that are not attached yet, and (on reload)
