@@ -72,6 +72,22 @@ impl Error {
     }
 }
 
+/// An error and its causes on one line, each cause once: error types here print their
+/// source in their own message, and a cause already said is not repeated.
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Adds a context string to map errors: `map_err(ctx("reading BACKENDS"))`.
 pub(crate) fn map_ctx(context: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> Error {
     let context = context.into();
@@ -88,4 +104,17 @@ pub(crate) fn prog_ctx(
 ) -> impl FnOnce(aya::programs::ProgramError) -> Error {
     let context = context.into();
     move |source| Error::Program { context, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_says_each_cause_once() {
+        let e = io_ctx("reading /x")(std::io::Error::other("no such file"));
+        assert_eq!(one_line(&e), "reading /x: no such file");
+        let nested = Error::Config(crate::config::DaemonConfig::parse("x = ").unwrap_err());
+        assert_eq!(one_line(&nested), nested.to_string());
+    }
 }

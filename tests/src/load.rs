@@ -24,7 +24,7 @@ use std::{
     os::fd::AsRawFd,
     path::Path,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicU8, Ordering},
         Arc, Mutex,
     },
     thread::{self, JoinHandle},
@@ -112,7 +112,8 @@ pub struct ClientLog {
     /// Why the client stopped before the load was stopped: a request given up, or an
     /// answer it cannot continue from (not 200, no cookie or counter).
     pub aborted: Option<String>,
-    /// The load was stopped while a request was being retried (it was not answered).
+    /// The load was aborted (dropped) while a request was being retried: it was not
+    /// answered.
     pub interrupted: bool,
 }
 
@@ -160,9 +161,16 @@ pub struct Live {
     pub takeovers: u32,
 }
 
-/// Running clients; stopping (or dropping) it ends them and joins their threads.
+/// What the clients are told: run, stop (no new request; the one in flight is finished,
+/// retries included), abort (no new attempt either).
+const RUN: u8 = 0;
+const STOP: u8 = 1;
+const ABORT: u8 = 2;
+
+/// Running clients; stopping (or dropping, which aborts) ends them and joins their
+/// threads.
 pub struct Load {
-    stop: Arc<AtomicBool>,
+    state: Arc<AtomicU8>,
     live: Arc<Mutex<Vec<Option<Live>>>>,
     answered: Arc<AtomicU64>,
     workers: Vec<JoinHandle<ClientLog>>,
@@ -172,11 +180,11 @@ impl Load {
     /// Starts `opts.clients` clients on threads that enter namespace `ns`, all sending
     /// to `target`.
     pub fn start(ns: &Netns, target: SocketAddr, opts: &LoadOptions) -> Result<Load> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(AtomicU8::new(RUN));
         let live = Arc::new(Mutex::new(vec![None; opts.clients]));
         let answered = Arc::new(AtomicU64::new(0));
         let mut load = Load {
-            stop: stop.clone(),
+            state: state.clone(),
             live: live.clone(),
             answered: answered.clone(),
             workers: Vec::new(),
@@ -185,8 +193,8 @@ impl Load {
             // Opened here, so that a missing namespace fails the start rather than a
             // client.
             let file = File::open(ns.path()).with_context(|| format!("opening {}", ns.path()))?;
-            let (stop, live, answered, opts) =
-                (stop.clone(), live.clone(), answered.clone(), opts.clone());
+            let (state, live, answered, opts) =
+                (state.clone(), live.clone(), answered.clone(), opts.clone());
             let worker = thread::Builder::new()
                 .name(format!("load-c{i}"))
                 .spawn(move || {
@@ -199,7 +207,7 @@ impl Load {
                         };
                     }
                     drop(file);
-                    run_client(i, target, &opts, &stop, &live, &answered)
+                    run_client(i, target, &opts, &state, &live, &answered)
                 })
                 .context("starting a load client")?;
             load.workers.push(worker);
@@ -217,14 +225,19 @@ impl Load {
         self.answered.load(Ordering::Relaxed)
     }
 
-    /// Stops the clients (each finishes its request in flight; one being retried is
-    /// abandoned) and returns their logs, indexed by client.
+    /// Stops the clients (each finishes its request in flight, retrying it if need be,
+    /// up to [`LoadOptions::give_up_after`]) and returns their logs, indexed by client.
     pub fn stop(mut self) -> Vec<ClientLog> {
-        self.stop_and_join()
+        self.end(STOP)
     }
 
-    fn stop_and_join(&mut self) -> Vec<ClientLog> {
-        self.stop.store(true, Ordering::SeqCst);
+    /// Ends the clients at once: a request being retried is abandoned (Ctrl-C).
+    pub fn abort(mut self) -> Vec<ClientLog> {
+        self.end(ABORT)
+    }
+
+    fn end(&mut self, how: u8) -> Vec<ClientLog> {
+        self.state.fetch_max(how, Ordering::SeqCst);
         std::mem::take(&mut self.workers)
             .into_iter()
             .enumerate()
@@ -241,7 +254,7 @@ impl Load {
 
 impl Drop for Load {
     fn drop(&mut self) {
-        self.stop_and_join();
+        self.end(ABORT);
     }
 }
 
@@ -249,7 +262,7 @@ fn run_client(
     client: usize,
     target: SocketAddr,
     opts: &LoadOptions,
-    stop: &AtomicBool,
+    state: &AtomicU8,
     live: &Mutex<Vec<Option<Live>>>,
     answered: &AtomicU64,
 ) -> ClientLog {
@@ -259,8 +272,9 @@ fn run_client(
     };
     let mut cookie: Option<SessionCookie> = None;
     let mut takeovers = 0;
+    let opts_started = Instant::now();
     for seq in 1.. {
-        if stop.load(Ordering::SeqCst) {
+        if state.load(Ordering::SeqCst) != RUN {
             break;
         }
         let id = format!("c{client}-{seq}");
@@ -273,13 +287,17 @@ fn run_client(
                 Err(e) => {
                     log.failed_attempts += 1;
                     log.timed_out_attempts += u64::from(is_timeout(&e));
-                    let line = format!("{id} attempt {attempts} (+{:?}): {e:#}", first.elapsed());
+                    let line = format!(
+                        "{id} attempt {attempts}, {:.3} s into the request, {:.3} s into the load: {e:#}",
+                        first.elapsed().as_secs_f64(),
+                        opts_started.elapsed().as_secs_f64()
+                    );
                     if log.failures.len() < 5 {
                         log.failures.push(line);
                     } else {
                         log.last_failure = Some(line);
                     }
-                    if stop.load(Ordering::SeqCst) {
+                    if state.load(Ordering::SeqCst) == ABORT {
                         log.interrupted = true;
                         break None;
                     }
@@ -343,7 +361,10 @@ fn request(
     let mut conn = Conn::connect_timeout(target, timeout)?;
     conn.stream().set_read_timeout(Some(timeout))?;
     conn.stream().set_write_timeout(Some(timeout))?;
-    let r = conn.request("GET", "/session", &headers, &[])?;
+    let local = conn.local_addr()?;
+    let r = conn
+        .request("GET", "/session", &headers, &[])
+        .with_context(|| format!("from {local}"))?;
     let at = Instant::now();
     let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     let cookie = r
@@ -390,7 +411,7 @@ pub fn check_sessions(logs: &[ClientLog]) -> Vec<String> {
         }
         if log.interrupted {
             problems.push(format!(
-                "client {c}: a request was still failing when the load stopped ({} failed attempts; first: {:?}, last: {:?})",
+                "client {c}: a request was still failing when the load was aborted ({} failed attempts; first: {:?}, last: {:?})",
                 log.failed_attempts,
                 log.failures.first(),
                 log.last_failure.as_ref().or(log.failures.last())

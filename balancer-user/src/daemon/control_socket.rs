@@ -155,11 +155,12 @@ async fn handle(stream: UnixStream, to_daemon: mpsc::Sender<Pending>) -> std::io
 /// Sends one command to the daemon of an instance and returns its result.
 pub fn request(path: &Path, cmd: Command) -> Result<serde_json::Value> {
     let not_running = |e: std::io::Error| {
-        Error::invalid(
-            "daemon",
-            path.display(),
-            format!("no balancer daemon answers on this control socket ({e}); is it running?"),
-        )
+        let reason = if e.kind() == std::io::ErrorKind::PermissionDenied {
+            "the control socket is root-only: run as root".to_string()
+        } else {
+            format!("no balancer daemon answers on this control socket ({e}); is it running?")
+        };
+        Error::invalid("daemon", path.display(), reason)
     };
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(not_running)?;
     stream

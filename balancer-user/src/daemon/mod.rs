@@ -39,7 +39,7 @@ use crate::{
     addr::ServiceAddr,
     config::{DaemonConfig, GroupSettings},
     dataplane::{self, instance_dir, Balancer},
-    error::{Error, Result},
+    error::{one_line, Error, Result},
     group::{self, GroupKey, HostMessage, MemberSettings, MemberTable, Role},
     health::{spawn_checker, CheckSettings, Health, HealthReport, Tracker},
     metrics::{self, MetricsSnapshot},
@@ -410,7 +410,7 @@ impl Daemon {
             }
             Err(e) => {
                 DaemonCounters::add(&self.counters.config_reload_failures, 1);
-                error!(config = %self.opts.config.display(), "reload rejected, running state kept: {e}");
+                error!(config = %self.opts.config.display(), "reload rejected, running state kept: {}", one_line(e));
             }
         }
         result
@@ -545,7 +545,10 @@ impl Daemon {
                     "services": self.cfg.services.len(),
                     "backends": self.checkers.len(),
                 })),
-                Err(e) => Response::err(format!("reload rejected, running state kept: {e}")),
+                Err(e) => Response::err(format!(
+                    "reload rejected, running state kept: {}",
+                    one_line(&e)
+                )),
             },
             Command::Members => match &self.group {
                 Some(g) => match g.table.lock() {

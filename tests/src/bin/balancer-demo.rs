@@ -1,9 +1,11 @@
 //! `balancer-demo`: the balancer end to end in network namespaces, run by the daemon.
 //!
-//! Builds the two-arm topology (client, gateway, three backends be1..be3 running the
-//! replicated app server), starts `balancer daemon` on the gateway with a configuration
-//! that has two services (printed): a cookie-mode service at 198.18.100.1:80 and a plain
-//! NAT service at 198.18.100.2:80, both with the three backends on port 8080. Then:
+//! Builds the two-arm topology (client, gateway, three backends be1..be3), each backend
+//! running the replicated app server on port 8080 and a plain test server on port 8081,
+//! and starts `balancer daemon` on the gateway with a configuration that has two services
+//! (printed): a cookie-mode service at 198.18.100.1:80 with the app servers, and a plain
+//! NAT service at 198.18.100.2:80 with the plain servers. (Separate backend ports keep the
+//! two services' connections from ever sharing a 4-tuple on a backend.) Then:
 //!
 //! 1. NAT: HTTP requests on fresh connections to 198.18.100.2:80, and how they spread.
 //! 2. Sessions: clients, each with its own session, update their session counter in a
@@ -13,7 +15,7 @@
 //! 3. Failover: the app server holding the most sessions as primary is killed; the
 //!    daemon's log lines about it, `balancer backend list` with the rewrite, the same
 //!    sessions continuing on the secondary with their counters (before and after), and
-//!    the failover time; NAT requests avoid the dead backend.
+//!    the failover time.
 //!
 //! Everything is torn down at the end, also on failure and on Ctrl-C / SIGTERM. The last
 //! line is always `demo: <requests> requests, <backends> backends, <errors> errors`, where
@@ -24,9 +26,9 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
-    process::ExitCode,
+    process::{Child, Command, ExitCode, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant, SystemTime},
 };
@@ -36,17 +38,18 @@ use balancer_tests::{
     daemon::Daemon,
     http,
     load::{
-        busiest_primary, check_sessions, check_takeovers, daemon_times, failover_time,
-        sessions_of, strip_ansi, totals, wait_healthy, wait_pair, ClientLog, Live, Load,
-        LoadOptions,
+        busiest_primary, check_sessions, check_takeovers, daemon_times, failover_time, sessions_of,
+        strip_ansi, totals, wait_healthy, wait_pair, ClientLog, Live, Load, LoadOptions,
     },
     topology::{self, Arms, Topology, BACKEND_PORT, SERVICE_PORT, VIP},
 };
 use clap::Parser;
 
 const BACKENDS: usize = 3;
-/// The plain NAT service, next to the cookie-mode one at `topology::VIP`.
+/// The plain NAT service, next to the cookie-mode one at `topology::VIP`, and the port of
+/// its backends' (plain) test servers.
 const NAT_VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 2);
+const NAT_BACKEND_PORT: u16 = 8081;
 
 #[derive(Parser)]
 #[command(
@@ -60,8 +63,7 @@ struct Args {
     /// The `balancer-testsrv` binary (the backends' replicated app server).
     #[arg(long)]
     testsrv: PathBuf,
-    /// Number of NAT requests to send before the failover, each on a fresh connection
-    /// (a third as many follow it).
+    /// Number of NAT requests to send, each on a fresh connection.
     #[arg(long, default_value_t = 300)]
     requests: usize,
     /// Number of session clients.
@@ -114,6 +116,8 @@ fn sleep(d: Duration) -> Result<()> {
 struct Teardown {
     topology: Option<Topology>,
     daemon: Option<Daemon>,
+    /// The NAT service's plain test servers (the topology kills its own servers).
+    plain: Vec<Child>,
 }
 
 impl Drop for Teardown {
@@ -127,6 +131,10 @@ impl Drop for Teardown {
         // The daemon first (SIGTERM; the data plane stays attached), then the topology
         // detaches the instance and deletes the namespaces.
         drop(self.daemon.take());
+        for c in &mut self.plain {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let pin_dir = t.pin_dir();
         let mut namespaces: Vec<String> = vec![
             t.client.name().into(),
@@ -146,7 +154,10 @@ impl Drop for Teardown {
             eprintln!("demo: warning: pins left behind in {}", pin_dir.display());
         }
         if let Some(dir) = daemon_dir.filter(|d| d.exists()) {
-            eprintln!("demo: warning: daemon files left behind in {}", dir.display());
+            eprintln!(
+                "demo: warning: daemon files left behind in {}",
+                dir.display()
+            );
         }
     }
 }
@@ -247,13 +258,13 @@ mode = "cookie"
     }
     let _ = writeln!(
         s,
-        "[[service]]                         # plain L4 NAT, Maglev spread\naddress = \"{NAT_VIP}:{SERVICE_PORT}\"\nmode = \"nat\"\n"
+        "[[service]]                         # plain L4 NAT, Maglev spread, plain servers\naddress = \"{NAT_VIP}:{SERVICE_PORT}\"\nmode = \"nat\"\n"
     );
     for b in &t.backends {
         let _ = writeln!(
             s,
-            "  [[service.backend]]\n  address = \"{}\"\n",
-            b.endpoint()
+            "  [[service.backend]]\n  address = \"{}:{NAT_BACKEND_PORT}\"\n",
+            b.addr
         );
     }
     s.trim_end().to_string() + "\n"
@@ -289,7 +300,7 @@ fn nat_requests(t: &Topology, n: usize, outcome: &mut Outcome) -> Result<BTreeMa
         println!(
             "  {:<4} {:<18} {count:>6}  {:>5.1}%",
             b.name,
-            b.endpoint(),
+            format!("{}:{NAT_BACKEND_PORT}", b.addr),
             100.0 * count as f64 / sent.max(1) as f64
         );
     }
@@ -332,7 +343,9 @@ fn show(d: &Daemon, args: &[&str]) -> Result<()> {
 /// A daemon log line shortened for the demo: time of day, level, message.
 fn short_log_line(line: &str) -> String {
     let plain = strip_ansi(line);
-    let mut words = plain.splitn(3, char::is_whitespace).filter(|w| !w.is_empty());
+    let mut words = plain
+        .splitn(3, char::is_whitespace)
+        .filter(|w| !w.is_empty());
     let (Some(ts), Some(level)) = (words.next(), words.next()) else {
         return plain;
     };
@@ -368,12 +381,9 @@ fn run(args: &Args, outcome: &mut Outcome) -> Result<()> {
         "demo: building the two-arm topology: client, gateway, lan bridge, {BACKENDS} backends"
     );
     let mut guard = Teardown {
-        topology: Some(Topology::build(
-            Arms::Two,
-            BACKENDS,
-            args.balancer.clone(),
-        )?),
+        topology: Some(Topology::build(Arms::Two, BACKENDS, args.balancer.clone())?),
         daemon: None,
+        plain: Vec::new(),
     };
     let t = guard.topology.as_mut().expect("topology");
     println!(
@@ -399,10 +409,19 @@ fn run(args: &Args, outcome: &mut Outcome) -> Result<()> {
             .join(", ")
     );
     interrupted()?;
+    guard.plain = start_plain_servers(t, &args.testsrv)?;
+    let t = guard.topology.as_mut().expect("topology");
+    println!(
+        "demo: plain test servers on port {NAT_BACKEND_PORT} of each backend (for the NAT service)"
+    );
+    interrupted()?;
 
     let config = demo_config(t);
     let d = Daemon::start(t, &config)?;
-    println!("\ndemo: started `balancer daemon --config {}`:", d.config.display());
+    println!(
+        "\ndemo: started `balancer daemon --config {}`:",
+        d.config.display()
+    );
     print_indented(&config);
     let d = guard.daemon.insert(d);
     let t = guard.topology.as_ref().expect("topology");
@@ -531,12 +550,6 @@ fn run(args: &Args, outcome: &mut Outcome) -> Result<()> {
     }
     interrupted()?;
 
-    let nat_after = (args.requests / 3).max(1);
-    println!(
-        "\ndemo: NAT after the failover: {nat_after} requests to {} (the daemon took {victim} out of the Maglev table):",
-        nat_vip()
-    );
-    nat_requests(t, nat_after, outcome)?;
     println!("\ndemo: balancer stats (excerpt)");
     let stats = d.ctl(&["stats"])?;
     for line in String::from_utf8_lossy(&stats.stdout).lines() {
@@ -560,6 +573,49 @@ fn run(args: &Args, outcome: &mut Outcome) -> Result<()> {
     );
     drop(guard);
     Ok(())
+}
+
+/// Starts a plain test server (named like the backend) on `NAT_BACKEND_PORT` in every
+/// backend namespace, in its own process group (a Ctrl-C reaches the demo, which tears
+/// down in order), and waits until each accepts connections.
+fn start_plain_servers(t: &Topology, testsrv: &Path) -> Result<Vec<Child>> {
+    let mut children = Vec::new();
+    let result = (|| -> Result<()> {
+        for b in &t.backends {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", b.ns.name()])
+                .arg(testsrv)
+                .args(["--listen", &format!("{}:{NAT_BACKEND_PORT}", b.addr)])
+                .args(["--name", &b.name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null());
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+            children.push(cmd.spawn().context("starting a plain test server")?);
+        }
+        for b in &t.backends {
+            let addr = SocketAddr::V4(SocketAddrV4::new(b.addr, NAT_BACKEND_PORT));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !b.ns.run(move || {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            })? {
+                if Instant::now() > deadline {
+                    bail!("the plain test server of {} does not listen on {addr}", b.name);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(children),
+        Err(e) => {
+            for c in &mut children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Err(e)
+        }
+    }
 }
 
 /// The session table while the load runs: session, primary, secondary, counter.

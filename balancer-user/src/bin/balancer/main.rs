@@ -284,12 +284,9 @@ fn main() {
     }
 }
 
-/// The error and its causes on one line.
+/// The error and its causes on one line, each cause once.
 fn one_line(e: &anyhow::Error) -> String {
-    e.chain()
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
+    balancer_user::error::one_line(e.as_ref())
 }
 
 fn run(cli: Cli) -> Result<()> {
