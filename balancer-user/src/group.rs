@@ -231,6 +231,13 @@ impl GroupKey {
             .into()
     }
 
+    /// Whether two keys are the same secret (compared through their tags of a fixed text,
+    /// so neither key is exposed).
+    pub fn same_as(&self, other: &GroupKey) -> bool {
+        const PROBE: &[u8] = b"balancer group key comparison";
+        self.tag(PROBE) == other.tag(PROBE)
+    }
+
     /// Constant-time comparison, so the time taken tells nothing about the right tag.
     fn verifies(&self, signed: &[u8], tag: &[u8]) -> bool {
         self.mac
@@ -664,6 +671,16 @@ impl MemberTable {
         &self.settings
     }
 
+    /// New settings and key (a reload). Members stay; with another key, nobody is
+    /// trusted any more until they sign with it.
+    pub fn reconfigure(&mut self, key: GroupKey, settings: MemberSettings) {
+        if !self.key.same_as(&key) {
+            self.trusted.clear();
+            self.key = key;
+        }
+        self.settings = settings;
+    }
+
     pub fn counters(&self) -> Counters {
         self.counters
     }
@@ -878,7 +895,7 @@ fn lock(table: &Mutex<MemberTable>) -> MutexGuard<'_, MemberTable> {
 
 /// Receives host messages forever and feeds them to `table`. Never returns; bad
 /// datagrams and receive errors are counted or logged at debug level, rate-limited.
-pub async fn run_listener(socket: UdpSocket, table: Arc<Mutex<MemberTable>>) {
+pub async fn run_listener(socket: Arc<UdpSocket>, table: Arc<Mutex<MemberTable>>) {
     let mut buf = vec![0u8; RECV_BUFFER];
     let mut rejections = LogLimiter::new(Instant::now());
     let mut errors = LogLimiter::new(Instant::now());
@@ -1251,6 +1268,27 @@ mod tests {
         let json = serde_json::to_value(&rows).unwrap();
         assert_eq!(json[0]["role"], "agent");
         assert_eq!(json[0]["addr"], "10.0.0.5");
+    }
+
+    #[test]
+    fn reconfiguring_keeps_members_unless_the_key_changes() {
+        let mut t = table();
+        let now = Instant::now();
+        t.observe(src(), &datagram("app1", 1, NOW_MS), NOW_MS, now)
+            .unwrap();
+        let longer = MemberSettings {
+            limit: Duration::from_secs(90),
+            ..MemberSettings::default()
+        };
+        t.reconfigure(key(), longer.clone());
+        assert_eq!(trusted_names(&t, now), ["app1"]);
+        assert_eq!(t.settings().limit, Duration::from_secs(90));
+        assert!(key().same_as(&key()) && !key().same_as(&other_key()));
+        t.reconfigure(other_key(), longer);
+        assert!(trusted_names(&t, now).is_empty(), "trust needs the new key");
+        let d = msg("app1", 2, NOW_MS).encode(&other_key()).unwrap();
+        t.observe(src(), &d, NOW_MS, now).unwrap();
+        assert_eq!(trusted_names(&t, now), ["app1"]);
     }
 
     #[test]
@@ -1787,7 +1825,10 @@ mod tests {
             .unwrap();
         let _guard = rt.enter();
         let socket = UdpSocket::from_std(socket).unwrap();
-        assert_send(run_listener(socket, Arc::new(Mutex::new(table()))));
+        assert_send(run_listener(
+            Arc::new(socket),
+            Arc::new(Mutex::new(table())),
+        ));
     }
 
     #[tokio::test]
@@ -1796,7 +1837,7 @@ mod tests {
         let listen = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let target = listen.local_addr().unwrap();
         let table = Arc::new(Mutex::new(table()));
-        let listener = tokio::spawn(run_listener(listen, table.clone()));
+        let listener = tokio::spawn(run_listener(Arc::new(listen), table.clone()));
 
         let spawn_sender = |name: &'static str, key: GroupKey| {
             let build = move || HostMessage {

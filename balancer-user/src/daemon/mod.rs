@@ -96,16 +96,19 @@ struct Checker {
     task: JoinHandle<()>,
 }
 
-/// Group membership: the shared table and the tasks feeding it.
+/// Group membership: the shared table, the listener feeding it and the sender of our
+/// own host messages.
 struct Group {
     table: Arc<Mutex<MemberTable>>,
-    tasks: Vec<JoinHandle<()>>,
+    listener: JoinHandle<()>,
+    sender: Option<JoinHandle<()>>,
 }
 
 impl Drop for Group {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+        self.listener.abort();
+        if let Some(s) = &self.sender {
+            s.abort();
         }
     }
 }
@@ -114,7 +117,8 @@ impl Drop for Group {
 /// without having changed the running state.
 struct Prepared {
     cfg: DaemonConfig,
-    group: Option<(GroupSettings, GroupKey, UdpSocket)>,
+    /// New group settings; the socket is `None` when the running listener stays.
+    group: Option<(GroupSettings, GroupKey, Option<UdpSocket>)>,
     metrics: Option<std::net::TcpListener>,
 }
 
@@ -227,12 +231,20 @@ fn prepare(cfg: DaemonConfig, current: Option<&DaemonConfig>) -> Result<Prepared
             )));
         }
     }
+    let running_group = current.and_then(|c| c.group.as_ref());
     let group = match &cfg.group {
-        Some(g) if current.and_then(|c| c.group.as_ref()) != Some(g) => {
+        Some(g) if running_group != Some(g) => {
             let key = GroupKey::from_file(&g.key_file)?;
-            let socket = bind_group_socket(g.listen)
-                .and_then(UdpSocket::from_std)
-                .map_err(|e| Error::Daemon(format!("group.listen {}: {e}", g.listen)))?;
+            // The same address keeps the running listener (and its member table).
+            let socket = if running_group.is_some_and(|r| r.listen == g.listen) {
+                None
+            } else {
+                let s = std::net::UdpSocket::bind(g.listen)
+                    .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                    .and_then(UdpSocket::from_std)
+                    .map_err(|e| Error::Daemon(format!("group.listen {}: {e}", g.listen)))?;
+                Some(s)
+            };
             Some((g.clone(), key, socket))
         }
         _ => None,
@@ -251,57 +263,6 @@ fn prepare(cfg: DaemonConfig, current: Option<&DaemonConfig>) -> Result<Prepared
         group,
         metrics,
     })
-}
-
-/// The group listener's socket, with SO_REUSEPORT: a reload that changes other group
-/// settings binds the new socket while the old listener still holds the address (the
-/// old one closes when its task is replaced).
-fn bind_group_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(v4) = addr else {
-        return Err(std::io::Error::other("only IPv4 addresses are supported"));
-    };
-    // SAFETY: plain socket(2); the fd is owned by the UdpSocket below from here on.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh socket we own.
-    let socket = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    let sin = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: v4.port().to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(v4.ip().octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: valid option value and address of the sizes passed.
-    let ok = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_REUSEPORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) == 0
-            && libc::bind(
-                fd,
-                (&sin as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            ) == 0
-    };
-    if !ok {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(socket)
 }
 
 /// Attaches the configured interfaces that are not attached yet, and (on reload)
@@ -385,10 +346,17 @@ impl Daemon {
         self.planner
             .set_hold_down(self.cfg.daemon.failover_hold_down);
         self.sync_checkers()?;
-        if let Some((settings, key, socket)) = p.group {
-            self.group = Some(start_group(settings, key, socket));
-        } else if self.cfg.group.is_none() {
-            self.group = None;
+        match p.group {
+            Some((settings, key, Some(socket))) => {
+                self.group = Some(Group::start(&settings, key, socket));
+            }
+            Some((settings, key, None)) => {
+                if let Some(g) = &mut self.group {
+                    g.reconfigure(&settings, key);
+                }
+            }
+            None if self.cfg.group.is_none() => self.group = None,
+            None => {}
         }
         if let Some(listener) = p.metrics {
             self.start_metrics(listener)?;
@@ -616,46 +584,73 @@ impl Daemon {
     }
 }
 
-fn start_group(settings: GroupSettings, key: GroupKey, socket: UdpSocket) -> Group {
-    let table = Arc::new(Mutex::new(MemberTable::new(
-        key.clone(),
-        MemberSettings {
-            limit: settings.member_timeout,
-            ..MemberSettings::default()
-        },
-    )));
-    let mut tasks = vec![tokio::spawn(group::run_listener(socket, table.clone()))];
-    if !settings.peers.is_empty() {
-        let name = settings.name.clone().unwrap_or_else(group::hostname);
-        let peers = settings.peers.clone();
-        let interval = settings.interval;
-        tasks.push(tokio::spawn(async move {
-            let socket = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!("group: cannot open a socket to send host messages: {e}");
-                    return;
-                }
-            };
-            let build = move || {
-                let interfaces = group::local_interfaces();
-                let mut msg = HostMessage {
-                    name: name.clone(),
-                    addr: interfaces.first().map_or(Ipv4Addr::LOCALHOST, |i| i.ip),
-                    interfaces,
-                    load: group::load_average(),
-                    timestamp_ms: 0,
-                    seq: 0,
-                    role: Role::Balancer,
-                    server_id: None,
-                    secondary: None,
-                };
-                msg.truncate_to_fit();
-                msg
-            };
-            group::run_sender(socket, peers, key, interval, build).await;
-        }));
+impl Group {
+    fn start(settings: &GroupSettings, key: GroupKey, socket: UdpSocket) -> Group {
+        let table = Arc::new(Mutex::new(MemberTable::new(
+            key.clone(),
+            member_settings(settings),
+        )));
+        let listener = tokio::spawn(group::run_listener(Arc::new(socket), table.clone()));
+        info!(listen = %settings.listen, peers = ?settings.peers, "group membership");
+        Group {
+            table,
+            listener,
+            sender: spawn_sender(settings, key),
+        }
     }
-    info!(listen = %settings.listen, peers = ?settings.peers, "group membership");
-    Group { table, tasks }
+
+    /// New settings on the same address: the listener and the members stay.
+    fn reconfigure(&mut self, settings: &GroupSettings, key: GroupKey) {
+        if let Ok(mut t) = self.table.lock() {
+            t.reconfigure(key.clone(), member_settings(settings));
+        }
+        if let Some(s) = self.sender.take() {
+            s.abort();
+        }
+        self.sender = spawn_sender(settings, key);
+        info!(listen = %settings.listen, peers = ?settings.peers, "group membership reconfigured");
+    }
+}
+
+fn member_settings(settings: &GroupSettings) -> MemberSettings {
+    MemberSettings {
+        limit: settings.member_timeout,
+        ..MemberSettings::default()
+    }
+}
+
+/// Sends our own host messages to the peer balancers, if there are any.
+fn spawn_sender(settings: &GroupSettings, key: GroupKey) -> Option<JoinHandle<()>> {
+    if settings.peers.is_empty() {
+        return None;
+    }
+    let name = settings.name.clone().unwrap_or_else(group::hostname);
+    let peers = settings.peers.clone();
+    let interval = settings.interval;
+    Some(tokio::spawn(async move {
+        let socket = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("group: cannot open a socket to send host messages: {e}");
+                return;
+            }
+        };
+        let build = move || {
+            let interfaces = group::local_interfaces();
+            let mut msg = HostMessage {
+                name: name.clone(),
+                addr: interfaces.first().map_or(Ipv4Addr::LOCALHOST, |i| i.ip),
+                interfaces,
+                load: group::load_average(),
+                timestamp_ms: 0,
+                seq: 0,
+                role: Role::Balancer,
+                server_id: None,
+                secondary: None,
+            };
+            msg.truncate_to_fit();
+            msg
+        };
+        group::run_sender(socket, peers, key, interval, build).await;
+    }))
 }
