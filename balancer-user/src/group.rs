@@ -1280,7 +1280,7 @@ mod tests {
             limit: Duration::from_secs(90),
             ..MemberSettings::default()
         };
-        t.reconfigure(key(), longer.clone());
+        t.reconfigure(key(), longer);
         assert_eq!(trusted_names(&t, now), ["app1"]);
         assert_eq!(t.settings().limit, Duration::from_secs(90));
         assert!(key().same_as(&key()) && !key().same_as(&other_key()));
