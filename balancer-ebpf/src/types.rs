@@ -488,6 +488,10 @@ counters! {
         BindingsTimedOut = "bindings_timed_out",
         /// Cookie mode: bindings the backend refused (RST to its SYN, e.g. no server listening): the RST is passed to the client.
         BindingsRefused = "bindings_refused",
+        /// Cookie mode: the backend answered the SYN with an ACK of another connection (a TIME-WAIT of the same addresses and ports): reset back to it, so the client's retransmission binds.
+        BindStaleAcks = "bind_stale_acks",
+        /// Cookie mode: client retransmissions of a first segment whose backend stopped taking new flows while binding: bound again (cookie, failover map, policy).
+        BindsRedone = "binds_redone",
         /// Cookie mode: SYNs re-sent to the backend for a client retransmitting its first segment.
         BindRetransmits = "bind_retransmits",
         /// Cookie mode: first segments delivered by the TC program because the driver's frame could not grow in XDP.

@@ -14,6 +14,7 @@ use serde::Serialize;
 use crate::{
     dataplane::Balancer,
     error::{map_ctx, Result},
+    mmap_array::MmapArray,
 };
 
 /// A backend's health as shown by the CLI and the metrics.
@@ -60,15 +61,12 @@ impl Balancer {
 
     /// Health records of every slot that has one.
     pub fn health_records(&self) -> Result<HashMap<u32, BackendHealth>> {
-        let map = self.health_map()?;
-        let mut out = HashMap::new();
-        for slot in 0..MAX_BACKENDS {
-            let r = map.get(&slot, 0).map_err(map_ctx("reading HEALTH"))?;
-            if r.state != health_state::UNKNOWN {
-                out.insert(slot, r);
-            }
-        }
-        Ok(out)
+        let view: MmapArray<BackendHealth> =
+            MmapArray::open(self, map_names::HEALTH, MAX_BACKENDS)?;
+        Ok((0..MAX_BACKENDS)
+            .map(|slot| (slot, view.get(slot as usize)))
+            .filter(|(_, r)| r.state != health_state::UNKNOWN)
+            .collect())
     }
 
     /// Health record of one slot (`state` UNKNOWN when none was written).

@@ -22,7 +22,7 @@ use crate::{
     dataplane::Balancer,
     error::{map_ctx, Error, Result},
     maglev::{self, Member, NO_BACKEND},
-    ring::RingMap,
+    mmap_array::MmapArray,
 };
 
 pub const DEFAULT_WEIGHT: u32 = 100;
@@ -112,7 +112,9 @@ fn validate_weight(weight: u32) -> Result<()> {
 struct Maps {
     services: HashMap<MapData, ServiceKey, Service>,
     backends: Array<MapData, Backend>,
-    ring: RingMap,
+    /// The same map, mapped: whole-table reads without a syscall per slot.
+    backends_view: MmapArray<Backend>,
+    ring: MmapArray<u32>,
 }
 
 impl Maps {
@@ -126,7 +128,8 @@ impl Maps {
                 .map(map_names::BACKENDS)?
                 .try_into()
                 .map_err(map_ctx("BACKENDS map"))?,
-            ring: RingMap::open(b)?,
+            backends_view: MmapArray::open(b, map_names::BACKENDS, MAX_BACKENDS)?,
+            ring: MmapArray::open(b, map_names::RING, MAX_SERVICES * RING_SIZE)?,
         })
     }
 
@@ -150,17 +153,10 @@ impl Maps {
 
     /// All used backend slots.
     fn backends(&self) -> Result<Vec<(u32, Backend)>> {
-        let mut out = Vec::new();
-        for slot in 0..MAX_BACKENDS {
-            let b = self
-                .backends
-                .get(&slot, 0)
-                .map_err(map_ctx("reading BACKENDS"))?;
-            if b.state != backend_state::EMPTY {
-                out.push((slot, b));
-            }
-        }
-        Ok(out)
+        Ok((0..MAX_BACKENDS)
+            .map(|slot| (slot, self.backends_view.get(slot as usize)))
+            .filter(|(_, b)| b.state != backend_state::EMPTY)
+            .collect())
     }
 
     fn backends_of(&self, service: &Service) -> Result<Vec<(u32, Backend)>> {
@@ -187,12 +183,20 @@ impl Maps {
     }
 
     fn ring_block(&self, service: &Service) -> Result<Vec<u32>> {
-        Ok(self.ring.read(service.id))
+        let base = (service.id * RING_SIZE) as usize;
+        Ok((base..base + RING_SIZE as usize)
+            .map(|i| self.ring.get(i))
+            .collect())
     }
 
     /// Writes the entries of `new` that differ from `old`.
     fn write_ring(&mut self, service: &Service, old: &[u32], new: &[u32]) -> Result<()> {
-        self.ring.write_changes(service.id, old, new);
+        let base = (service.id * RING_SIZE) as usize;
+        for (i, (o, n)) in old.iter().zip(new).enumerate() {
+            if o != n {
+                self.ring.store(base + i, *n);
+            }
+        }
         Ok(())
     }
 

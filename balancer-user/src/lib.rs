@@ -18,8 +18,8 @@ pub mod group;
 pub mod health;
 pub mod maglev;
 pub mod metrics;
+mod mmap_array;
 pub mod pairs;
-mod ring;
 pub mod stats;
 
 pub use addr::{Proto, ServiceAddr};

@@ -80,13 +80,13 @@ impl PairTable {
 
     /// Replaces the pairs announced by agents that are up and trusted. An agent names
     /// tokens, not services: its pair applies to every cookie service where the primary
-    /// token is a backend (`services_with`).
+    /// token is a backend (`services_with`). True if a pair changed.
     pub fn set_announced(
         &mut self,
         announced: &[(String, String)],
         services_with: impl Fn(&str) -> Vec<ServiceAddr>,
         now: Instant,
-    ) {
+    ) -> bool {
         let mut next = HashMap::new();
         for (primary, secondary) in announced {
             for service in services_with(primary) {
@@ -102,41 +102,55 @@ impl PairTable {
                 );
             }
         }
+        let changed = next.len() != self.agent.len()
+            || next
+                .iter()
+                .any(|(k, l)| self.agent.get(k).is_none_or(|o| o.secondary != l.secondary));
         self.agent = next;
+        changed
     }
 
     /// Records a pair seen in a cookie. The latest secondary wins: after a takeover the
-    /// app servers re-issue cookies naming the new pair.
+    /// app servers re-issue cookies naming the new pair. True if the pair is new or
+    /// changed.
     pub fn observe_traffic(
         &mut self,
         service: ServiceAddr,
         primary: &str,
         secondary: &str,
         now: Instant,
-    ) {
+    ) -> bool {
         if primary == secondary {
-            return;
+            return false;
         }
+        let mut changed = false;
         let entry = self
             .traffic
             .entry((service, primary.to_string()))
-            .or_insert_with(|| Learned {
-                secondary: secondary.to_string(),
-                samples: 0,
-                last_seen: now,
+            .or_insert_with(|| {
+                changed = true;
+                Learned {
+                    secondary: secondary.to_string(),
+                    samples: 0,
+                    last_seen: now,
+                }
             });
         if entry.secondary != secondary {
             entry.secondary = secondary.to_string();
             entry.samples = 0;
+            changed = true;
         }
         entry.samples += 1;
         entry.last_seen = now;
+        changed
     }
 
-    /// Forgets traffic pairs not seen for [`TRAFFIC_PAIR_TTL`].
-    pub fn expire(&mut self, now: Instant) {
+    /// Forgets traffic pairs not seen for [`TRAFFIC_PAIR_TTL`]. True if any went.
+    pub fn expire(&mut self, now: Instant) -> bool {
+        let before = self.traffic.len();
         self.traffic
             .retain(|_, l| now.duration_since(l.last_seen) < TRAFFIC_PAIR_TTL);
+        self.traffic.len() != before
     }
 
     /// The secondary of `primary` in `service`, by precedence config > agent > traffic.
@@ -274,7 +288,8 @@ mod tests {
         let mut t = PairTable::default();
         t.observe_traffic(svc(), "a", "c", now);
         assert_eq!(t.secondary(svc(), "a"), Some(("c", PairSource::Traffic)));
-        t.set_announced(&[("a".into(), "b".into())], |_| vec![svc()], now);
+        assert!(t.set_announced(&[("a".into(), "b".into())], |_| vec![svc()], now));
+        assert!(!t.set_announced(&[("a".into(), "b".into())], |_| vec![svc()], now));
         assert_eq!(t.secondary(svc(), "a"), Some(("b", PairSource::Agent)));
         t.set_config([(svc(), "a".to_string(), "d".to_string())]);
         assert_eq!(t.secondary(svc(), "a"), Some(("d", PairSource::Config)));
@@ -288,17 +303,17 @@ mod tests {
     fn latest_traffic_pair_wins_and_expires() {
         let now = Instant::now();
         let mut t = PairTable::default();
-        t.observe_traffic(svc(), "a", "b", now);
-        t.observe_traffic(svc(), "a", "b", now);
-        t.observe_traffic(svc(), "a", "c", now);
-        t.observe_traffic(svc(), "x", "x", now);
+        assert!(t.observe_traffic(svc(), "a", "b", now));
+        assert!(!t.observe_traffic(svc(), "a", "b", now));
+        assert!(t.observe_traffic(svc(), "a", "c", now));
+        assert!(!t.observe_traffic(svc(), "x", "x", now));
         let list = t.list(now);
         assert_eq!(list.len(), 1);
         assert_eq!(
             (list[0].secondary.as_str(), list[0].samples),
             ("c", Some(1))
         );
-        t.expire(now + TRAFFIC_PAIR_TTL);
+        assert!(t.expire(now + TRAFFIC_PAIR_TTL));
         assert!(t.list(now).is_empty());
     }
 

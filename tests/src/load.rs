@@ -118,28 +118,12 @@ pub struct ClientLog {
 }
 
 impl ClientLog {
-    /// The session's first primary: the server that created it.
-    pub fn first_primary(&self) -> Option<&str> {
-        self.answers
-            .first()
-            .and_then(|a| a.cookie.as_ref())
-            .map(|c| c.primary.as_str())
-    }
-
     /// The last answer read before `t`.
     pub fn last_before(&self, t: Instant) -> Option<&Answered> {
         self.answers.iter().rev().find(|a| a.at < t)
     }
 
-    /// The last counter seen (0 before any).
-    pub fn counter(&self) -> u64 {
-        self.answers
-            .iter()
-            .rev()
-            .find_map(|a| a.counter)
-            .unwrap_or(0)
-    }
-
+    /// The session id (from the first answer's cookie).
     pub fn session(&self) -> Option<&str> {
         self.answers
             .first()
@@ -272,7 +256,7 @@ fn run_client(
     };
     let mut cookie: Option<SessionCookie> = None;
     let mut takeovers = 0;
-    let opts_started = Instant::now();
+    let load_started = Instant::now();
     for seq in 1.. {
         if state.load(Ordering::SeqCst) != RUN {
             break;
@@ -290,7 +274,7 @@ fn run_client(
                     let line = format!(
                         "{id} attempt {attempts}, {:.3} s into the request, {:.3} s into the load: {e:#}",
                         first.elapsed().as_secs_f64(),
-                        opts_started.elapsed().as_secs_f64()
+                        load_started.elapsed().as_secs_f64()
                     );
                     if log.failures.len() < 5 {
                         log.failures.push(line);
@@ -860,8 +844,8 @@ fn jitter(max: Duration) -> Duration {
     if max.is_zero() {
         return max;
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos() as u64);
     let mixed = nanos.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11;
     Duration::from_nanos(mixed % max.as_nanos().max(1) as u64)

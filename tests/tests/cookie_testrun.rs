@@ -1711,3 +1711,75 @@ fn backend_refusal_resets_the_client_at_once() {
         "connection forgotten"
     );
 }
+
+/// The backend's TIME-WAIT of an earlier connection on the same 4-tuple answers the SYN
+/// with an ACK of that old connection: the balancer resets it back to the backend
+/// (`<SEQ=SEG.ACK><CTL=RST>`, as the client's side of the 4-tuple), and the binding
+/// stays, so the client's retransmission binds.
+#[test]
+fn stale_ack_from_the_backend_is_reset() {
+    let (bed, _, backends) = setup();
+    let conn = handshake(&bed, Conn::new(40000, 9000, 1460));
+    let payload = http_get("be1");
+    bind(&bed, &conn, &payload, backends[0], Choice::Hit, None);
+    let old_ack = 0x4000_0000;
+    let stale = Frame::reply(backends[0], conn.client, ACK)
+        .seq(0x1234_5678)
+        .ack(old_ack)
+        .build();
+    let r = run_counted(
+        &bed,
+        &stale,
+        Ingress::Backend,
+        XDP_TX,
+        &[(Counter::BindStaleAcks, 1), (Counter::TxSameInterface, 1)],
+        "stale ACK",
+    );
+    let d = decode_checked(&r.output).expect("RST to the backend");
+    assert_eq!((d.src, d.dst), (conn.client, backends[0]));
+    assert_eq!(d.seq, Some(old_ack));
+    let flags = d.tcp_flags.unwrap();
+    assert!(flags.rst && !flags.ack && !flags.syn, "{flags:?}");
+    assert_eq!(bed.flow_entries().unwrap().len(), 2, "still binding");
+    complete(&bed, &conn, &payload, backends[0], 31337);
+}
+
+/// A client retransmitting its first segment after its backend went down (while the
+/// binding waited) is bound again: to the replacement the control plane wrote.
+#[test]
+fn retransmission_after_the_backend_failed_binds_again() {
+    let (bed, svc, backends) = setup();
+    let conn = handshake(&bed, Conn::new(40000, 77, 1460));
+    let payload = http_get("be2");
+    bind(&bed, &conn, &payload, backends[1], Choice::Hit, None);
+    bed.set_failover(svc, backends[1], Some(backends[2]))
+        .unwrap();
+    bed.set_backend_state(svc, backends[1], backend_state::DOWN)
+        .unwrap();
+    let before = bed.backend_counters().unwrap();
+    let r = run_counted(
+        &bed,
+        &conn.data(&payload).build(),
+        Ingress::Client,
+        XDP_REDIRECT,
+        &[
+            (Counter::BindsRedone, 1),
+            (Counter::SyncookiesValid, 1),
+            (Counter::CookiePairsReported, 1),
+            (Counter::NewFlows, 1),
+            (Counter::BindingsStarted, 1),
+            (Counter::TxRedirect, 1),
+            (Counter::TxBytes, BUILT_SYN_LEN),
+        ],
+        "retransmission to a failed backend",
+    );
+    check_frame(&r.output, &conn.expected_backend_syn(backends[2])).expect("SYN to be3");
+    let delta = backend_delta(&before, &bed.backend_counters().unwrap());
+    assert_eq!(delta[&backends[2]].failover_redirects, 1, "{delta:?}");
+    assert_eq!(
+        bed.flow_entries().unwrap().len(),
+        2,
+        "the old entries are gone"
+    );
+    complete(&bed, &conn, &payload, backends[2], 4242);
+}

@@ -3,6 +3,12 @@
 //! notices, rewrites that primary's sessions to its secondary (learned from the cookies
 //! in traffic), and every session continues with no lost or repeated update.
 //!
+//! Clients retry a failed request through the VIP with its request id, each attempt
+//! bounded to 1 s (`LoadOptions`): the app servers apply a request id once, so a retry
+//! of an update the dead primary had replicated is not counted twice. The test prints
+//! the failover time (kill -> first request of one of the dead primary's sessions served
+//! by its secondary) and the daemon's own steps, read from its log.
+//!
 //! Needs root and a built `balancer` binary (see `netns.rs`).
 
 use std::{
@@ -113,7 +119,7 @@ fn kill_a_primary_under_load_every_session_continues_on_its_secondary() {
     let times = daemon_times(&d.log(), &victim_ep, kill_wall);
     let since = |t: Option<SystemTime>| t.and_then(|t| t.duration_since(kill_wall).ok());
     eprintln!(
-        "failover: kill -> daemon notes {victim} down {}, -> rewrite written {}, -> first \
+        "failover: kill -> daemon notes {victim} down {}, -> rewrite logged {}, -> first \
          request served by the secondary {}",
         ms(since(times.down)),
         ms(since(times.rewrite)),

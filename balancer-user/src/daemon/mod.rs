@@ -51,8 +51,13 @@ use self::{
     failover::{BackendKey, BackendView, Planner},
 };
 
-/// How often the daemon re-plans without an event (hold-down ends, announced pairs).
+/// How often the daemon looks at what can change without an event of its own (announced
+/// pairs, expired traffic pairs, hold-downs ending).
 const TICK: Duration = Duration::from_millis(250);
+/// How often the maps are compared with the plan even when nothing changed (repairs
+/// what someone else changed behind the daemon's back). Comparing reads thousands of
+/// map slots, so it is not done on every tick.
+const RESYNC: Duration = Duration::from_secs(5);
 
 pub struct DaemonOptions {
     pub config: PathBuf,
@@ -139,6 +144,9 @@ pub struct Daemon {
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     counters: Arc<DaemonCounters>,
     reports: mpsc::Sender<HealthReport>,
+    /// Something the plan depends on changed since it was last written.
+    dirty: bool,
+    last_sync: Instant,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. The data plane stays attached when it ends.
@@ -174,6 +182,8 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         metrics: None,
         counters: Arc::new(DaemonCounters::default()),
         reports: reports_tx,
+        dirty: true,
+        last_sync: Instant::now(),
     };
     d.apply(prepared)?;
     info!(
@@ -480,7 +490,7 @@ impl Daemon {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        self.pairs.expire(now);
+        self.dirty |= self.pairs.expire(now);
         if let Some(g) = &self.group {
             let announced = g
                 .table
@@ -488,7 +498,7 @@ impl Daemon {
                 .map(|t| t.announced_pairs(now))
                 .unwrap_or_default();
             let tokens = &self.tokens;
-            self.pairs.set_announced(
+            self.dirty |= self.pairs.set_announced(
                 &announced,
                 |token| {
                     tokens
@@ -501,8 +511,11 @@ impl Daemon {
             );
         }
         // Pairs may have changed who takes a failed primary's sessions, and hold-downs
-        // end: plan again (a no-op when nothing differs).
-        self.replan();
+        // end: plan again then, and now and then in any case.
+        let hold_down_ended = self.planner.next_deadline().is_some_and(|d| d <= now);
+        if self.dirty || hold_down_ended || now.duration_since(self.last_sync) >= RESYNC {
+            self.replan();
+        }
     }
 
     fn on_command(&mut self, cmd: Command) -> Response {
@@ -534,6 +547,8 @@ impl Daemon {
 
     /// Plans backend states and failover rewrites and writes what differs.
     fn replan(&mut self) {
+        self.dirty = false;
+        self.last_sync = Instant::now();
         let views: Vec<BackendView> = self
             .cfg
             .services

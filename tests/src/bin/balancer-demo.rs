@@ -340,26 +340,26 @@ fn show(d: &Daemon, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// A daemon log line shortened for the demo: time of day, level, message.
+/// A daemon log line shortened for the demo: time of day, level, message (without the
+/// module path).
 fn short_log_line(line: &str) -> String {
     let plain = strip_ansi(line);
-    let mut words = plain
-        .splitn(3, char::is_whitespace)
-        .filter(|w| !w.is_empty());
+    let mut words = plain.split_whitespace();
     let (Some(ts), Some(level)) = (words.next(), words.next()) else {
         return plain;
     };
-    let rest = plain[plain.find(level).map_or(0, |i| i + level.len())..].trim_start();
-    // Drop the module path ("balancer_user::daemon: ").
-    let msg = match rest.split_once(": ") {
-        Some((module, msg)) if module.contains("::") => msg,
-        _ => rest,
-    };
+    let mut rest: Vec<&str> = words.collect();
+    if rest
+        .first()
+        .is_some_and(|w| w.contains("::") && w.ends_with(':'))
+    {
+        rest.remove(0);
+    }
     let time = ts
         .split_once('T')
         .map_or(ts, |(_, t)| t.trim_end_matches('Z'));
     let time = time.get(..12).unwrap_or(time);
-    format!("{time} {level:<5} {msg}")
+    format!("{time} {level:<5} {}", rest.join(" "))
 }
 
 fn ms(d: Duration) -> String {
@@ -475,11 +475,7 @@ fn run(args: &Args, outcome: &mut Outcome) -> Result<()> {
     );
     let log_offset = d.log_len();
     let (kill, kill_wall) = (Instant::now(), SystemTime::now());
-    // The topology is only borrowed immutably above; stopping a server needs it mutably.
-    let t = guard.topology.as_mut().expect("topology");
-    t.stop_server(vi)?;
-    let d = guard.daemon.as_ref().expect("daemon");
-    let t = guard.topology.as_ref().expect("topology");
+    guard.topology.as_mut().expect("topology").stop_server(vi)?;
     // Until one of its sessions is served by the secondary, then 1.5 s more.
     loop {
         let served = load
@@ -528,7 +524,7 @@ fn run(args: &Args, outcome: &mut Outcome) -> Result<()> {
     };
     let first = failover_time(&logs, &victim, kill);
     println!(
-        "demo: failover time: kill -> daemon marks {victim} down {}, -> failover rewrite written {}, -> first request served by {secondary} {}",
+        "demo: failover time: kill -> daemon marks {victim} down {}, -> failover rewrite logged {}, -> first request served by {secondary} {}",
         since(times.down),
         since(times.rewrite),
         first.map_or("-".to_string(), ms)
@@ -599,7 +595,10 @@ fn start_plain_servers(t: &Topology, testsrv: &Path) -> Result<Vec<Child>> {
                 TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
             })? {
                 if Instant::now() > deadline {
-                    bail!("the plain test server of {} does not listen on {addr}", b.name);
+                    bail!(
+                        "the plain test server of {} does not listen on {addr}",
+                        b.name
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -665,8 +664,8 @@ fn print_continuity(
         .collect();
     println!("demo: the sessions before the kill and now:");
     println!(
-        "  {:<6} {:<18} {:<20} {:<17} {}",
-        "CLIENT", "SESSION", "SERVED BY", "COUNTER", "EVENTS AFTER THE KILL"
+        "  {:<6} {:<18} {:<20} {:<17} EVENTS AFTER THE KILL",
+        "CLIENT", "SESSION", "SERVED BY", "COUNTER"
     );
     for (i, (b, a)) in before.iter().zip(after).enumerate() {
         let (Some(b), Some(a)) = (b, a) else {

@@ -510,6 +510,26 @@ pub fn binding(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, now: u64, stats:
     send_backend_syn(ctx, pkt, flow, stats)
 }
 
+/// Whether a client segment on a binding flow is its first segment again while the
+/// backend it is being bound to has stopped taking new flows (failed or drained while the
+/// client waited): then the connection is bound again, and the session goes where the
+/// control plane now sends it.
+#[inline(never)]
+pub fn backend_left(ctx: &XdpContext, pkt: &Packet, flow: &Flow, stats: &Counters) -> bool {
+    if flow.phase != phase::BINDING
+        || pkt.ip_end <= pkt.payload_off
+        || select::takes_new_flows(flow.backend)
+    {
+        return false;
+    }
+    let first_again = tcp_seq_ack(ctx.data(), ctx.data_end(), pkt)
+        .is_some_and(|(seq, _)| seq == flow.client_isn.wrapping_add(1));
+    if first_again {
+        stats.inc(Counter::BindsRedone);
+    }
+    first_again
+}
+
 /// A SYN on the client side of a cookie-mode flow. A copy of the connection's own SYN is
 /// answered like the original (the syncookie is the same) and changes nothing; a SYN with
 /// another ISN is answered statelessly too, and its ISN noted: if it is a new connection
@@ -592,6 +612,34 @@ fn backend_refused(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Cou
     let _ = FLOWS.remove(&pkt.key);
     let _ = PENDING.remove(&client_key);
     verdict
+}
+
+/// An ACK without SYN from the backend while binding. One that does not acknowledge our
+/// SYN is, in practice, the backend's TIME-WAIT of an earlier connection with the same
+/// addresses and ports answering our SYN (Linux does this when the client's ISN is not
+/// above the old connection's): as a TCP in SYN-SENT must (RFC 9293 3.10.7.3), answer
+/// it with `<SEQ=SEG.ACK><CTL=RST>`, which ends the TIME-WAIT, so the SYN sent again on
+/// the client's retransmission binds. An ACK of our SYN without SYN is dropped.
+#[inline(never)]
+fn stale_ack(ctx: &XdpContext, pkt: &Packet, reply: &Flow, stats: &Counters) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let acks_our_syn =
+        tcp_seq_ack(start, end, pkt).map(|(_, ack)| ack) == Some(reply.client_isn.wrapping_add(1));
+    if acks_our_syn {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    }
+    match rst_for(start, end, pkt).and_then(|len| set_len(ctx, len)) {
+        Some(()) => {
+            stats.inc(Counter::BindStaleAcks);
+            stats.inc(Counter::TxSameInterface);
+            xdp_action::XDP_TX
+        }
+        None => {
+            stats.inc(Counter::DropWhileBinding);
+            xdp_action::XDP_DROP
+        }
+    }
 }
 
 /// Checks that a backend packet for a reply entry in the binding phase is the SYN-ACK
@@ -678,6 +726,9 @@ pub fn backend_answer(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &
     let end = ctx.data_end();
     if pkt.tcp_flags & TCP_RST != 0 {
         return backend_refused(ctx, pkt, reply, stats);
+    }
+    if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
+        return stale_ack(ctx, pkt, reply, stats);
     }
     let Some((key, backend_isn)) = synack_for_binding(start, end, pkt, reply) else {
         stats.inc(Counter::DropWhileBinding);

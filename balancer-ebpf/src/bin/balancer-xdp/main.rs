@@ -88,6 +88,10 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
             // The client completed a new syncookie handshake on this 5-tuple: the old
             // connection is over. Bound afresh below, like any new connection.
             bind::forget(&pkt.key, flow);
+        } else if cookie_flow && bind::backend_left(ctx, &pkt, flow, &stats) {
+            // The client retransmits its first segment, and the backend it was being
+            // bound to no longer takes new flows: bound afresh below.
+            bind::forget(&pkt.key, flow);
         } else if still_valid(flow, &pkt, now, &config) {
             if flow.phase == phase::BINDING {
                 return Ok(bind::binding(ctx, &pkt, flow, now, &stats));

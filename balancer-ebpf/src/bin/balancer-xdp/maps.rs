@@ -21,12 +21,13 @@ pub static CONFIG: Array<Config> = Array::pinned(1, 0);
 #[map(name = "BALANCER_SERVICES")]
 pub static SERVICES: HashMap<ServiceKey, Service> = HashMap::pinned(MAX_SERVICES, 0);
 
+/// Memory-mappable: the control plane reads the whole table as memory.
 #[map(name = "BALANCER_BACKENDS")]
-pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, BPF_F_MMAPABLE);
 
 /// One Maglev table of `RING_SIZE` backend slots per service, service `id` at
-/// `id * RING_SIZE`. Memory-mappable: the control plane rewrites tables in place rather
-/// than with one syscall per entry.
+/// `id * RING_SIZE`. Memory-mappable: the control plane reads and rewrites tables in
+/// place rather than with one syscall per entry.
 #[map(name = "BALANCER_RING")]
 pub static RING: Array<u32> = Array::pinned(MAX_SERVICES * RING_SIZE, BPF_F_MMAPABLE);
 
@@ -67,7 +68,7 @@ pub static PAIRS: RingBuf = RingBuf::pinned(PAIRS_RING_BYTES, 0);
 /// Backend health written by the daemon. The program never reads it; it is defined here
 /// so that it is created and pinned with the other maps and outlives the daemon.
 #[map(name = "BALANCER_HEALTH")]
-pub static HEALTH: Array<BackendHealth> = Array::pinned(MAX_BACKENDS, 0);
+pub static HEALTH: Array<BackendHealth> = Array::pinned(MAX_BACKENDS, BPF_F_MMAPABLE);
 
 /// Per-CPU cache of the next hop towards each backend slot (see `CachedNextHop`). Not pinned:
 /// it is rebuilt from the FIB.

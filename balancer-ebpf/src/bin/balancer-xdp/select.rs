@@ -21,6 +21,14 @@ pub fn pick(service: &Service, key: &FlowKey) -> Option<(u32, Backend)> {
     up(slot, service).map(|backend| (slot, backend))
 }
 
+/// Whether the backend in `slot` takes new flows.
+#[inline(always)]
+pub fn takes_new_flows(slot: u32) -> bool {
+    BACKENDS
+        .get(slot)
+        .is_some_and(|b| b.state == backend_state::UP)
+}
+
 /// The backend in `slot` if it belongs to `service` and takes new flows.
 #[inline(always)]
 pub fn up(slot: u32, service: &Service) -> Option<Backend> {
