@@ -63,28 +63,42 @@ impl Default for ConfigOptions {
 /// A daemon configuration for `t`: its instance and interfaces, one service at the
 /// topology's VIP with every backend (server id = backend name in cookie mode).
 pub fn daemon_config(t: &Topology, o: &ConfigOptions) -> String {
-    let mut s = String::new();
-    let ifaces: Vec<String> = t
-        .gateway_ifaces
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    let _ = writeln!(
-        s,
-        "[daemon]\ninstance = \"{}\"\ninterfaces = [{}]\nfailover_hold_down = \"{}\"\npair_sample = {}\n",
-        t.instance(),
-        ifaces.join(", "),
-        o.hold_down,
-        o.pair_sample
+    let mut s = daemon_section(
+        t,
+        &format!(
+            "failover_hold_down = \"{}\"\npair_sample = {}",
+            o.hold_down, o.pair_sample
+        ),
     );
     let _ = writeln!(
         s,
         "[health]\nkind = \"{}\"\npath = \"/health\"\ninterval = \"{}\"\ntimeout = \"{}\"\nrise = {}\nfall = {}\n",
         o.health_kind, o.health_interval, o.health_timeout, o.rise, o.fall
     );
-    let _ = writeln!(
-        s,
-        "[[service]]\naddress = \"{}\"\nmode = \"{}\"\n",
+    s.push_str(&service_section(t, o));
+    s.push_str(&o.extra);
+    s
+}
+
+/// The `[daemon]` section for `t` (its instance and interfaces) with `extra` keys.
+pub fn daemon_section(t: &Topology, extra: &str) -> String {
+    let ifaces: Vec<String> = t
+        .gateway_ifaces
+        .iter()
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    format!(
+        "[daemon]\ninstance = \"{}\"\ninterfaces = [{}]\n{extra}\n\n",
+        t.instance(),
+        ifaces.join(", ")
+    )
+}
+
+/// The service at the topology's VIP with `t`'s backends as `o` says (mode, pairs,
+/// backends left out).
+pub fn service_section(t: &Topology, o: &ConfigOptions) -> String {
+    let mut s = format!(
+        "[[service]]\naddress = \"{}\"\nmode = \"{}\"\n\n",
         service_arg(),
         if o.cookie { "cookie" } else { "nat" }
     );
@@ -101,7 +115,6 @@ pub fn daemon_config(t: &Topology, o: &ConfigOptions) -> String {
         }
         s.push('\n');
     }
-    s.push_str(&o.extra);
     s
 }
 

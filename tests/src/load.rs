@@ -35,11 +35,11 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
 use crate::{
-    daemon::Daemon,
+    daemon::{daemon_section, service_section, ConfigOptions, Daemon},
     http::{self, Conn},
     netns::Netns,
     session::SessionCookie,
-    topology::{service_arg, vip, Arms, Topology},
+    topology::{vip, Arms, Topology},
 };
 
 /// How the clients behave.
@@ -664,34 +664,11 @@ pub fn metric_value(text: &str, line_prefix: &str) -> Option<f64> {
 /// backend (server id = backend name), and `health` (TOML lines) as the `[health]`
 /// section when given.
 pub fn minimal_config(t: &Topology, health: Option<&str>) -> String {
-    let mut s = String::new();
-    let ifaces: Vec<String> = t
-        .gateway_ifaces
-        .iter()
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    let _ = writeln!(
-        s,
-        "[daemon]\ninstance = \"{}\"\ninterfaces = [{}]\n",
-        t.instance(),
-        ifaces.join(", ")
-    );
+    let mut s = daemon_section(t, "");
     if let Some(h) = health {
         let _ = writeln!(s, "[health]\n{}\n", h.trim_end());
     }
-    let _ = writeln!(
-        s,
-        "[[service]]\naddress = \"{}\"\nmode = \"cookie\"\n",
-        service_arg()
-    );
-    for b in &t.backends {
-        let _ = writeln!(
-            s,
-            "  [[service.backend]]\n  address = \"{}\"\n  server_id = \"{}\"\n",
-            b.endpoint(),
-            b.name
-        );
-    }
+    s.push_str(&service_section(t, &ConfigOptions::default()));
     s
 }
 

@@ -1284,7 +1284,7 @@ fn measure_failover_settings(args: &Args, progress: &dyn Fn(String)) -> Result<F
         settings,
         notes: vec![
             "daemon_down_ms and rewrite_logged_ms come from the daemon's log timestamps (same clock): the health transition, and the line logged after the rewrite and the backend state were written. The data plane honours the rewrite from the moment it is written, which can be a little before the log line.".into(),
-            "failover_ms is what a client sees: the first answer to a session of the killed primary from its secondary. It includes the daemon's detection and rewrite, and the clients' own retries: an attempt the data plane bound to the dead backend before the rewrite is refused, or, when the dead backend's host still has a TIME-WAIT socket for the reused 4-tuple, answered with an ACK that the data plane drops, so that attempt only ends by the client's 1 s attempt timeout (attempts_timed_out).".into(),
+            "failover_ms is what a client sees: the first answer to a session of the killed primary from its secondary. It includes the daemon's detection and rewrite, and the clients' own retries: an attempt the data plane bound to the dead backend before the rewrite is refused (the backend host's RST reaches the client at once), or, when that host still has a TIME-WAIT socket for the reused 4-tuple, answered with an old ACK that the data plane resets back to it (bind_stale_acks) so the client's retransmission binds again, where the rewrite then applies (binds_redone); an attempt that gets no answer within 1 s is counted in attempts_timed_out.".into(),
         ],
     })
 }
