@@ -754,9 +754,7 @@ impl RawGroup {
             self.interval.as_deref(),
             Duration::from_secs(1),
         )?;
-        if interval.is_zero() {
-            return Err(invalid("group.interval", "must be longer than 0s"));
-        }
+        crate::group::check_interval(interval).map_err(|e| invalid("group.interval", e))?;
         let member_timeout = duration(
             "group.member_timeout",
             self.member_timeout.as_deref(),
@@ -778,12 +776,7 @@ impl RawGroup {
                     format!("\"{p}\" is not an address and port (e.g. \"10.0.0.2:7946\")"),
                 )
             })?;
-            if addr.ip().is_unspecified() || addr.port() == 0 {
-                return Err(invalid(
-                    "group.peers",
-                    format!("\"{p}\" is not a host address and port"),
-                ));
-            }
+            crate::group::check_target(addr).map_err(|e| invalid("group.peers", e))?;
             if peers.contains(&addr) {
                 return Err(invalid("group.peers", format!("{addr} is listed twice")));
             }
@@ -1419,7 +1412,7 @@ mod tests {
             ),
             (
                 r#"key_file = "k", interval = "0s""#,
-                "group.interval: must be longer than 0s",
+                "group.interval: host message interval 0ns is too short",
             ),
             (
                 r#"key_file = "k", interval = "3s", member_timeout = "3s""#,
@@ -1431,7 +1424,7 @@ mod tests {
             ),
             (
                 r#"key_file = "k", peers = ["0.0.0.0:1"]"#,
-                "is not a host address and port",
+                "not a host address and port",
             ),
             (
                 r#"key_file = "k", peers = ["10.0.0.2:7946", "10.0.0.2:7946"]"#,

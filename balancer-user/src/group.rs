@@ -148,6 +148,10 @@ pub enum GroupError {
     NoTargets,
     #[error("cannot send host messages to {0}: only IPv4 addresses are supported")]
     Ipv6Target(SocketAddr),
+    #[error("cannot send host messages to {0}: not a host address and port")]
+    BadTarget(SocketAddr),
+    #[error("host message interval {0:?} is too short: at least {MIN_INTERVAL:?}")]
+    IntervalTooShort(std::time::Duration),
     #[error("no IPv4 address on a non-loopback interface to announce: give the agent's address explicitly")]
     NoAddress,
     #[error("binding a UDP socket for host messages: {0}")]
@@ -1107,6 +1111,7 @@ pub struct AgentOptions {
 pub async fn run_agent(opts: AgentOptions) -> Result<(), GroupError> {
     let key = GroupKey::from_file(&opts.group_key)?;
     check_targets(&opts.send_to)?;
+    check_interval(opts.interval)?;
     let addr = match opts.addr {
         Some(a) => a,
         None => local_interfaces()
@@ -1142,14 +1147,35 @@ pub async fn run_agent(opts: AgentOptions) -> Result<(), GroupError> {
     Ok(())
 }
 
+/// Shortest interval between host messages: shorter is a flood, not a heartbeat.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
 fn check_targets(targets: &[SocketAddr]) -> Result<(), GroupError> {
     if targets.is_empty() {
         return Err(GroupError::NoTargets);
     }
-    match targets.iter().find(|t| t.is_ipv6()) {
-        Some(t) => Err(GroupError::Ipv6Target(*t)),
-        None => Ok(()),
+    targets.iter().try_for_each(|t| check_target(*t))
+}
+
+/// A balancer address host messages can be sent to: IPv4, a host (not unspecified,
+/// broadcast or multicast), a port.
+pub fn check_target(t: SocketAddr) -> Result<(), GroupError> {
+    let SocketAddr::V4(v4) = t else {
+        return Err(GroupError::Ipv6Target(t));
+    };
+    let ip = v4.ip();
+    if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() || v4.port() == 0 {
+        return Err(GroupError::BadTarget(t));
     }
+    Ok(())
+}
+
+/// A sending interval that is a heartbeat, not a flood.
+pub fn check_interval(interval: Duration) -> Result<(), GroupError> {
+    if interval < MIN_INTERVAL {
+        return Err(GroupError::IntervalTooShort(interval));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1785,6 +1811,22 @@ mod tests {
             check_targets(&[v6]),
             Err(GroupError::Ipv6Target(_))
         ));
+        for bad in [
+            "0.0.0.0:7946",
+            "127.0.0.1:0",
+            "255.255.255.255:1",
+            "224.0.0.1:1",
+        ] {
+            assert!(
+                matches!(
+                    check_targets(&[bad.parse().unwrap()]),
+                    Err(GroupError::BadTarget(_))
+                ),
+                "{bad}"
+            );
+        }
+        assert!(check_interval(Duration::ZERO).is_err());
+        assert!(check_interval(MIN_INTERVAL).is_ok());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

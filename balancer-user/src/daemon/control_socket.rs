@@ -107,6 +107,16 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// Removes the control socket's file when the daemon ends, also on an error after it
+/// was bound, so no dead socket is left for the CLI to find.
+pub struct SocketFile(pub PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Accepts requests and forwards them to the main loop until it goes away.
 pub async fn serve(listener: UnixListener, to_daemon: mpsc::Sender<Pending>) {
     loop {
@@ -155,12 +165,17 @@ async fn handle(stream: UnixStream, to_daemon: mpsc::Sender<Pending>) -> std::io
 /// Sends one command to the daemon of an instance and returns its result.
 pub fn request(path: &Path, cmd: Command) -> Result<serde_json::Value> {
     let not_running = |e: std::io::Error| {
-        let reason = if e.kind() == std::io::ErrorKind::PermissionDenied {
-            "the control socket is root-only: run as root".to_string()
+        Error::Daemon(if e.kind() == std::io::ErrorKind::PermissionDenied {
+            format!(
+                "the control socket {} is root-only: run as root",
+                path.display()
+            )
         } else {
-            format!("no balancer daemon answers on this control socket ({e}); is it running?")
-        };
-        Error::invalid("daemon", path.display(), reason)
+            format!(
+                "no balancer daemon answers on {} ({e}); is it running?",
+                path.display()
+            )
+        })
     };
     let mut stream = std::os::unix::net::UnixStream::connect(path).map_err(not_running)?;
     stream

@@ -143,6 +143,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     let prepared = prepare(cfg, None)?;
     // Bound before touching the data plane: it also tells whether a daemon runs already.
     let control = control_socket::bind(&socket)?;
+    let _socket_file = control_socket::SocketFile(socket.clone());
     attach_interfaces(&dir, &prepared.cfg, None)?;
     let adopted = Balancer::open(&dir)?
         .backends(None)?
@@ -205,7 +206,6 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
     info!("stopping; the data plane stays attached and keeps forwarding");
     control_task.abort();
     pair_task.abort();
-    let _ = std::fs::remove_file(&socket);
     Ok(())
 }
 

@@ -25,7 +25,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "balancer",
     version,
-    about = "XDP layer-4 load balancer appliance"
+    about = "XDP layer-4 load balancer appliance",
+    arg_required_else_help = false,
+    subcommand_required = true
 )]
 struct Cli {
     /// Instance name: selects the pin directory <bpffs-root>/<instance>.
@@ -53,10 +55,11 @@ enum Command {
         json: bool,
     },
     /// Manage virtual services (VIP:PORT/proto).
-    #[command(subcommand)]
+    // A missing subcommand is an error naming the choices, not the help page.
+    #[command(subcommand, arg_required_else_help = false, subcommand_required = true)]
     Service(ServiceCmd),
     /// Manage a service's backends.
-    #[command(subcommand)]
+    #[command(subcommand, arg_required_else_help = false, subcommand_required = true)]
     Backend(BackendCmd),
     /// Show traffic counters from the pinned maps.
     Stats {
