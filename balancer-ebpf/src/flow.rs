@@ -19,10 +19,27 @@ pub fn is_syn(pkt: &Packet) -> bool {
 /// (that is a new connection, which gets a new backend decision).
 #[inline(always)]
 pub fn still_valid(flow: &Flow, pkt: &Packet, now: u64, config: &Config) -> bool {
-    if now.saturating_sub(flow.last_seen_ns) > config.timeout_ns(flow.state) {
+    if now.saturating_sub(flow.last_seen_ns) > config.timeout_ns(timeout_state(flow)) {
         return false;
     }
     !(is_syn(pkt) && flow.state != flow_state::SYN)
+}
+
+/// The state whose idle timeout applies to an entry. A FIN or RST is not checked
+/// against the connection's window here, so anyone who knows a connection's addresses
+/// and ports can forge one. A NAT entry that expires early is rebuilt by the next packet
+/// (the consistent hash picks the same backend), but a spliced connection cannot be
+/// rebuilt (its sequence offset is gone): its entries keep the established timeout after
+/// a FIN or RST, and the backend's TCP, which does check the window, decides whether the
+/// connection ended. The LRU table evicts entries of closed connections first anyway.
+#[inline(always)]
+fn timeout_state(flow: &Flow) -> u8 {
+    match flow.state {
+        flow_state::FIN | flow_state::CLOSED if flow.phase == phase::SPLICED => {
+            flow_state::ESTABLISHED
+        }
+        s => s,
+    }
 }
 
 /// State an entry moves to after a packet with `flags` (TCP) passes through it.
@@ -319,6 +336,19 @@ mod tests {
         let (_, rst) = packet("rst");
         track(&mut fwd, &rst, 2_700_000_000);
         assert_eq!(fwd.state, flow_state::CLOSED);
+        // A closed NAT entry goes after the short timeout (the next packet rebuilds it)...
+        let idle = 2_700_000_000 + 31_000_000_000;
+        assert!(!still_valid(&fwd, &ack, idle, &config));
+        // ...a spliced one keeps the established timeout: a forged RST must not make a
+        // live connection unrecoverable.
+        fwd.phase = phase::SPLICED;
+        assert!(still_valid(&fwd, &ack, idle, &config));
+        assert!(!still_valid(
+            &fwd,
+            &ack,
+            2_700_000_000 + 901_000_000_000,
+            &config
+        ));
         let _ = packet("synack");
     }
 }

@@ -2,7 +2,9 @@
 //! reference HTTP server, and a harness for BPF_PROG_TEST_RUN. Used by the integration
 //! tests in `tests/tests/`, the demo and the benchmark.
 
+pub mod attack;
 pub mod daemon;
+pub mod fuzz;
 pub mod http;
 pub mod impair;
 pub mod load;

@@ -48,6 +48,16 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Build, then fuzz the XDP program through BPF_PROG_TEST_RUN (balancer-fuzz);
+    /// exits non-zero on a finding. Needs root.
+    Fuzz {
+        /// Frames to run (default 1,000,000).
+        #[arg(long)]
+        packets: Option<u64>,
+        /// Seed of the generator (default: random, printed).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 /// Prints errors as one `error: what failed: why` line; anyhow's default `Debug` report
@@ -69,6 +79,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
         Task::Demo { args } => return tasks::demo(&args),
         Task::Test { args } => tasks::test(&args)?,
         Task::Bench { quick } => return tasks::bench(quick),
+        Task::Fuzz { packets, seed } => return tasks::fuzz(packets, seed),
     }
     Ok(ExitCode::SUCCESS)
 }

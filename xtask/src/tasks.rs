@@ -1,4 +1,4 @@
-//! The build, demo, test and bench tasks. Each runs setup first when a prerequisite is
+//! The build, demo, test, bench and fuzz tasks. Each runs setup first when a prerequisite is
 //! missing, so they work on a fresh machine without a separate `cargo xtask setup`.
 
 use std::path::PathBuf;
@@ -47,6 +47,23 @@ pub fn bench(quick: bool) -> Result<ExitCode> {
     args.push("--out".into());
     args.push(out_dir.join("results.json").into_os_string());
     let status = run::status(&mut command(release_bin("balancer-bench")?, args))?;
+    Ok(run::exit_code(status))
+}
+
+/// `cargo xtask fuzz`: runs balancer-fuzz (see its doc comment) and exits with its exit
+/// code (1 on a finding).
+pub fn fuzz(packets: Option<u64>, seed: Option<u64>) -> Result<ExitCode> {
+    setup::require_root("cargo xtask fuzz must run as root (BPF_PROG_TEST_RUN, bpffs pins)")?;
+    setup::ensure()?;
+    build_release()?;
+    let mut args: Vec<String> = Vec::new();
+    if let Some(n) = packets {
+        args.extend(["--packets".into(), n.to_string()]);
+    }
+    if let Some(s) = seed {
+        args.extend(["--seed".into(), s.to_string()]);
+    }
+    let status = run::status(&mut command(release_bin("balancer-fuzz")?, args))?;
     Ok(run::exit_code(status))
 }
 

@@ -599,9 +599,16 @@ fn backend_refused(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Cou
     let answers_our_syn = pkt.tcp_flags & (TCP_ACK | TCP_SYN) == TCP_ACK
         && tcp_seq_ack(start, end, pkt).map(|(_, ack)| ack)
             == Some(reply.client_isn.wrapping_add(1));
-    if !answers_our_syn
-        || set_seq(start, end, pkt.l4_off, reply.cookie_isn.wrapping_add(1)).is_none()
-    {
+    if !answers_our_syn {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    }
+    // What forwarding would refuse (TTL running out, a fragment) is refused before the
+    // packet or the binding is touched.
+    if let Some(action) = forward::refuse(pkt, stats) {
+        return action;
+    }
+    if set_seq(start, end, pkt.l4_off, reply.cookie_isn.wrapping_add(1)).is_none() {
         stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;
     }
@@ -629,10 +636,11 @@ fn stale_ack(ctx: &XdpContext, pkt: &Packet, reply: &Flow, stats: &Counters) -> 
         stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;
     }
+    // Like the syncookie SYN-ACK and the bind-timeout RST, an answer built here is
+    // counted by its own counter, not as forwarded traffic.
     match rst_for(start, end, pkt).and_then(|len| set_len(ctx, len)) {
         Some(()) => {
             stats.inc(Counter::BindStaleAcks);
-            stats.inc(Counter::TxSameInterface);
             xdp_action::XDP_TX
         }
         None => {
