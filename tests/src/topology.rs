@@ -716,3 +716,62 @@ fn create_xdp_link(prog: &OwnedFd, ifindex: u32) -> Result<OwnedFd> {
     };
     bpf(BPF_LINK_CREATE, &mut attr).context("BPF_LINK_CREATE (XDP, native mode)")
 }
+
+/// `balancer stats --json` of a topology's instance, with accessors that panic with the
+/// whole output when a counter is missing (tests).
+pub struct Stats(pub Value);
+
+impl Stats {
+    pub fn read(t: &Topology) -> Stats {
+        Stats(t.balancer_json(&["stats", "--json"]).unwrap())
+    }
+
+    pub fn global(&self, label: &str) -> u64 {
+        self.0["global"][label]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no global counter {label}: {}", self.0))
+    }
+
+    pub fn backend(&self, endpoint: &str, field: &str) -> u64 {
+        self.0["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["backend"] == endpoint)
+            .and_then(|b| b[field].as_u64())
+            .unwrap_or_else(|| panic!("no counter {field} for {endpoint}: {}", self.0))
+    }
+
+    /// The global counters that moved, and each backend's cookie and flow counters, on
+    /// one line (for assertion messages).
+    pub fn summary(&self) -> String {
+        let g = self.0["global"].as_object().unwrap();
+        let mut out: Vec<String> = g
+            .iter()
+            .filter(|(_, v)| v.as_u64() != Some(0))
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for b in self.0["backends"].as_array().unwrap() {
+            out.push(format!(
+                "[{} hits={} misses={} failover={} flows={} pkts_to={}]",
+                b["backend"],
+                b["cookie_hits"],
+                b["cookie_misses"],
+                b["failover_redirects"],
+                b["new_flows"],
+                b["packets_to"]
+            ));
+        }
+        out.join(" ")
+    }
+
+    /// Sum of a per-backend counter over every backend.
+    pub fn backends_sum(&self, field: &str) -> u64 {
+        self.0["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b[field].as_u64().unwrap_or(0))
+            .sum()
+    }
+}

@@ -50,7 +50,7 @@ use balancer_tests::{
     http::{self, Conn, Fnv64},
     impair::{Impairment, Relay},
     netns::{self, Netns},
-    topology::{self, service_arg, vip, Topology, CLIENT_ADDR, SERVICE_PORT, VIP},
+    topology::{self, service_arg, vip, Stats, Topology, CLIENT_ADDR, SERVICE_PORT, VIP},
 };
 use balancer_user::dataplane::Balancer;
 use serde_json::Value;
@@ -281,62 +281,6 @@ fn during_naming<T: Send>(
 
 // --- counters and tables ------------------------------------------------------------
 
-/// `stats --json`, with accessors.
-struct Stats(Value);
-
-impl Stats {
-    fn read(t: &Topology) -> Stats {
-        Stats(t.balancer_json(&["stats", "--json"]).unwrap())
-    }
-
-    fn global(&self, label: &str) -> u64 {
-        self.0["global"][label]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no global counter {label}: {}", self.0))
-    }
-
-    fn backend(&self, endpoint: &str, field: &str) -> u64 {
-        self.0["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["backend"] == endpoint)
-            .and_then(|b| b[field].as_u64())
-            .unwrap_or_else(|| panic!("no counter {field} for {endpoint}: {}", self.0))
-    }
-
-    fn backends_sum(&self, field: &str) -> u64 {
-        self.0["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b[field].as_u64().unwrap_or(0))
-            .sum()
-    }
-
-    /// Global counters that are not zero, and the per-backend cookie counters.
-    fn nonzero(&self) -> String {
-        let g = self.0["global"].as_object().unwrap();
-        let mut out: Vec<String> = g
-            .iter()
-            .filter(|(_, v)| v.as_u64() != Some(0))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        for b in self.0["backends"].as_array().unwrap() {
-            out.push(format!(
-                "[{} hits={} misses={} failover={} flows={} pkts_to={}]",
-                b["backend"],
-                b["cookie_hits"],
-                b["cookie_misses"],
-                b["failover_redirects"],
-                b["new_flows"],
-                b["packets_to"]
-            ));
-        }
-        out.join(" ")
-    }
-}
-
 /// One FLOWS entry: its key, and whether it is the client-side (to the backend) one.
 struct Entry {
     src: Ipv4Addr,
@@ -513,7 +457,7 @@ fn ack_flood_with_invalid_syncookies_is_dropped_without_state() {
         table_before.summary(),
         table.summary()
     );
-    let ctx = after.nonzero();
+    let ctx = after.summary();
     legit.assert_all_ok(&ctx);
     let n = legit.total() as u64;
     // Every flood packet that reached the gateway is an invalid syncookie, nothing else.
@@ -767,7 +711,7 @@ fn rst_flood_out_of_window_spares_live_spliced_connections() {
             .collect::<Vec<_>>()
             .join("; ")
     );
-    let ctx = after.nonzero();
+    let ctx = after.summary();
     legit.assert_all_ok(&ctx);
     let mut violations = Vec::new();
     for (port, r) in &kept {
@@ -1124,7 +1068,7 @@ fn segments_out_of_order_or_rewritten_while_binding_never_mix() {
     });
     let elapsed = started.elapsed();
     let after = Stats::read(&t);
-    let ctx = after.nonzero();
+    let ctx = after.summary();
     let d = |c: &str| after.global(c) - before.global(c);
     let mut inconsistent = Vec::new();
     let mut completed = [0usize; SCENARIOS.len()];
@@ -1224,7 +1168,7 @@ fn completed_handshakes_without_data_keep_no_state() {
     let after = Stats::read(&t);
     let table = Table::read(&t);
     drop(idle);
-    let ctx = after.nonzero();
+    let ctx = after.summary();
     let d = |c: &str| after.global(c) - before.global(c);
     let n = legit.total() as u64;
     eprintln!(
@@ -1340,7 +1284,7 @@ fn slowloris_first_segments_cost_one_spliced_flow_each() {
     });
     let elapsed = started.elapsed();
     let after = Stats::read(&t);
-    let ctx = after.nonzero();
+    let ctx = after.summary();
     let (ports, mid, answers) = out.unwrap_or_else(|e| panic!("slowloris clients: {e:#}; {ctx}"));
     let d = |c: &str| after.global(c) - before.global(c);
     let mut spread = BTreeMap::new();
@@ -1500,7 +1444,7 @@ fn forged_cookies_never_reach_a_server_that_is_not_up() {
         results.push((cases[k].0, *what, answers));
     }
     let after = stats();
-    let ctx = after.nonzero();
+    let ctx = after.summary();
     let mut report = Vec::new();
     for (token, what, answers) in &results {
         let mut spread = BTreeMap::new();

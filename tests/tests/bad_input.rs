@@ -37,7 +37,7 @@ use std::{
 use aya::maps::{Array, MapData};
 use balancer_ebpf::{map_names, syncookie::SyncookieKeys};
 use balancer_tests::{
-    daemon::{daemon_config, ConfigOptions, Daemon},
+    daemon::{colliding_tokens, daemon_config, ConfigOptions, Daemon},
     netns,
     topology::{self, service_arg, Topology, BPFFS_ROOT},
 };
@@ -236,48 +236,6 @@ fn dump_diff(before: &Value, after: &Value) -> String {
 
 fn pin_dir_of(instance: &str) -> PathBuf {
     Path::new(BPFFS_ROOT).join(instance)
-}
-
-/// Two server-ID tokens of equal length whose data-plane hashes are equal (as in
-/// `daemon_ops.rs`): the token hash mixes 8-byte words with `h = f((h ^ w) * MUL)`, so
-/// with the first words chosen, a second word `b1 = hA ^ hB ^ a1` makes both inputs of
-/// the last round equal. Searched for a `b1` of letters and digits.
-fn colliding_tokens() -> (String, String) {
-    const SEED: u64 = 0x243f_6a88_85a3_08d3;
-    const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
-    const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let word = |h: u64, w: &[u8]| {
-        let h = (h ^ u64::from_le_bytes(w.try_into().unwrap())).wrapping_mul(MUL);
-        h ^ (h >> 29)
-    };
-    let start = SEED ^ 16u64.wrapping_mul(MUL);
-    let (a0, a1) = (b"collideA", b"suffix00");
-    let ha = word(start, a0);
-    for n in 0u64.. {
-        let mut b0 = *b"collideB";
-        let mut k = n;
-        for b in b0[..7].iter_mut().rev() {
-            *b = ALNUM[(k % 62) as usize];
-            k /= 62;
-        }
-        let hb = word(start, &b0);
-        let b1 = (ha ^ hb ^ u64::from_le_bytes(*a1)).to_le_bytes();
-        if b1.iter().all(|c| c.is_ascii_alphanumeric()) {
-            let text = |x: &[u8], y: &[u8]| {
-                format!(
-                    "{}{}",
-                    std::str::from_utf8(x).unwrap(),
-                    std::str::from_utf8(y).unwrap()
-                )
-            };
-            let (a, b) = (text(a0, a1), text(&b0, &b1));
-            let hash = balancer_ebpf::cookie::token_hash;
-            assert_eq!(hash(a.as_bytes()), hash(b.as_bytes()), "{a} {b}");
-            assert_ne!(a, b);
-            return (a, b);
-        }
-    }
-    unreachable!()
 }
 
 /// Fails with every collected problem.

@@ -20,7 +20,7 @@ use balancer_tests::{
     http::{self, Conn, Fnv64},
     impair::Impairment,
     netns::Netns,
-    topology::{self, service_arg, vip, Topology},
+    topology::{self, service_arg, vip, Stats, Topology},
 };
 use serde_json::Value;
 
@@ -132,41 +132,6 @@ fn in_parallel<T: Send>(ns: &Netns, threads: usize, f: impl Fn(usize) -> T + Syn
             .map(|h| h.join().expect("client thread panicked"))
             .collect()
     })
-}
-
-/// `stats --json`, with accessors.
-struct Stats(Value);
-
-impl Stats {
-    fn read(t: &Topology) -> Stats {
-        Stats(t.balancer_json(&["stats", "--json"]).unwrap())
-    }
-
-    fn global(&self, label: &str) -> u64 {
-        self.0["global"][label]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no global counter {label}: {}", self.0))
-    }
-
-    fn backend(&self, endpoint: &str, field: &str) -> u64 {
-        self.0["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|b| b["backend"] == endpoint)
-            .and_then(|b| b[field].as_u64())
-            .unwrap_or_else(|| panic!("no counter {field} for {endpoint}: {}", self.0))
-    }
-
-    /// Sum of a per-backend counter over every backend.
-    fn backends_sum(&self, field: &str) -> u64 {
-        self.0["backends"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|b| b[field].as_u64().unwrap())
-            .sum()
-    }
 }
 
 /// Global counters that are not zero, for failure messages.

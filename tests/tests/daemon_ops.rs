@@ -22,7 +22,7 @@ use std::{
 };
 
 use balancer_tests::{
-    daemon::{backend_entry, daemon_config, Background, ConfigOptions, Daemon},
+    daemon::{backend_entry, colliding_tokens, daemon_config, Background, ConfigOptions, Daemon},
     http,
     topology::{self, vip, Topology, GATEWAY_SERVER_ADDR},
 };
@@ -110,50 +110,6 @@ fn health_checks(d: &Daemon) -> Vec<(String, u64)> {
 }
 
 // ---- 1. Reloads ---------------------------------------------------------------------
-
-/// Two server-ID tokens of equal length whose data-plane hashes are equal: the token
-/// hash mixes 8-byte words with `h = f((h ^ w) * MUL)`, so with the first words chosen,
-/// a second word `b1 = hA ^ hB ^ a1` makes both inputs of the last round equal. Searched
-/// for a `b1` of letters and digits (about 1 in 80 000 candidates).
-fn colliding_tokens() -> (String, String) {
-    const SEED: u64 = 0x243f_6a88_85a3_08d3;
-    const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
-    let word = |h: u64, w: &[u8]| {
-        let h = (h ^ u64::from_le_bytes(w.try_into().unwrap())).wrapping_mul(MUL);
-        h ^ (h >> 29)
-    };
-    let start = SEED ^ 16u64.wrapping_mul(MUL);
-    let (a0, a1) = (b"collideA", b"suffix00");
-    let ha = word(start, a0);
-    const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    for n in 0u64.. {
-        let mut b0 = *b"collideB";
-        let mut k = n;
-        for b in b0[..7].iter_mut().rev() {
-            *b = ALNUM[(k % 62) as usize];
-            k /= 62;
-        }
-        let hb = word(start, &b0);
-        let b1 = (ha ^ hb ^ u64::from_le_bytes(*a1)).to_le_bytes();
-        if b1.iter().all(|c| c.is_ascii_alphanumeric()) {
-            let a = format!(
-                "{}{}",
-                std::str::from_utf8(a0).unwrap(),
-                std::str::from_utf8(a1).unwrap()
-            );
-            let b = format!(
-                "{}{}",
-                std::str::from_utf8(&b0).unwrap(),
-                std::str::from_utf8(&b1).unwrap()
-            );
-            let hash = balancer_ebpf::cookie::token_hash;
-            assert_eq!(hash(a.as_bytes()), hash(b.as_bytes()), "{a} {b}");
-            assert_ne!(a, b);
-            return (a, b);
-        }
-    }
-    unreachable!()
-}
 
 /// A rejected configuration never changes what runs: for each bad file, `balancer
 /// reload` fails with one line saying why, the daemon keeps running, and the pinned
