@@ -1067,7 +1067,7 @@ fn control_socket_pins_and_metrics_are_restricted() {
     );
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("the control socket is root-only"),
+        stderr(&out).contains("is root-only: run as root"),
         "{}",
         stderr(&out)
     );
