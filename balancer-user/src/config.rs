@@ -103,7 +103,8 @@ pub const DEFAULT_GROUP_LISTEN: SocketAddr =
     SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 7946);
 pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(10);
 pub const MAX_HOLD_DOWN: Duration = Duration::from_secs(3600);
-pub const DEFAULT_PAIR_SAMPLE: u32 = 16;
+/// The data plane's own default (used when it is loaded without a daemon).
+pub use balancer_ebpf::DEFAULT_PAIR_SAMPLE;
 pub const MAX_PAIR_SAMPLE: u32 = 1024;
 pub const DEFAULT_INSTANCE: &str = "default";
 
