@@ -125,6 +125,26 @@ pub fn require_root() -> Result<()> {
     Ok(())
 }
 
+/// [`require_root`] for integration tests: panics with the reason.
+pub fn assert_root() {
+    if let Err(e) = require_root() {
+        panic!("these integration tests need root: {e:#}");
+    }
+}
+
+/// Taken shared by the tests of a test binary that can run side by side, exclusively by
+/// those that load the machine (floods), so that their rates and the others' timings do
+/// not disturb each other. Each test binary has its own lock.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn machine_shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn machine_exclusive() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|e| e.into_inner())
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arms {
     /// Client and backends on different gateway interfaces.

@@ -32,10 +32,7 @@ use std::{
     io::{BufReader, Read as _, Write as _},
     net::{Ipv4Addr, TcpStream},
     path::Path,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        RwLock, RwLockReadGuard, RwLockWriteGuard,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -57,27 +54,10 @@ use serde_json::Value;
 
 const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
 
-/// Taken shared by every test, exclusively by the floods.
-static MACHINE: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    MACHINE.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    MACHINE.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn require_root() {
-    if let Err(e) = topology::require_root() {
-        panic!("these integration tests need root: {e:#}");
-    }
-}
-
 /// Two-arm topology with `n` backends, the balancer attached (with `attach` arguments)
 /// and the cookie-mode service `VIP:80` with every backend, server id = backend name.
 fn setup(n: usize, attach: &[&str]) -> Topology {
-    require_root();
+    topology::assert_root();
     let mut t = Topology::two_arm(n).expect("building the topology");
     t.attach_with(attach).expect("attaching the balancer");
     t.start_servers(Path::new(TESTSRV))
@@ -414,7 +394,7 @@ fn client_tx_dropped(t: &Topology) -> u64 {
 fn ack_flood_with_invalid_syncookies_is_dropped_without_state() {
     const RATE: u64 = 200_000;
     const TIME: Duration = Duration::from_secs(2);
-    let _g = exclusive();
+    let _g = topology::machine_exclusive();
     let t = setup(3, &[]);
     let table_before = Table::read(&t);
     let before = Stats::read(&t);
@@ -578,7 +558,7 @@ fn rst_flood_out_of_window_spares_live_spliced_connections() {
     const TARGETS: usize = 4;
     const RATE: u64 = 150_000;
     const TIME: Duration = Duration::from_secs(2);
-    let _g = exclusive();
+    let _g = topology::machine_exclusive();
     let transient = TRANSIENT_TIMEOUT_S.to_string();
     let t = setup(3, &["--tcp-transient-timeout", &transient]);
     let names: Vec<String> = t.backends.iter().map(|b| b.name.clone()).collect();
@@ -1044,7 +1024,7 @@ fn consistent(e: &Expect, r: &http::Response) -> Result<String, String> {
 #[test]
 fn segments_out_of_order_or_rewritten_while_binding_never_mix() {
     const ROUNDS: usize = 3;
-    let _g = shared();
+    let _g = topology::machine_shared();
     let t = setup(4, &[]);
     let link = CutLink::insert(&t, 3);
     let names: Vec<String> = t.backends.iter().map(|b| b.name.clone()).collect();
@@ -1137,7 +1117,7 @@ fn completed_handshakes_without_data_keep_no_state() {
     const RATE: u64 = 30_000;
     const TIME: Duration = Duration::from_secs(2);
     const IDLE_CLIENTS: usize = 20;
-    let _g = exclusive();
+    let _g = topology::machine_exclusive();
     let t = setup(3, &[]);
     let table_before = Table::read(&t);
     let before = Stats::read(&t);
@@ -1239,7 +1219,7 @@ fn completed_handshakes_without_data_keep_no_state() {
 fn slowloris_first_segments_cost_one_spliced_flow_each() {
     const N: usize = 200;
     const DRIBBLE: &[u8] = b"Cookie: JSESSIONID=slow!be1\r\n";
-    let _g = shared();
+    let _g = topology::machine_shared();
     let t = setup(3, &[]);
     let before = Stats::read(&t);
     let table_before = Table::read(&t);
@@ -1355,8 +1335,8 @@ fn slowloris_first_segments_cost_one_spliced_flow_each() {
 #[test]
 fn forged_cookies_never_reach_a_server_that_is_not_up() {
     const EACH: usize = 20;
-    let _g = shared();
-    require_root();
+    let _g = topology::machine_shared();
+    topology::assert_root();
     let mut t = Topology::two_arm(6).expect("building the topology");
     t.start_servers(Path::new(TESTSRV))
         .expect("starting test servers");

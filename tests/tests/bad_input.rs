@@ -51,12 +51,6 @@ const CLI_LIMIT: Duration = Duration::from_secs(2);
 const DAEMON_LIMIT: Duration = Duration::from_secs(5);
 const ERROR_PREFIX: &str = "balancer: error: ";
 
-fn require_root() {
-    if let Err(e) = topology::require_root() {
-        panic!("these integration tests need root: {e:#}");
-    }
-}
-
 // ---- Running commands ---------------------------------------------------------------
 
 /// A scratch directory of this test (key files, configurations, control sockets,
@@ -547,7 +541,7 @@ fn cli_cases(vars: &[(&str, String)]) -> Vec<Case> {
 
 #[test]
 fn every_subcommand_rejects_bad_arguments_without_changing_state() {
-    require_root();
+    topology::assert_root();
     let mut t = Topology::two_arm(2).expect("building the topology");
     // A spare veth pair in the gateway: an interface that can take the program but is
     // not attached, to see an `attach` that fails half-way roll back.
@@ -963,7 +957,7 @@ impl ConfigRunner<'_> {
 
 #[test]
 fn daemon_refuses_to_start_with_a_bad_configuration() {
-    require_root();
+    topology::assert_root();
     let mut t = Topology::two_arm(2).expect("building the topology");
     // Should a bad file get the data plane attached anyway, the topology removes it.
     t.will_be_attached();

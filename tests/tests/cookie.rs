@@ -12,7 +12,6 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
-    sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
     time::{Duration, Instant},
 };
 
@@ -25,23 +24,6 @@ use balancer_tests::{
 use serde_json::Value;
 
 const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
-
-/// Taken shared by every test, exclusively by the SYN flood.
-static MACHINE: RwLock<()> = RwLock::new(());
-
-fn shared() -> RwLockReadGuard<'static, ()> {
-    MACHINE.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn exclusive() -> RwLockWriteGuard<'static, ()> {
-    MACHINE.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn require_root() {
-    if let Err(e) = topology::require_root() {
-        panic!("these integration tests need root: {e:#}");
-    }
-}
 
 /// Adds the cookie-mode service `VIP:80` with every backend, each backend's server id
 /// being its name (be1, be2, ...), and starts the test servers.
@@ -67,7 +49,7 @@ fn add_cookie_service(t: &mut Topology) {
 
 /// Two-arm topology with `n` backends in a cookie-mode service.
 fn setup(n: usize) -> Topology {
-    require_root();
+    topology::assert_root();
     let mut t = Topology::two_arm(n).expect("building the topology");
     add_cookie_service(&mut t);
     t
@@ -184,7 +166,7 @@ fn count_by_name(answers: &[String]) -> BTreeMap<String, usize> {
 fn requests_land_on_the_backend_their_cookie_names() {
     const N: usize = 1000;
     const THREADS: usize = 4;
-    let _g = shared();
+    let _g = topology::machine_shared();
     let t = setup(3);
     let names: Vec<String> = t.backends.iter().map(|b| b.name.clone()).collect();
     let started = Instant::now();
@@ -253,7 +235,7 @@ fn requests_land_on_the_backend_their_cookie_names() {
 fn requests_without_a_usable_cookie_follow_the_policy() {
     const N: usize = 300;
     const EACH: usize = 20;
-    let _g = shared();
+    let _g = topology::machine_shared();
     let t = setup(3);
     let answers: Vec<Result<String, String>> = in_parallel(&t.client, 3, |k| {
         (k..N)
@@ -364,7 +346,7 @@ fn client_hello() -> Vec<u8> {
 #[test]
 fn non_http_first_segment_is_bound_by_policy() {
     const N: usize = 12;
-    let _g = shared();
+    let _g = topology::machine_shared();
     let t = setup(3);
     let hello = client_hello();
     let sent = hello.clone();
@@ -415,7 +397,7 @@ fn non_http_first_segment_is_bound_by_policy() {
 
 #[test]
 fn keepalive_connection_stays_on_the_cookie_backend() {
-    let _g = shared();
+    let _g = topology::machine_shared();
     let t = setup(3);
     let cookie = session_cookie(2, "be2");
     let answers = t
@@ -529,7 +511,7 @@ fn mb_per_s(d: Duration) -> f64 {
 
 #[test]
 fn large_transfers_through_a_spliced_connection() {
-    let _g = shared();
+    let _g = topology::machine_shared();
     let t = setup(3);
     let (up, down) = transfers(&t, "be3", http::CONNECT_TIMEOUT, http::READ_TIMEOUT);
     eprintln!(
@@ -554,8 +536,8 @@ fn large_transfers_through_a_spliced_connection() {
 
 #[test]
 fn transfers_and_requests_survive_loss_and_reordering() {
-    let _g = shared();
-    require_root();
+    let _g = topology::machine_shared();
+    topology::assert_root();
     let mut t = Topology::two_arm_with_wan(3, Impairment::NONE).expect("building the topology");
     add_cookie_service(&mut t);
     let impaired = Impairment::new(0.02, 0.05, 0x1055);
@@ -776,7 +758,7 @@ fn client_tx_dropped(t: &Topology) -> u64 {
 fn syn_flood_creates_no_state_and_legit_clients_get_through() {
     const FLOOD_TIME: Duration = Duration::from_secs(2);
     const FLOOD_MAX: u64 = 1_000_000;
-    let _g = exclusive();
+    let _g = topology::machine_exclusive();
     let t = setup(3);
     let flows_before = flow_count(&t);
     let before = Stats::read(&t);
@@ -952,7 +934,7 @@ fn get_on(mut stream: TcpStream, cookie: &str) -> anyhow::Result<String> {
 #[test]
 fn reused_client_port_gets_a_new_binding() {
     const PORT: u16 = 61_001;
-    let _g = shared();
+    let _g = topology::machine_shared();
     let t = setup(3);
     let answers = t
         .client
@@ -1128,7 +1110,7 @@ fn syn_on_a_live_connection(offset: u32) {
 /// delays or duplicates packets delivers it.
 #[test]
 fn duplicate_syn_does_not_break_a_spliced_connection() {
-    let _g = shared();
+    let _g = topology::machine_shared();
     syn_on_a_live_connection(0);
 }
 
@@ -1140,14 +1122,14 @@ fn duplicate_syn_does_not_break_a_spliced_connection() {
 /// handshake; a bare SYN proves nothing.
 #[test]
 fn blind_syn_does_not_break_a_spliced_connection() {
-    let _g = shared();
+    let _g = topology::machine_shared();
     syn_on_a_live_connection(0x4000_0000);
 }
 
 #[test]
 fn failover_sends_a_failed_backends_sessions_to_its_replacement() {
     const N: usize = 20;
-    let _g = shared();
+    let _g = topology::machine_shared();
     let t = setup(3);
     let service = service_arg();
     let (be1, be2) = (t.backends[0].endpoint(), t.backends[1].endpoint());
@@ -1242,7 +1224,7 @@ fn failover_sends_a_failed_backends_sessions_to_its_replacement() {
 
 #[test]
 fn backend_that_never_answers_gets_the_client_reset() {
-    let _g = shared();
+    let _g = topology::machine_shared();
     let t = setup(2);
     let service = service_arg();
     // A backend address in the backend subnet where nothing answers: the gateway has a

@@ -20,15 +20,9 @@ use serde_json::Value;
 
 const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
 
-fn require_root() {
-    if let Err(e) = topology::require_root() {
-        panic!("these integration tests need root: {e:#}");
-    }
-}
-
 /// Two-arm topology with three replicated app servers and a daemon running `o`.
 fn setup(o: &ConfigOptions) -> (Topology, Daemon) {
-    require_root();
+    topology::assert_root();
     let mut t = Topology::two_arm(3).expect("building the topology");
     t.start_session_servers(Path::new(TESTSRV))
         .expect("starting app servers");

@@ -38,15 +38,9 @@ const GROUP_PORT: u16 = 7946;
 const GROUP_KEY: &str = "daemon-ops-test-group-key-0123456789abcdef";
 const OTHER_KEY: &str = "a-different-key-that-is-not-the-group-key-xyz";
 
-fn require_root() {
-    if let Err(e) = topology::require_root() {
-        panic!("these integration tests need root: {e:#}");
-    }
-}
-
 /// Two-arm topology with three plain test servers.
 fn topology() -> Topology {
-    require_root();
+    topology::assert_root();
     let mut t = Topology::two_arm(3).expect("building the topology");
     t.start_servers(Path::new(TESTSRV))
         .expect("starting test servers");

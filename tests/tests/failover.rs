@@ -32,12 +32,6 @@ const CLIENTS: usize = 50;
 const BEFORE_KILL: Duration = Duration::from_millis(1500);
 const AFTER_KILL: Duration = Duration::from_secs(3);
 
-fn require_root() {
-    if let Err(e) = topology::require_root() {
-        panic!("these integration tests need root: {e:#}");
-    }
-}
-
 /// The problems as one message (with the daemon's log), or nothing.
 fn report(what: &str, problems: &[String], t: &Topology, d: &Daemon) -> Option<String> {
     if problems.is_empty() {
@@ -62,7 +56,7 @@ fn report(what: &str, problems: &[String], t: &Topology, d: &Daemon) -> Option<S
 
 #[test]
 fn kill_a_primary_under_load_every_session_continues_on_its_secondary() {
-    require_root();
+    topology::assert_root();
     let mut t = Topology::two_arm(3).expect("building the topology");
     t.start_session_servers(Path::new(TESTSRV))
         .expect("starting app servers");

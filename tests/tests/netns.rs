@@ -16,16 +16,10 @@ use serde_json::Value;
 
 const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
 
-fn require_root() {
-    if let Err(e) = topology::require_root() {
-        panic!("these integration tests need root: {e:#}");
-    }
-}
-
 /// Two-arm topology with `n` backends, balancer attached, servers running, service
 /// `VIP:80` with every backend.
 fn setup(n: usize) -> Topology {
-    require_root();
+    topology::assert_root();
     let mut t = Topology::two_arm(n).expect("building the topology");
     t.attach().expect("attaching the balancer");
     t.start_servers(Path::new(TESTSRV))
@@ -290,7 +284,7 @@ fn counters_equal_the_traffic_sent() {
 
 #[test]
 fn one_arm_topology_works() {
-    require_root();
+    topology::assert_root();
     let mut t = Topology::one_arm(2).expect("building the topology");
     t.attach().expect("attaching the balancer");
     t.start_servers(Path::new(TESTSRV))
@@ -327,7 +321,7 @@ fn snapshot(t: &Topology) -> (Value, Value) {
 
 #[test]
 fn cli_rejects_bad_input_without_changing_state() {
-    require_root();
+    topology::assert_root();
     let mut t = Topology::two_arm(2).expect("building the topology");
     t.attach().expect("attaching the balancer");
     t.add_service_with_backends().unwrap();
