@@ -5,8 +5,9 @@
 
 use std::{
     collections::HashMap,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -32,8 +33,21 @@ struct Server {
 
 impl Cluster {
     /// Starts one server per id, with `extra` arguments each, and waits until all listen.
+    /// A server that cannot listen (something else took its address meanwhile) makes the
+    /// whole cluster start again on fresh addresses: the peers must all know each other.
     fn start(ids: &[&str], extra: &[&str]) -> Cluster {
-        let addrs = free_addrs(ids.len());
+        let mut last_error = String::new();
+        for _attempt in 0..3 {
+            match Cluster::try_start(ids, extra) {
+                Ok(cluster) => return cluster,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("cluster {ids:?} did not start: {last_error}");
+    }
+
+    fn try_start(ids: &[&str], extra: &[&str]) -> Result<Cluster, String> {
+        let addrs = cluster_addrs(ids.len());
         let mut cluster = Cluster {
             servers: Vec::new(),
         };
@@ -56,9 +70,9 @@ impl Cluster {
             });
         }
         for s in &mut cluster.servers {
-            wait_listening(s);
+            wait_listening(s)?;
         }
-        cluster
+        Ok(cluster)
     }
 
     fn addr(&self, id: &str) -> SocketAddr {
@@ -104,23 +118,38 @@ impl Drop for Cluster {
     }
 }
 
-/// `n` loopback addresses with ports free a moment ago (all held at once, so distinct).
-fn free_addrs(n: usize) -> Vec<SocketAddr> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding a free port"))
-        .collect();
-    listeners.iter().map(|l| l.local_addr().unwrap()).collect()
+/// `n` addresses no other cluster uses: each server gets its own address in 127.0.0.0/8
+/// (all of it is loopback) and a port below the ephemeral range. Asking the kernel for a
+/// free port and closing it again is a race: a parallel test's client connection can get
+/// the same port as its local port before the server binds it (seen in CI).
+fn cluster_addrs(n: usize) -> Vec<SocketAddr> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let pid = std::process::id();
+    (0..n)
+        .map(|_| {
+            let serial = NEXT.fetch_add(1, Ordering::Relaxed) + 1;
+            let [_, _, high, low] = serial.to_be_bytes();
+            let ip = Ipv4Addr::new(127, 100 + (pid % 100) as u8, high, low);
+            SocketAddr::from((ip, 20_080))
+        })
+        .collect()
 }
 
-fn wait_listening(s: &mut Server) {
+fn wait_listening(s: &mut Server) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while TcpStream::connect_timeout(&s.addr, Duration::from_millis(100)).is_err() {
         if let Some(status) = s.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
-            panic!("server {} exited ({status}) before listening", s.id);
+            return Err(format!(
+                "server {} on {} exited ({status}) before listening",
+                s.id, s.addr
+            ));
         }
-        assert!(Instant::now() < deadline, "server {} does not listen", s.id);
+        if Instant::now() >= deadline {
+            return Err(format!("server {} does not listen on {}", s.id, s.addr));
+        }
         thread::sleep(Duration::from_millis(10));
     }
+    Ok(())
 }
 
 /// `GET /session` to `addr`, sending `cookie` and `request_id` if given.
