@@ -32,75 +32,23 @@
 //!   every one was a cookie hit. Their flow entries and kept segments are deleted after
 //!   each batch (outside the measured calls), so every batch meets maps far from full.
 //!   The spliced path is an ACK of one spliced connection, next to the plain NAT one.
-//!
-//! Failover time (not a per-packet cost; `--no-failover` skips it, `--failover-only` runs
-//! only it): kill of a primary's app server -> first request of one of its sessions
-//! served by its secondary, end to end on network namespaces, measured as the failover
-//! test does it (`balancer_tests::load::measure_failover`): a fresh two-arm topology with
-//! three replicated app servers, `balancer daemon` with the cookie service, 50 clients
-//! each updating its own session through the VIP (new connection per request, retries
-//! with the same request id, 1 s per attempt), SIGKILL of the busiest primary after
-//! 1.5 s plus a random part of the health-check interval. Once with the daemon's default
-//! settings (no `[health]` section), once with faster checks; several runs each, with
-//! min/median/max. The daemon's own steps (backend noted down, rewrite logged) are read
-//! from its log.
 
 use std::{
-    fs,
     net::{Ipv4Addr, SocketAddrV4},
-    path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{HashMap, Map, MapData};
 use balancer_ebpf::{map_names, Counter, Flow, FlowKey, PendingSegment};
-use balancer_tests::{
-    load::{measure_failover, minimal_config, FailoverOptions},
-    testrun::*,
-    topology::Topology,
-};
-use balancer_user::{config::DaemonConfig, Proto};
-use clap::Parser;
+use balancer_tests::testrun::*;
+use balancer_user::Proto;
 use serde::Serialize;
 
-#[derive(Parser, Debug)]
-#[command(
-    about = "Measure the XDP data plane's per-packet cost with BPF_PROG_TEST_RUN (needs root)"
-)]
-struct Args {
-    /// Fewer calls (a few seconds in all).
-    #[arg(long)]
-    quick: bool,
-    /// Where to write the JSON results (directories are created).
-    #[arg(long, default_value = "target/bench/results.json")]
-    out: PathBuf,
-    /// Interleaved rounds (default 10, quick 4).
-    #[arg(long)]
-    rounds: Option<usize>,
-    /// Single-shot calls per path and round (default 10000, quick 2500).
-    #[arg(long)]
-    calls: Option<usize>,
-    /// `repeat` of the amortised runs of the pass-through paths.
-    #[arg(long, default_value_t = 10_000)]
-    repeat: u32,
-    /// Failover runs per setting (default 5, quick 3).
-    #[arg(long)]
-    failover_runs: Option<usize>,
-    /// Skip the failover-time measurement.
-    #[arg(long, conflicts_with = "failover_only")]
-    no_failover: bool,
-    /// Only the failover-time measurement (the JSON then has `machine`, `failover` and
-    /// `targets` only).
-    #[arg(long)]
-    failover_only: bool,
-    /// The `balancer` binary for the failover runs (default: next to this one).
-    #[arg(long)]
-    balancer: Option<PathBuf>,
-    /// The `balancer-testsrv` binary for the failover runs (default: next to this one).
-    #[arg(long)]
-    testsrv: Option<PathBuf>,
-}
+use crate::{
+    stats::{iqm, median, percentile, pin_to_cpu, quantum, Machine},
+    Target,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PathId {
@@ -178,98 +126,49 @@ impl PathId {
 }
 
 #[derive(Serialize)]
-struct Machine {
-    kernel: String,
-    cpus: usize,
-    cpu_model: String,
-    clocksource: String,
-}
-
-#[derive(Serialize)]
-struct PathResult {
-    path: String,
-    method: String,
-    median_ns: f64,
-    p10_ns: f64,
-    p90_ns: f64,
-    ratio_to_baseline: f64,
-    calls: usize,
+pub struct PathResult {
+    pub path: String,
+    pub method: String,
+    pub median_ns: f64,
+    pub p10_ns: f64,
+    pub p90_ns: f64,
+    pub ratio_to_baseline: f64,
+    pub calls: usize,
     /// Interquartile mean, and its ratio to the baseline's.
-    iqm_ns: f64,
-    iqm_ratio_to_baseline: f64,
-    round_medians_ns: Vec<f64>,
-    description: String,
+    pub iqm_ns: f64,
+    pub iqm_ratio_to_baseline: f64,
+    pub round_medians_ns: Vec<f64>,
+    pub description: String,
 }
 
-/// One performance target and whether this run met it.
+/// The data-plane part of the results.
 #[derive(Serialize)]
-struct Target {
-    /// What is compared (median single-shot figures).
-    metric: String,
-    /// The measured value must be at most (`<=`) or below (`<`) `limit`.
-    comparison: &'static str,
-    limit: f64,
-    measured: f64,
-    unit: &'static str,
-    met: bool,
-}
-
-impl Target {
-    fn at_most(metric: &str, limit: f64, measured: f64, unit: &'static str) -> Target {
-        Target {
-            metric: metric.into(),
-            comparison: "<=",
-            limit,
-            measured,
-            unit,
-            met: measured <= limit,
-        }
-    }
-
-    fn below(metric: &str, limit: f64, measured: f64, unit: &'static str) -> Target {
-        Target {
-            metric: metric.into(),
-            comparison: "<",
-            limit,
-            measured,
-            unit,
-            met: measured < limit,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct Targets {
-    established_forward_ratio: Target,
-    spliced_forward_ratio: Target,
-    cookie_bind_end_ns: Target,
-    /// Absent when the failover measurement was skipped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    failover_default_settings_ms: Option<Target>,
-}
-
-#[derive(Serialize)]
-struct Report {
-    machine: Machine,
-    method: String,
-    results: Vec<PathResult>,
-    targets: Targets,
-    established_forward_ratio: f64,
-    /// The established-forward target (kept for continuity; see `targets` for all).
-    target_met: bool,
-    all_targets_met: bool,
+pub struct DataplaneReport {
+    pub method: String,
+    pub results: Vec<PathResult>,
+    pub targets: Vec<Target>,
+    pub established_forward_ratio: f64,
     /// Lowest and highest per-round ratio of established_forward to the baseline.
-    established_forward_round_ratios: (f64, f64),
+    pub established_forward_round_ratios: (f64, f64),
     /// spliced_forward / established_forward, medians over all calls, and its lowest and
     /// highest per-round value.
-    spliced_to_established_ratio: f64,
-    spliced_to_established_round_ratios: (f64, f64),
-    fixed_cost_estimate_ns: f64,
-    duration_step_ns: u64,
-    reference: String,
-    notes: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    failover: Option<FailoverReport>,
+    pub spliced_to_established_ratio: f64,
+    pub spliced_to_established_round_ratios: (f64, f64),
+    pub fixed_cost_estimate_ns: f64,
+    pub duration_step_ns: u64,
+    pub reference: String,
+    pub notes: Vec<String>,
+    /// Wall time of the data-plane part.
+    pub seconds: f64,
+}
+
+/// How much the data-plane part measures.
+pub struct DataplaneOptions {
+    pub rounds: usize,
+    pub calls: usize,
+    pub repeat: u32,
+    /// `repeat` calls of the pass-through paths.
+    pub repeat_calls: usize,
 }
 
 const TARGET_RATIO: f64 = 2.5;
@@ -461,83 +360,6 @@ fn new_flow_syn(g: usize) -> Vec<u8> {
     Frame::tcp(SocketAddrV4::new(src, sport), vip(), SYN).build()
 }
 
-fn percentile(sorted: &[u64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    let frac = pos - lo as f64;
-    sorted[lo] as f64 * (1.0 - frac) + sorted[hi] as f64 * frac
-}
-
-fn median(v: &[u64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_unstable();
-    percentile(&s, 0.5)
-}
-
-/// The step the kernel's durations come in: the largest of a few candidates that (within
-/// +-1 ns of rounding) divides 90% of the samples.
-fn quantum(samples: &[u64]) -> u64 {
-    for q in [100u64, 50, 20, 10, 5, 2] {
-        let fit = samples
-            .iter()
-            .filter(|v| {
-                let r = *v % q;
-                r <= 1 || r == q - 1
-            })
-            .count();
-        if fit * 10 >= samples.len() * 9 {
-            return q;
-        }
-    }
-    1
-}
-
-/// Interquartile mean: the mean of the samples between p25 and p75. Less coarse than the
-/// median when the durations come in steps.
-fn iqm(sorted: &[u64]) -> f64 {
-    let (lo, hi) = (sorted.len() / 4, sorted.len() * 3 / 4);
-    let mid = &sorted[lo..hi.max(lo + 1).min(sorted.len())];
-    mid.iter().sum::<u64>() as f64 / mid.len() as f64
-}
-
-fn pin_to_cpu(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-fn read_trim(path: &str) -> String {
-    fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn machine() -> Machine {
-    let cpu_model = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    Machine {
-        kernel: read_trim("/proc/sys/kernel/osrelease"),
-        cpus: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        cpu_model,
-        clocksource: read_trim("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
-    }
-}
-
 #[derive(Clone)]
 struct Frames {
     established: Vec<u8>,
@@ -702,16 +524,18 @@ fn repeated(
     })?
 }
 
-fn main() -> Result<()> {
-    let args = Args::parse();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("balancer-bench needs root (BPF_PROG_TEST_RUN, bpffs pins, network namespaces)");
-    }
-    let rounds = args.rounds.unwrap_or(if args.quick { 4 } else { 10 });
-    let calls = args
-        .calls
-        .unwrap_or(if args.quick { 2_500 } else { 10_000 });
+/// Measures every path; checks each path's output once and every call's verdict.
+pub fn measure(
+    o: &DataplaneOptions,
+    machine: &Machine,
+    progress: &dyn Fn(String),
+) -> Result<DataplaneReport> {
+    let DataplaneOptions {
+        rounds,
+        calls,
+        repeat,
+        repeat_calls: rep_calls,
+    } = *o;
     ensure!(rounds > 0 && calls > 0, "rounds and calls must be positive");
     let warmup = calls.min(1_000);
     let new_flows = warmup + rounds * calls;
@@ -729,24 +553,8 @@ fn main() -> Result<()> {
     let flow_capacity = ((new_flows + BIND_PATHS.len() * calls.max(warmup) + 16) * 4)
         .next_power_of_two()
         .max(65_536) as u32;
-    let machine = machine();
     let cpu = machine.cpus.saturating_sub(1);
     let started = Instant::now();
-
-    let progress = |msg: String| eprintln!("[{:5.1}s] {msg}", started.elapsed().as_secs_f64());
-    if args.failover_only {
-        let failover = measure_failover_settings(&args, &progress)?;
-        print_failover(&failover);
-        let target = failover_target(&failover);
-        let met = target.as_ref().is_some_and(|t| t.met);
-        let report = serde_json::json!({
-            "machine": machine,
-            "failover": failover,
-            "targets": { "failover_default_settings_ms": target },
-            "all_targets_met": met,
-        });
-        return write_report(&args.out, &report);
-    }
     progress(format!(
         "setting up: flow table of {flow_capacity} entries, 3 backends"
     ));
@@ -877,10 +685,9 @@ fn main() -> Result<()> {
     // Amortised runs of the pass-through paths. Every call with repeat > 1 costs tens of
     // milliseconds of wall time (the kernel switches the XDP dispatcher to the program and
     // back, each with an RCU grace period), so only a few calls.
-    let rep_calls = if args.quick { 8 } else { 30 };
     progress(format!(
         "measuring the pass-through paths with repeat={} ({rep_calls} calls each)",
-        args.repeat
+        repeat
     ));
     let mut rep: Vec<(PathId, Vec<u64>)> = Vec::new();
     for path in [PathId::Baseline, PathId::NonService] {
@@ -889,19 +696,11 @@ fn main() -> Result<()> {
         } else {
             &frames.non_service
         };
-        rep.push((
-            path,
-            repeated(&bed, path, frame, args.repeat, rep_calls, cpu)?,
-        ));
+        rep.push((path, repeated(&bed, path, frame, repeat, rep_calls, cpu)?));
     }
     progress("cleaning up".into());
     drop(bed);
-    let dataplane_time = started.elapsed();
-    let failover = if args.no_failover {
-        None
-    } else {
-        Some(measure_failover_settings(&args, &progress)?)
-    };
+    let seconds = started.elapsed().as_secs_f64();
 
     // --- Report ---------------------------------------------------------------------
     let sorted: Vec<Vec<u64>> = all
@@ -944,10 +743,10 @@ fn main() -> Result<()> {
     for (path, s) in &rep_sorted {
         let m = percentile(s, 0.5);
         results.push(PathResult {
-            path: format!("{}@repeat{}", path.name(), args.repeat),
+            path: format!("{}@repeat{}", path.name(), repeat),
             method: format!(
                 "repeat={} (kernel's average per run; the fixed per-call cost is amortised)",
-                args.repeat
+                repeat
             ),
             median_ns: m,
             p10_ns: percentile(s, 0.1),
@@ -996,7 +795,7 @@ fn main() -> Result<()> {
         ),
         format!(
             "Fixed cost inside every single-shot figure (timer reads, bottom-half disable, indirect call, loop setup): about {fixed:.0} ns = single-shot baseline {base_median:.0} ns - per-run baseline at repeat={} {rep_base:.1} ns. It is on both sides of each ratio, as in the reference measurement; ratios of program-only costs would be higher.",
-            args.repeat
+            repeat
         ),
         format!(
             "Program-only estimates (single-shot median - fixed cost): xdp_pass {:.0} ns, non-service {:.0} ns, new flow {:.0} ns, established forward {:.0} ns, syncookie SYN-ACK {:.0} ns, bind (cookie at start / middle / end) {:.0} / {:.0} / {:.0} ns, spliced forward {:.0} ns. The cookie_bind_end target is checked on the single-shot median with nothing subtracted.",
@@ -1017,42 +816,31 @@ fn main() -> Result<()> {
         "repeat>1 is used only for the paths that leave the frame unmodified: with a rewriting path the kernel would run the program again on the rewritten frame, which takes another path. Those runs also go through the XDP dispatcher (a direct call), and each such syscall takes tens of ms of wall time (dispatcher switch with an RCU grace period).".into(),
         "The machine is a shared 2-CPU VM: other load shows up as wider p90 and per-round spread; rounds are interleaved (order rotated) so it affects all paths alike.".into(),
     ];
-    let targets = Targets {
-        established_forward_ratio: Target::at_most(
-            "established_forward median / xdp_pass_baseline median",
+    let targets = vec![
+        Target::at_most(
+            "established forward / XDP_PASS baseline (single-shot medians)",
             TARGET_RATIO,
             est_ratio,
             "x",
         ),
-        spliced_forward_ratio: Target::at_most(
-            "spliced_forward median / established_forward median",
+        Target::at_most(
+            "spliced forward / plain NAT (established) forward (single-shot medians)",
             TARGET_SPLICED_RATIO,
             spliced_ratio,
             "x",
         ),
-        cookie_bind_end_ns: Target::below(
-            "cookie_bind_end median (single-shot, fixed cost included)",
+        Target::below(
+            &format!("cookie bind, cookie at the end of a {HEAD_LEN}-byte head (single-shot median, fixed cost included)"),
             TARGET_BIND_END_NS,
             bind_end,
             "ns",
         ),
-        failover_default_settings_ms: failover.as_ref().and_then(failover_target),
-    };
-    let all_met = targets.established_forward_ratio.met
-        && targets.spliced_forward_ratio.met
-        && targets.cookie_bind_end_ns.met
-        && targets
-            .failover_default_settings_ms
-            .as_ref()
-            .is_none_or(|t| t.met);
-    let report = Report {
-        machine,
+    ];
+    Ok(DataplaneReport {
         method: format!(
             "BPF_PROG_TEST_RUN, single-shot (repeat=1, fresh copy of the frame per call), kernel-reported duration per call; {rounds} interleaved rounds x {calls} calls per path after {warmup} warm-up calls; ingress = client-side veth (xdp_md ctx), two-arm (forward verdict XDP_REDIRECT); worker pinned to CPU {cpu}; p10/median/p90 over all calls"
         ),
         results,
-        target_met: targets.established_forward_ratio.met,
-        all_targets_met: all_met,
         targets,
         established_forward_ratio: est_ratio,
         established_forward_round_ratios: est_round_range,
@@ -1062,15 +850,15 @@ fn main() -> Result<()> {
         duration_step_ns: step,
         reference: REFERENCE.into(),
         notes,
-        failover,
-    };
+        seconds,
+    })
+}
 
+/// Prints the data-plane table and its notes.
+pub fn print(report: &DataplaneReport, machine: &Machine) {
     println!(
         "\nBPF_PROG_TEST_RUN per-packet cost, kernel {}, {} CPUs ({}), {:.1} s",
-        report.machine.kernel,
-        report.machine.cpus,
-        report.machine.cpu_model,
-        dataplane_time.as_secs_f64()
+        machine.kernel, machine.cpus, machine.cpu_model, report.seconds
     );
     println!("{}\n", report.method);
     println!(
@@ -1094,367 +882,5 @@ fn main() -> Result<()> {
     for n in &report.notes {
         println!("- {n}");
     }
-    let verdict = |met: bool| if met { "MET" } else { "NOT MET" };
-    println!(
-        "\nestablished forward: {:.2}x baseline -> target <= {TARGET_RATIO}x {}",
-        est_ratio,
-        verdict(report.targets.established_forward_ratio.met)
-    );
-    println!(
-        "spliced forward: {:.2}x established forward -> target <= {TARGET_SPLICED_RATIO}x {}",
-        spliced_ratio,
-        verdict(report.targets.spliced_forward_ratio.met)
-    );
-    println!(
-        "cookie bind, cookie at the end of a {HEAD_LEN}-byte head: {bind_end:.0} ns median (fixed cost of about {fixed:.0} ns included) -> target < {TARGET_BIND_END_NS:.0} ns {}",
-        verdict(report.targets.cookie_bind_end_ns.met)
-    );
-    println!("reference: {REFERENCE}");
-    if let Some(f) = &report.failover {
-        print_failover(f);
-    }
-    write_report(&args.out, &report)
-}
-
-fn write_report(out: &Path, report: &impl Serialize) -> Result<()> {
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    fs::write(out, serde_json::to_string_pretty(report)? + "\n")
-        .with_context(|| format!("writing {}", out.display()))?;
-    println!("results written to {}", out.display());
-    Ok(())
-}
-
-// --- Failover time ------------------------------------------------------------------
-
-/// The failover-time target: every run with the daemon's default settings below this.
-const TARGET_FAILOVER_MS: f64 = 1000.0;
-/// The faster checks measured next to the defaults.
-const FAST_HEALTH: (&str, u64, u64, u32, u32) = ("tcp", 100, 80, 2, 2);
-
-#[derive(Serialize)]
-struct FailoverReport {
-    metric: String,
-    method: String,
-    client: FailoverClient,
-    settings: Vec<FailoverSetting>,
-    notes: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct FailoverClient {
-    clients: usize,
-    attempt_timeout_ms: u64,
-    retry_pause_ms: u64,
-    load_before_kill_ms: u64,
-}
-
-/// The health settings a run used, as the daemon resolved them from its configuration.
-#[derive(Serialize)]
-struct HealthUsed {
-    kind: String,
-    interval_ms: f64,
-    timeout_ms: f64,
-    rise: u32,
-    fall: u32,
-    failover_hold_down_s: f64,
-    pair_sample: u32,
-}
-
-#[derive(Serialize, Default)]
-struct Spread {
-    min: f64,
-    median: f64,
-    max: f64,
-    values: Vec<f64>,
-}
-
-impl Spread {
-    fn of(values: Vec<f64>) -> Spread {
-        let mut sorted = values.clone();
-        sorted.sort_by(f64::total_cmp);
-        if sorted.is_empty() {
-            return Spread::default();
-        }
-        let n = sorted.len();
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
-        Spread {
-            min: sorted[0],
-            median,
-            max: sorted[n - 1],
-            values,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct FailoverRunResult {
-    victim: String,
-    secondary: String,
-    victim_sessions: usize,
-    failover_ms: f64,
-    daemon_down_ms: Option<f64>,
-    rewrite_logged_ms: Option<f64>,
-    requests_answered: usize,
-    attempts_failed: u64,
-    attempts_timed_out: u64,
-    /// Session continuity problems (none expected).
-    problems: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct FailoverSetting {
-    name: String,
-    /// The `[health]` section written into the daemon's configuration (empty: none, the
-    /// daemon's defaults).
-    health_section: String,
-    health: HealthUsed,
-    runs: Vec<FailoverRunResult>,
-    /// Runs that could not be measured, with why.
-    errors: Vec<String>,
-    /// Kill -> first request of a session of the killed primary served by its secondary.
-    failover_ms: Spread,
-    /// Kill -> the daemon noted the backend down (its log).
-    daemon_down_ms: Spread,
-    /// Kill -> the daemon logged the rewrite (written to the map just before).
-    rewrite_logged_ms: Spread,
-}
-
-fn exe_sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the running executable")?;
-    let p = exe
-        .parent()
-        .context("executable has no directory")?
-        .join(name);
-    ensure!(
-        p.is_file(),
-        "{} not found (build it, or pass its path)",
-        p.display()
-    );
-    Ok(p)
-}
-
-/// Runs the failover measurement with the daemon's defaults and with faster checks.
-fn measure_failover_settings(args: &Args, progress: &dyn Fn(String)) -> Result<FailoverReport> {
-    let balancer = match &args.balancer {
-        Some(p) => p.clone(),
-        None => exe_sibling("balancer")?,
-    };
-    let testsrv = match &args.testsrv {
-        Some(p) => p.clone(),
-        None => exe_sibling("balancer-testsrv")?,
-    };
-    let runs = args.failover_runs.unwrap_or(if args.quick { 3 } else { 5 });
-    ensure!(runs > 0, "--failover-runs must be positive");
-    let (kind, interval, timeout, rise, fall) = FAST_HEALTH;
-    let fast = format!(
-        "kind = \"{kind}\"\ninterval = \"{interval}ms\"\ntimeout = \"{timeout}ms\"\nrise = {rise}\nfall = {fall}\n"
-    );
-    let o = FailoverOptions::default();
-    let mut settings = Vec::new();
-    for (name, health) in [
-        ("daemon defaults", None),
-        ("fast checks", Some(fast.as_str())),
-    ] {
-        settings.push(measure_setting(
-            name, health, runs, &balancer, &testsrv, &o, progress,
-        )?);
-    }
-    Ok(FailoverReport {
-        metric: "failover time: SIGKILL of a primary's app server -> first request of one of its sessions served by its secondary (client-side, ms)".into(),
-        method: format!(
-            "per run: fresh two-arm netns topology, 3 replicated app servers (balancer-testsrv --server-id, partner replication), balancer daemon with one cookie-mode service and the settings below; {} clients each updating its own session through the VIP on a new connection per request, X-Request-Id on each, a failed or {} ms-silent attempt retried after {} ms with the same id; the busiest primary is killed after {} ms of load plus a random part of the check interval; the run ends {} ms after the first request served by the secondary and checks every session (consecutive counters, one takeover per session of the killed primary)",
-            o.load.clients,
-            o.load.attempt_timeout.as_millis(),
-            o.load.retry_pause.as_millis(),
-            o.before.as_millis(),
-            o.after.as_millis()
-        ),
-        client: FailoverClient {
-            clients: o.load.clients,
-            attempt_timeout_ms: o.load.attempt_timeout.as_millis() as u64,
-            retry_pause_ms: o.load.retry_pause.as_millis() as u64,
-            load_before_kill_ms: o.before.as_millis() as u64,
-        },
-        settings,
-        notes: vec![
-            "daemon_down_ms and rewrite_logged_ms come from the daemon's log timestamps (same clock): the health transition, and the line logged after the rewrite and the backend state were written. The data plane honours the rewrite from the moment it is written, which can be a little before the log line.".into(),
-            "failover_ms is what a client sees: the first answer to a session of the killed primary from its secondary. It includes the daemon's detection and rewrite, and the clients' own retries: an attempt the data plane bound to the dead backend before the rewrite is refused (the backend host's RST reaches the client at once), or, when that host still has a TIME-WAIT socket for the reused 4-tuple, answered with an old ACK that the data plane resets back to it (bind_stale_acks) so the client's retransmission binds again, where the rewrite then applies (binds_redone); an attempt that gets no answer within 1 s is counted in attempts_timed_out.".into(),
-        ],
-    })
-}
-
-#[allow(clippy::too_many_arguments)]
-fn measure_setting(
-    name: &str,
-    health: Option<&str>,
-    runs: usize,
-    balancer: &Path,
-    testsrv: &Path,
-    o: &FailoverOptions,
-    progress: &dyn Fn(String),
-) -> Result<FailoverSetting> {
-    let health_section = health.unwrap_or_default().to_string();
-    // What the daemon makes of it: the resolved settings of the service.
-    let probe = DaemonConfig::parse(&format!(
-        "[daemon]\ninterfaces = [\"lo\"]\n{}\n[[service]]\naddress = \"198.18.100.1:80\"\nmode = \"cookie\"\n  [[service.backend]]\n  address = \"198.18.1.10:8080\"\n  server_id = \"be1\"\n",
-        health.map(|h| format!("[health]\n{h}")).unwrap_or_default()
-    ))
-    .context("resolving the health settings")?;
-    let h = &probe.services[0].health;
-    let used = HealthUsed {
-        kind: format!("{:?}", h.kind).to_lowercase(),
-        interval_ms: h.interval.as_secs_f64() * 1e3,
-        timeout_ms: h.timeout.as_secs_f64() * 1e3,
-        rise: h.rise,
-        fall: h.fall,
-        failover_hold_down_s: probe.daemon.failover_hold_down.as_secs_f64(),
-        pair_sample: probe.daemon.pair_sample,
-    };
-    let opts = FailoverOptions {
-        jitter: h.interval,
-        ..o.clone()
-    };
-    let mut results = Vec::new();
-    let mut errors = Vec::new();
-    for i in 0..runs {
-        progress(format!(
-            "failover, {name} ({} {:.0} ms / {:.0} ms, fall {}): run {}/{runs}",
-            used.kind,
-            used.interval_ms,
-            used.timeout_ms,
-            used.fall,
-            i + 1
-        ));
-        let config = |t: &Topology| minimal_config(t, health);
-        match measure_failover(balancer, testsrv, &config, &opts) {
-            Ok(r) => {
-                // Milliseconds, to 0.1 ms.
-                let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
-                progress(format!(
-                    "  killed {} ({} sessions): down {:.0} ms, rewrite {:.0} ms, first served by {} {:.0} ms; {} attempts failed ({} timed out){}",
-                    r.victim,
-                    r.victim_sessions,
-                    r.down.map_or(f64::NAN, ms),
-                    r.rewrite.map_or(f64::NAN, ms),
-                    r.secondary,
-                    ms(r.failover),
-                    r.totals.failed,
-                    r.totals.timed_out,
-                    if r.problems.is_empty() {
-                        String::new()
-                    } else {
-                        format!("; {} session problems: {}", r.problems.len(), r.problems[0])
-                    }
-                ));
-                results.push(FailoverRunResult {
-                    victim: r.victim,
-                    secondary: r.secondary,
-                    victim_sessions: r.victim_sessions,
-                    failover_ms: ms(r.failover),
-                    daemon_down_ms: r.down.map(ms),
-                    rewrite_logged_ms: r.rewrite.map(ms),
-                    requests_answered: r.totals.answered,
-                    attempts_failed: r.totals.failed,
-                    attempts_timed_out: r.totals.timed_out,
-                    problems: r.problems.into_iter().take(10).collect(),
-                });
-            }
-            Err(e) => {
-                progress(format!("  run failed: {e:#}"));
-                errors.push(format!("{e:#}"));
-            }
-        }
-    }
-    let spread = |f: &dyn Fn(&FailoverRunResult) -> Option<f64>| {
-        Spread::of(results.iter().filter_map(f).collect())
-    };
-    Ok(FailoverSetting {
-        name: name.into(),
-        health_section,
-        health: used,
-        failover_ms: spread(&|r| Some(r.failover_ms)),
-        daemon_down_ms: spread(&|r| r.daemon_down_ms),
-        rewrite_logged_ms: spread(&|r| r.rewrite_logged_ms),
-        runs: results,
-        errors,
-    })
-}
-
-/// Every run with the default settings under the target (checked on the worst run).
-fn failover_target(f: &FailoverReport) -> Option<Target> {
-    let defaults = f.settings.first()?;
-    if defaults.runs.is_empty() {
-        return None;
-    }
-    let mut t = Target::below(
-        "failover_ms with the daemon's default settings, worst of the runs",
-        TARGET_FAILOVER_MS,
-        defaults.failover_ms.max,
-        "ms",
-    );
-    // A run that failed, or whose sessions broke, does not meet it either.
-    t.met &= defaults.errors.is_empty() && defaults.runs.iter().all(|r| r.problems.is_empty());
-    Some(t)
-}
-
-fn print_failover(f: &FailoverReport) {
-    println!(
-        "
-{}",
-        f.metric
-    );
-    println!(
-        "{}
-",
-        f.method
-    );
-    println!(
-        "{:<16} {:<28} {:>4} {:>22} {:>22} {:>22}",
-        "settings",
-        "health",
-        "runs",
-        "failover min/med/max",
-        "down min/med/max",
-        "rewrite min/med/max"
-    );
-    let mmm = |s: &Spread| format!("{:.0}/{:.0}/{:.0}", s.min, s.median, s.max);
-    for s in &f.settings {
-        let h = &s.health;
-        println!(
-            "{:<16} {:<28} {:>4} {:>22} {:>22} {:>22}",
-            s.name,
-            format!(
-                "{} {:.0}ms/{:.0}ms rise {} fall {}",
-                h.kind, h.interval_ms, h.timeout_ms, h.rise, h.fall
-            ),
-            s.runs.len(),
-            mmm(&s.failover_ms),
-            mmm(&s.daemon_down_ms),
-            mmm(&s.rewrite_logged_ms)
-        );
-        for e in &s.errors {
-            println!("  failed run: {e}");
-        }
-        for r in &s.runs {
-            for p in r.problems.iter().take(3) {
-                println!("  session problem (killed {}): {p}", r.victim);
-            }
-        }
-    }
-    for n in &f.notes {
-        println!("- {n}");
-    }
-    if let Some(t) = failover_target(f) {
-        println!(
-            "failover with default settings: worst {:.0} ms -> target < {TARGET_FAILOVER_MS:.0} ms {}",
-            t.measured,
-            if t.met { "MET" } else { "NOT MET" }
-        );
-    }
+    println!("reference: {}", report.reference);
 }
