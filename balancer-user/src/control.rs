@@ -114,7 +114,8 @@ struct Maps {
     backends: Array<MapData, Backend>,
     /// The same map, mapped: whole-table reads without a syscall per slot.
     backends_view: MmapArray<Backend>,
-    ring: MmapArray<u32>,
+    /// The pin directory, for mapping one service's part of RING when needed.
+    pins: std::path::PathBuf,
 }
 
 impl Maps {
@@ -129,7 +130,7 @@ impl Maps {
                 .try_into()
                 .map_err(map_ctx("BACKENDS map"))?,
             backends_view: MmapArray::open(b, map_names::BACKENDS, MAX_BACKENDS)?,
-            ring: MmapArray::open(b, map_names::RING, MAX_SERVICES * RING_SIZE)?,
+            pins: b.dir().to_path_buf(),
         })
     }
 
@@ -182,19 +183,33 @@ impl Maps {
             })
     }
 
+    /// The service's lookup table, mapped (that part of RING only).
+    fn ring_of(&self, service: &Service) -> Result<MmapArray<u32>> {
+        if service.id >= MAX_SERVICES {
+            return Err(Error::Daemon(format!(
+                "service id {} out of range (at most {MAX_SERVICES} services)",
+                service.id
+            )));
+        }
+        MmapArray::open_range(
+            &self.pins,
+            map_names::RING,
+            service.id * RING_SIZE,
+            RING_SIZE,
+        )
+    }
+
     fn ring_block(&self, service: &Service) -> Result<Vec<u32>> {
-        let base = (service.id * RING_SIZE) as usize;
-        Ok((base..base + RING_SIZE as usize)
-            .map(|i| self.ring.get(i))
-            .collect())
+        let ring = self.ring_of(service)?;
+        Ok((0..RING_SIZE as usize).map(|i| ring.get(i)).collect())
     }
 
     /// Writes the entries of `new` that differ from `old`.
     fn write_ring(&mut self, service: &Service, old: &[u32], new: &[u32]) -> Result<()> {
-        let base = (service.id * RING_SIZE) as usize;
+        let ring = self.ring_of(service)?;
         for (i, (o, n)) in old.iter().zip(new).enumerate() {
             if o != n {
-                self.ring.store(base + i, *n);
+                ring.store(i, *n);
             }
         }
         Ok(())

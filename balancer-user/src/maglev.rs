@@ -139,13 +139,25 @@ pub fn update(current: &[u32], members: &[Member]) -> Vec<u32> {
 
 /// How many table entries each slot holds.
 pub fn shares(table: &[u32]) -> std::collections::HashMap<u32, usize> {
-    let mut counts = std::collections::HashMap::new();
+    // Counted in an array first: the daemon lists shares on every failover step, and a
+    // hash-map update per entry (65,537 of them) cost milliseconds there.
+    let mut counts = vec![0usize; balancer_ebpf::MAX_BACKENDS as usize];
+    let mut others = std::collections::HashMap::new();
     for &s in table {
-        if s != NO_BACKEND {
-            *counts.entry(s).or_insert(0) += 1;
+        match counts.get_mut(s as usize) {
+            Some(c) => *c += 1,
+            None if s != NO_BACKEND => *others.entry(s).or_insert(0) += 1,
+            None => {}
         }
     }
-    counts
+    others.extend(
+        counts
+            .into_iter()
+            .enumerate()
+            .filter(|(_, c)| *c > 0)
+            .map(|(slot, c)| (slot as u32, c)),
+    );
+    others
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 use std::{
     marker::PhantomData,
     os::fd::{AsFd, AsRawFd},
+    path::Path,
     ptr::NonNull,
     sync::atomic::{AtomicU32, Ordering},
 };
@@ -22,10 +23,14 @@ use crate::{
     error::{io_ctx, map_ctx, Result},
 };
 
-/// A mapped array map of `entries` values of type `T`.
+/// A mapped array map, or a range of it: `entries` values of type `T`, index 0 being the
+/// map's value `first`.
 pub(crate) struct MmapArray<T> {
-    base: NonNull<u8>,
+    /// The start of the mapping (page-aligned), for munmap.
+    map: NonNull<u8>,
     bytes: usize,
+    /// Value `first` inside the mapping.
+    base: NonNull<u8>,
     entries: usize,
     _value: PhantomData<T>,
 }
@@ -36,14 +41,25 @@ impl<T: Copy> MmapArray<T> {
 
     /// Maps the pinned array `name` of the instance, which has `entries` values.
     pub fn open(b: &Balancer, name: &str, entries: u32) -> Result<Self> {
-        let data = MapData::from_pin(b.dir().join(name))
+        Self::open_range(b.dir(), name, 0, entries)
+    }
+
+    /// Maps values `first .. first + count` of the array pinned as `name` in `pins` only. The kernel
+    /// fills in every page table entry of a map's mapping when it is made, so mapping all
+    /// of RING (33 MB) took milliseconds per call where one service's table needs 128
+    /// pages.
+    pub fn open_range(pins: &Path, name: &str, first: u32, count: u32) -> Result<Self> {
+        let data = MapData::from_pin(pins.join(name))
             .map_err(map_ctx(format!("opening pinned map {name}")))?;
-        let entries = entries as usize;
         let page = page_size();
-        let bytes = (entries * Self::STRIDE).div_ceil(page) * page;
+        let start = first as usize * Self::STRIDE;
+        let offset = start / page * page;
+        let end = (first as usize + count as usize) * Self::STRIDE;
+        let bytes = (end - offset).div_ceil(page) * page;
         let fd = data.fd().as_fd().as_raw_fd();
-        // SAFETY: a fresh shared mapping of the map's value area; the kernel checks that
-        // the map is mmapable and at least this large. The fd may close after mmap.
+        // SAFETY: a fresh shared mapping of part of the map's value area, at a page
+        // offset; the kernel checks that the map is mmapable and this range inside it.
+        // The fd may close after mmap.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -51,7 +67,7 @@ impl<T: Copy> MmapArray<T> {
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 fd,
-                0,
+                offset as libc::off_t,
             )
         };
         if ptr == libc::MAP_FAILED {
@@ -59,10 +75,14 @@ impl<T: Copy> MmapArray<T> {
                 "mapping the {name} map (made by an older version? detach and attach again)"
             ))(std::io::Error::last_os_error()));
         }
+        let map = NonNull::new(ptr.cast::<u8>()).expect("mmap returned a non-null pointer");
+        // SAFETY: start - offset < page <= bytes: inside the mapping.
+        let base = unsafe { NonNull::new_unchecked(map.as_ptr().add(start - offset)) };
         Ok(MmapArray {
-            base: NonNull::new(ptr.cast()).expect("mmap returned a non-null pointer"),
+            map,
             bytes,
-            entries,
+            base,
+            entries: count as usize,
             _value: PhantomData,
         })
     }
@@ -93,8 +113,8 @@ impl MmapArray<u32> {
 
 impl<T> Drop for MmapArray<T> {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping made in open.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+        // SAFETY: unmapping exactly the mapping made in open_range.
+        unsafe { libc::munmap(self.map.as_ptr().cast(), self.bytes) };
     }
 }
 

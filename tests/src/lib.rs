@@ -4,7 +4,9 @@
 
 pub mod attack;
 pub mod daemon;
+pub mod e2e;
 pub mod fuzz;
+pub mod haproxy;
 pub mod http;
 pub mod impair;
 pub mod load;

@@ -14,7 +14,9 @@
 //! [`failover_time`] turn the logs into verdicts and figures.
 //!
 //! [`measure_failover`] is one whole failover run on a fresh topology (the benchmark's
-//! measurement, the same steps as the test).
+//! measurement, the same steps as the test); [`measure_failover_with`] runs the same
+//! measurement with HAProxy in front instead ([`Front::Haproxy`]: same clients, same app
+//! servers, same health-check settings).
 
 use std::{
     collections::BTreeMap,
@@ -34,8 +36,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use balancer_user::config::HealthConfig;
+
 use crate::{
     daemon::{daemon_section, service_section, ConfigOptions, Daemon},
+    haproxy::{Haproxy, HaproxyConfig},
     http::{self, Conn},
     netns::Netns,
     session::SessionCookie,
@@ -350,6 +355,15 @@ fn request(
         .request("GET", "/session", &headers, &[])
         .with_context(|| format!("from {local}"))?;
     let at = Instant::now();
+    // Every app server answer names its server: a 502/503/504 without one was made by a
+    // proxy in front (HAProxy could not reach the server), which is the same failure as
+    // a refused or reset connection through our balancer, and is retried the same way.
+    if matches!(r.status, 502..=504) && r.header("x-backend").is_none() {
+        bail!(
+            "from {local}: status {} from the proxy, not from an app server",
+            r.status
+        );
+    }
     let body: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
     let cookie = r
         .header("set-cookie")
@@ -734,14 +748,56 @@ pub struct FailoverRun {
     pub secondary: String,
     /// Kill -> first request of one of the victim's sessions served by its secondary.
     pub failover: Duration,
-    /// Kill -> the daemon noted the victim down / wrote the rewrite (from its log).
+    /// Kill -> the daemon noted the victim down / wrote the rewrite (from its log). With
+    /// HAProxy: `down` = kill -> HAProxy reported the server DOWN on stderr (time the line
+    /// was read); `rewrite` is `None` (HAProxy has none: its `use-server` rule on the
+    /// cookie's secondary applies once the primary is down).
     pub down: Option<Duration>,
     pub rewrite: Option<Duration>,
+    /// What was in front: `balancer daemon` or `haproxy`.
+    pub front: String,
+    /// Its configuration file, as run.
+    pub front_config: String,
     /// Sessions the victim held at the kill.
     pub victim_sessions: usize,
     pub totals: Totals,
     /// Continuity and takeover problems (see [`check_sessions`], [`check_takeovers`]).
     pub problems: Vec<String>,
+}
+
+/// Which balancer [`measure_failover_with`] puts in front of the app servers.
+pub enum Front<'a> {
+    /// `balancer daemon` (in the gateway namespace) with the configuration this returns
+    /// for the topology.
+    Daemon {
+        config: &'a dyn Fn(&Topology) -> String,
+    },
+    /// HAProxy in the gateway namespace, listening on the VIP, configured by
+    /// [`haproxy_failover_config`] with these health-check settings (those of the daemon's
+    /// `[health]` section: kind, interval, timeout, rise, fall).
+    Haproxy { health: HealthConfig },
+}
+
+/// The HAProxy configuration of a [`Front::Haproxy`] failover run on `t`: cookie routing
+/// on the primary then the secondary segment ([`crate::haproxy`]), health checks as
+/// `health`, `timeout connect` = the check timeout (the daemon's checks connect within it
+/// too), and `retries 0`: a request HAProxy cannot connect to the dead server for is
+/// answered 503 at once, and the client retries it as it retries a connection our
+/// balancer's path refused (HAProxy's default `retries 3` would first hold the request
+/// for up to three turn-around delays of min(timeout connect, 1 s) on the same dead
+/// server, adding to its failover time).
+pub fn haproxy_failover_config(t: &Topology, health: &HealthConfig) -> HaproxyConfig {
+    let mut c = HaproxyConfig::new(
+        vip(),
+        t.backends
+            .iter()
+            .map(|b| (b.name.clone(), b.socket_addr()))
+            .collect(),
+    );
+    c.health = health.clone();
+    c.connect_timeout = health.timeout;
+    c.retries = Some(0);
+    c
 }
 
 /// One failover measurement on a fresh two-arm topology with three replicated app
@@ -755,11 +811,53 @@ pub fn measure_failover(
     config: &dyn Fn(&Topology) -> String,
     o: &FailoverOptions,
 ) -> Result<FailoverRun> {
+    measure_failover_with(&Front::Daemon { config }, balancer, testsrv, o)
+}
+
+/// The running front of a failover run.
+enum Running {
+    Daemon(Daemon),
+    Haproxy(Box<Haproxy>),
+}
+
+impl Running {
+    fn log(&self) -> String {
+        match self {
+            Running::Daemon(d) => d.log(),
+            Running::Haproxy(h) => h.log_text(),
+        }
+    }
+}
+
+/// [`measure_failover`] with `front` in front of the app servers: the same topology,
+/// clients, kill and checks. With HAProxy there is no pair to learn (it routes on the
+/// cookie's secondary segment directly), so that wait is skipped; the run starts once
+/// a request through the VIP is answered.
+pub fn measure_failover_with(
+    front: &Front,
+    balancer: &Path,
+    testsrv: &Path,
+    o: &FailoverOptions,
+) -> Result<FailoverRun> {
     let mut t = Topology::build(Arms::Two, 3, balancer.to_path_buf())?;
     t.start_session_servers(testsrv)?;
-    let text = config(&t);
-    let d = Daemon::start(&mut t, &text)?;
-    wait_healthy(&d, t.backends.len(), Duration::from_secs(10))?;
+    let (running, front_name, front_config) = match front {
+        Front::Daemon { config } => {
+            let text = config(&t);
+            let d = Daemon::start(&mut t, &text)?;
+            wait_healthy(&d, t.backends.len(), Duration::from_secs(10))?;
+            (Running::Daemon(d), "balancer daemon", text)
+        }
+        Front::Haproxy { health } => {
+            let h = Haproxy::start(&t.gateway, &haproxy_failover_config(&t, health))?;
+            let text = h.text.clone();
+            let target = vip();
+            t.client
+                .run(move || http::get(target, "/"))?
+                .context("a first request through HAProxy")?;
+            (Running::Haproxy(Box::new(h)), "haproxy", text)
+        }
+    };
     let load = Load::start(&t.client, vip(), &o.load)?;
     thread::sleep(o.before + jitter(o.jitter));
     let Some((victim, Some(secondary))) = busiest_primary(&load.live()) else {
@@ -769,7 +867,9 @@ pub fn measure_failover(
             load.live().iter().flatten().next()
         );
     };
-    wait_pair(&d, &victim, &secondary, Duration::from_secs(10))?;
+    if let Running::Daemon(d) = &running {
+        wait_pair(d, &victim, &secondary, Duration::from_secs(10))?;
+    }
     let vi = t
         .backend_index(&victim)
         .with_context(|| format!("no backend {victim}"))?;
@@ -789,9 +889,9 @@ pub fn measure_failover(
         }
         if kill.elapsed() > o.deadline {
             bail!(
-                "no session of {victim} served by {secondary} within {:?} of the kill; daemon log:\n{}",
+                "no session of {victim} served by {secondary} within {:?} of the kill; {front_name} log:\n{}",
                 o.deadline,
-                d.log()
+                running.log()
             );
         }
         thread::sleep(Duration::from_millis(5));
@@ -801,15 +901,24 @@ pub fn measure_failover(
     let failover = failover_time(&logs, &victim, kill).context("no failover in the logs")?;
     let mut problems = check_sessions(&logs);
     problems.extend(check_takeovers(&logs, &victim, kill));
-    let times = daemon_times(&d.log(), &victim_ep, kill_wall);
-    let since_kill = |t: Option<SystemTime>| t.and_then(|t| t.duration_since(kill_wall).ok());
+    let (down, rewrite) = match &running {
+        Running::Daemon(d) => {
+            let times = daemon_times(&d.log(), &victim_ep, kill_wall);
+            let since_kill =
+                |t: Option<SystemTime>| t.and_then(|t| t.duration_since(kill_wall).ok());
+            (since_kill(times.down), since_kill(times.rewrite))
+        }
+        Running::Haproxy(h) => (h.server_down_at(&victim, kill).map(|t| t - kill), None),
+    };
     Ok(FailoverRun {
         victim_sessions: sessions_of(&logs, &victim, kill).len(),
         victim,
         secondary,
         failover,
-        down: since_kill(times.down),
-        rewrite: since_kill(times.rewrite),
+        down,
+        rewrite,
+        front: front_name.to_string(),
+        front_config,
         totals: totals(&logs),
         problems,
     })

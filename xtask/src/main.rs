@@ -42,11 +42,15 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Build, then run the benchmarks, writing target/bench/results.json.
+    /// Build, then run the benchmarks: target/bench/results.json, and BENCHMARKS.md
+    /// (full run) or target/bench/BENCHMARKS.md (quick run). Arguments after `--` go to
+    /// balancer-bench (e.g. `-- --only dataplane`).
     Bench {
-        /// Short run, for a quick sanity check rather than stable numbers.
+        /// A few minutes, for CI: fewer calls and runs, same parts and checks.
         #[arg(long)]
         quick: bool,
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Build, then fuzz the XDP program through BPF_PROG_TEST_RUN (balancer-fuzz);
     /// exits non-zero on a finding. Needs root.
@@ -78,7 +82,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
         Task::Build => tasks::build()?,
         Task::Demo { args } => return tasks::demo(&args),
         Task::Test { args } => tasks::test(&args)?,
-        Task::Bench { quick } => return tasks::bench(quick),
+        Task::Bench { quick, args } => return tasks::bench(quick, &args),
         Task::Fuzz { packets, seed } => return tasks::fuzz(packets, seed),
     }
     Ok(ExitCode::SUCCESS)

@@ -10,8 +10,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::run::{self, command, probe};
 
-/// Debian packages: LLVM 22 + its link deps for building bpf-linker, and the tools the
-/// integration tests and the demo use (bpftool, ethtool, ip, mount, ping, curl).
+/// Debian packages: LLVM 22 + its link deps for building bpf-linker, the tools the
+/// integration tests and the demo use (bpftool, ethtool, ip, mount, ping, curl), and the
+/// end-to-end comparison's peers: HAProxy (the balancer compared with), nginx (the
+/// backends' HTTP server) and wrk (the load generator).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -23,7 +25,20 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "util-linux",
     "iputils-ping",
     "curl",
+    "haproxy",
+    "nginx",
+    "wrk",
 ];
+
+/// Packages whose maintainer scripts start a system service. The tests and the benchmark
+/// run their own instances (own configuration, inside their network namespaces), so the
+/// system's must not run: installs happen with service starts denied (policy-rc.d), and
+/// on a machine booted with systemd the units are disabled and stopped afterwards, so they
+/// do not come up at the next boot either (only for packages this setup installed).
+const SERVICE_PACKAGES: &[(&str, &str)] = &[("haproxy", "haproxy"), ("nginx", "nginx")];
+
+/// Debian's hook that invoke-rc.d asks before starting a service (exit 101: denied).
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 /// bpf-linker release that builds against Debian's LLVM 22 (see notes/platform.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -98,10 +113,68 @@ fn install_packages() -> Result<()> {
     run::run(&mut command("apt-get", ["update"]))
         .context("apt-get update failed: check network access to the Debian mirrors")?;
     let args = ["install", "-y", "--no-install-recommends"];
-    run::run(
+    let policy = DenyServiceStarts::install()?;
+    let installed = run::run(
         command("apt-get", args.iter().chain(&missing)).env("DEBIAN_FRONTEND", "noninteractive"),
     )
-    .context("apt-get install failed: this setup expects Debian 12 with its standard repositories")
+    .context("apt-get install failed: this setup expects Debian 12 with its standard repositories");
+    drop(policy);
+    installed?;
+    disable_services(&missing);
+    Ok(())
+}
+
+/// A `policy-rc.d` that denies every service start while it lives, when the machine has
+/// none (one already there is left alone: it already decides).
+struct DenyServiceStarts {
+    created: bool,
+}
+
+impl DenyServiceStarts {
+    fn install() -> Result<DenyServiceStarts> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = std::path::Path::new(POLICY_RC_D);
+        if path.exists() {
+            return Ok(DenyServiceStarts { created: false });
+        }
+        println!("setup: writing {POLICY_RC_D} (deny service starts) for the install");
+        std::fs::write(
+            path,
+            "#!/bin/sh\n# Written by `cargo xtask setup` during apt-get install; removed after.\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(DenyServiceStarts { created: true })
+    }
+}
+
+impl Drop for DenyServiceStarts {
+    fn drop(&mut self) {
+        if self.created {
+            if let Err(e) = std::fs::remove_file(POLICY_RC_D) {
+                eprintln!("setup: could not remove {POLICY_RC_D}: {e}");
+            }
+        }
+    }
+}
+
+/// On a machine running systemd, disables and stops the system services of the packages
+/// just installed (see [`SERVICE_PACKAGES`]); elsewhere nothing starts them.
+fn disable_services(installed_now: &[&str]) {
+    if !std::path::Path::new("/run/systemd/system").exists() {
+        return;
+    }
+    for (package, service) in SERVICE_PACKAGES {
+        if !installed_now.contains(package) {
+            continue;
+        }
+        // A failure here leaves a system service with Debian's default configuration,
+        // which listens outside the test namespaces: worth a warning, not a failed setup.
+        if let Err(e) = run::run(&mut command("systemctl", ["disable", "--now", service])) {
+            eprintln!("setup: could not disable the system {service} service: {e:#}");
+        }
+    }
 }
 
 /// Adds rust-src to nightly (needed for `-Z build-std=core` on the BPF target).

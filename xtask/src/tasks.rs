@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use crate::run::{self, cargo, command, target_dir};
+use crate::run::{self, cargo, command, target_dir, workspace_root};
 use crate::setup;
 use crate::summary::Tally;
 
@@ -32,20 +32,36 @@ pub fn demo(extra: &[String]) -> Result<ExitCode> {
     Ok(run::exit_code(status))
 }
 
-/// `cargo xtask bench`: runs the benchmark suite, writing target/bench/results.json, and
-/// exits with the benchmark's own exit code.
-pub fn bench(quick: bool) -> Result<ExitCode> {
+/// `cargo xtask bench`: runs the benchmark suite and exits with its exit code. Writes
+/// target/bench/results.json; the Markdown report goes to BENCHMARKS.md (plots in
+/// docs/bench/) after a full run, to target/bench/ after a quick one, so a quick run never
+/// replaces the committed figures. Arguments after `--` go to balancer-bench.
+pub fn bench(quick: bool, extra: &[String]) -> Result<ExitCode> {
     setup::ensure()?;
     build_release()?;
     let out_dir = target_dir().join("bench");
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("could not create {}", out_dir.display()))?;
-    let mut args = Vec::new();
+    let root = workspace_root();
+    let (markdown, plots) = if quick {
+        (out_dir.join("BENCHMARKS.md"), out_dir.clone())
+    } else {
+        (root.join("BENCHMARKS.md"), root.join("docs/bench"))
+    };
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
     if quick {
         args.push("--quick".into());
     }
-    args.push("--out".into());
-    args.push(out_dir.join("results.json").into_os_string());
+    for (flag, path) in [
+        ("--out", out_dir.join("results.json")),
+        ("--markdown", markdown),
+        ("--plots", plots),
+        ("--analysis", root.join("docs/bench-analysis.md")),
+    ] {
+        args.push(flag.into());
+        args.push(path.into_os_string());
+    }
+    args.extend(extra.iter().map(Into::into));
     let status = run::status(&mut command(release_bin("balancer-bench")?, args))?;
     Ok(run::exit_code(status))
 }

@@ -9,14 +9,11 @@
 //! min/median/max. The daemon's own steps (backend noted down, rewrite logged) are read
 //! from its log.
 
-use std::{
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use anyhow::{ensure, Context, Result};
 use balancer_tests::{
-    load::{measure_failover, minimal_config, FailoverOptions},
+    load::{measure_failover_with, minimal_config, FailoverOptions, Front},
     topology::Topology,
 };
 use balancer_user::config::DaemonConfig;
@@ -106,6 +103,11 @@ struct FailoverRunResult {
 #[derive(Serialize)]
 struct FailoverSetting {
     name: String,
+    /// `balancer daemon` or `haproxy`.
+    front: String,
+    /// HAProxy's configuration as run (the first run's; empty for the daemon, whose
+    /// settings are `health_section`).
+    front_config: String,
     /// The `[health]` section written into the daemon's configuration (empty: none, the
     /// daemon's defaults).
     health_section: String,
@@ -115,36 +117,15 @@ struct FailoverSetting {
     errors: Vec<String>,
     /// Kill -> first request of a session of the killed primary served by its secondary.
     failover_ms: Spread,
-    /// Kill -> the daemon noted the backend down (its log).
+    /// Kill -> the daemon noted the backend down (its log), or HAProxy logged it DOWN.
     daemon_down_ms: Spread,
     /// Kill -> the daemon logged the rewrite (written to the map just before).
     rewrite_logged_ms: Spread,
 }
 
-fn exe_sibling(name: &str) -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the running executable")?;
-    let p = exe
-        .parent()
-        .context("executable has no directory")?
-        .join(name);
-    ensure!(
-        p.is_file(),
-        "{} not found (build it, or pass its path)",
-        p.display()
-    );
-    Ok(p)
-}
-
 /// Runs the failover measurement with the daemon's defaults and with faster checks.
 pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<FailoverReport> {
-    let balancer = match &args.balancer {
-        Some(p) => p.clone(),
-        None => exe_sibling("balancer")?,
-    };
-    let testsrv = match &args.testsrv {
-        Some(p) => p.clone(),
-        None => exe_sibling("balancer-testsrv")?,
-    };
+    let (balancer, testsrv) = crate::binaries(args)?;
     let runs = args.failover_runs.unwrap_or(if args.quick { 3 } else { 5 });
     ensure!(runs > 0, "--failover-runs must be positive");
     let (kind, interval, timeout, rise, fall) = FAST_HEALTH;
@@ -153,12 +134,13 @@ pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<FailoverReport>
     );
     let o = FailoverOptions::default();
     let mut settings = Vec::new();
-    for (name, health) in [
-        ("daemon defaults", None),
-        ("fast checks", Some(fast.as_str())),
+    for (name, health, front) in [
+        ("daemon defaults", None, FrontKind::Daemon),
+        ("fast checks", Some(fast.as_str()), FrontKind::Daemon),
+        ("HAProxy, daemon defaults", None, FrontKind::Haproxy),
     ] {
         settings.push(measure_setting(
-            name, health, runs, &balancer, &testsrv, &o, progress,
+            name, health, front, runs, &balancer, &testsrv, &o, progress,
         )?);
     }
     Ok(FailoverReport {
@@ -179,16 +161,28 @@ pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<FailoverReport>
         },
         settings,
         notes: vec![
+            "The HAProxy rows: the same topology, app servers, clients and kill, with HAProxy (Debian's) in the gateway namespace on the VIP instead of the daemon and XDP: `use-server` on the cookie's primary segment, then on its secondary segment (HAProxy skips a rule whose server is down), TCP checks with the daemon's default interval, timeout, rise and fall, `timeout connect` = the check timeout and `retries 0` so a request to the dead server is answered 503 at once and retried by the client; its configuration is in `front_config`. Its daemon_down_ms is when HAProxy logged the server DOWN; it has no rewrite step.".into(),
             "daemon_down_ms and rewrite_logged_ms come from the daemon's log timestamps (same clock): the health transition, and the line logged after the rewrite and the backend state were written. The data plane honours the rewrite from the moment it is written, which can be a little before the log line.".into(),
             "failover_ms is what a client sees: the first answer to a session of the killed primary from its secondary. It includes the daemon's detection and rewrite, and the clients' own retries: an attempt the data plane bound to the dead backend before the rewrite is refused (the backend host's RST reaches the client at once), or, when that host still has a TIME-WAIT socket for the reused 4-tuple, answered with an old ACK that the data plane resets back to it (bind_stale_acks) so the client's retransmission binds again, where the rewrite then applies (binds_redone); an attempt that gets no answer within 1 s is counted in attempts_timed_out.".into(),
         ],
     })
 }
 
+/// What stands in front of the app servers in a run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FrontKind {
+    /// `balancer daemon` with the cookie service.
+    Daemon,
+    /// HAProxy routing on the cookie's primary, then secondary segment, with the daemon's
+    /// health settings (`balancer_tests::load::haproxy_failover_config`).
+    Haproxy,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn measure_setting(
     name: &str,
     health: Option<&str>,
+    front_kind: FrontKind,
     runs: usize,
     balancer: &Path,
     testsrv: &Path,
@@ -218,6 +212,7 @@ fn measure_setting(
     };
     let mut results = Vec::new();
     let mut errors = Vec::new();
+    let mut front_config = String::new();
     for i in 0..runs {
         progress(format!(
             "failover, {name} ({} {:.0} ms / {:.0} ms, fall {}): run {}/{runs}",
@@ -228,8 +223,15 @@ fn measure_setting(
             i + 1
         ));
         let config = |t: &Topology| minimal_config(t, health);
-        match measure_failover(balancer, testsrv, &config, &opts) {
+        let front = match front_kind {
+            FrontKind::Daemon => Front::Daemon { config: &config },
+            FrontKind::Haproxy => Front::Haproxy { health: h.clone() },
+        };
+        match measure_failover_with(&front, balancer, testsrv, &opts) {
             Ok(r) => {
+                if front_config.is_empty() && front_kind == FrontKind::Haproxy {
+                    front_config = r.front_config.clone();
+                }
                 // Milliseconds, to 0.1 ms.
                 let ms = |d: Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
                 progress(format!(
@@ -272,6 +274,12 @@ fn measure_setting(
     };
     Ok(FailoverSetting {
         name: name.into(),
+        front: match front_kind {
+            FrontKind::Daemon => "balancer daemon",
+            FrontKind::Haproxy => "haproxy",
+        }
+        .into(),
+        front_config,
         health_section,
         health: used,
         failover_ms: spread(&|r| Some(r.failover_ms)),
@@ -311,7 +319,7 @@ pub fn print(f: &FailoverReport) {
         f.method
     );
     println!(
-        "{:<16} {:<28} {:>4} {:>22} {:>22} {:>22}",
+        "{:<26} {:<28} {:>4} {:>22} {:>22} {:>22}",
         "settings",
         "health",
         "runs",
@@ -319,11 +327,17 @@ pub fn print(f: &FailoverReport) {
         "down min/med/max",
         "rewrite min/med/max"
     );
-    let mmm = |s: &Spread| format!("{:.0}/{:.0}/{:.0}", s.min, s.median, s.max);
+    let mmm = |s: &Spread| {
+        if s.values.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.0}/{:.0}/{:.0}", s.min, s.median, s.max)
+        }
+    };
     for s in &f.settings {
         let h = &s.health;
         println!(
-            "{:<16} {:<28} {:>4} {:>22} {:>22} {:>22}",
+            "{:<26} {:<28} {:>4} {:>22} {:>22} {:>22}",
             s.name,
             format!(
                 "{} {:.0}ms/{:.0}ms rise {} fall {}",

@@ -3,13 +3,20 @@
 //! Parts (each in its own module; `--only`/`--skip` choose):
 //! - `dataplane`: per-packet cost of every data-plane path with BPF_PROG_TEST_RUN, as
 //!   ratios to the XDP_PASS baseline of the same run.
+//! - `scale`: the per-packet cost with 1k vs 1M flow-table entries and 4 vs 4,096
+//!   backends; memory per flow entry and of every map.
+//! - `end_to_end`: wrk through our balancer, HAProxy and directly, on the netns topology.
 //! - `failover`: kill of a primary's app server -> first request of one of its sessions
-//!   served by its secondary, end to end on network namespaces.
+//!   served by its secondary, end to end on network namespaces, ours and HAProxy's.
 //!
 //! Results go to a JSON file (`--out`), and, with `--markdown`, to a Markdown report.
 
 mod dataplane;
+mod end_to_end;
 mod failover;
+mod markdown;
+mod plot;
+mod scale;
 mod stats;
 
 use std::{
@@ -19,12 +26,14 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
+use balancer_tests::e2e::E2eReport;
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
 use crate::{
     dataplane::{DataplaneOptions, DataplaneReport},
     failover::FailoverReport,
+    scale::ScaleReport,
     stats::{machine, Machine},
 };
 
@@ -57,6 +66,16 @@ struct Args {
     /// Failover runs per setting (default 5, quick 3).
     #[arg(long)]
     failover_runs: Option<usize>,
+    /// Also write the results as Markdown here (e.g. BENCHMARKS.md).
+    #[arg(long)]
+    markdown: Option<PathBuf>,
+    /// Where the plot images go (default: next to the Markdown file); the Markdown links
+    /// them relative to itself.
+    #[arg(long, requires = "markdown")]
+    plots: Option<PathBuf>,
+    /// Hand-written analysis of the targets to include in the Markdown.
+    #[arg(long, requires = "markdown")]
+    analysis: Option<PathBuf>,
     /// The `balancer` binary for the end-to-end parts (default: next to this one).
     #[arg(long)]
     balancer: Option<PathBuf>,
@@ -69,6 +88,8 @@ struct Args {
 #[serde(rename_all = "snake_case")]
 enum Part {
     Dataplane,
+    Scale,
+    EndToEnd,
     Failover,
 }
 
@@ -144,7 +165,11 @@ struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     dataplane: Option<DataplaneReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    end_to_end: Option<E2eReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     failover: Option<FailoverReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale: Option<ScaleReport>,
     /// Every target of the parts run, in the order of the parts.
     targets: Vec<Target>,
     all_targets_met: bool,
@@ -182,6 +207,20 @@ fn main() -> Result<()> {
     } else {
         None
     };
+    let scale = if args.runs(Part::Scale) {
+        let r = scale::measure(&scale::ScaleOptions::new(args.quick), &machine, &progress)?;
+        scale::print(&r);
+        Some(r)
+    } else {
+        None
+    };
+    let end_to_end = if args.runs(Part::EndToEnd) {
+        let r = end_to_end::measure(&args, &progress)?;
+        end_to_end::print(&r);
+        Some(r)
+    } else {
+        None
+    };
     let failover = if args.runs(Part::Failover) {
         let f = failover::measure(&args, &progress)?;
         failover::print(&f);
@@ -193,6 +232,12 @@ fn main() -> Result<()> {
     let mut targets = Vec::new();
     if let Some(d) = &dataplane {
         targets.extend(d.targets.iter().cloned());
+    }
+    if let Some(s) = &scale {
+        targets.extend(s.targets.iter().cloned());
+    }
+    if let Some(e) = &end_to_end {
+        targets.extend(end_to_end::targets(e));
     }
     if let Some(t) = failover.as_ref().and_then(failover::target) {
         targets.push(t);
@@ -214,12 +259,126 @@ fn main() -> Result<()> {
         quick: args.quick,
         parts,
         dataplane,
+        scale,
+        end_to_end,
         failover,
         all_targets_met: targets.iter().all(|t| t.met),
         targets,
         seconds: started.elapsed().as_secs_f64(),
     };
-    write_report(&args.out, &report)
+    let mut json = serde_json::to_value(&report)?;
+    json["date"] = utc_now().into();
+    write_report(&args.out, &json)?;
+    if let Some(md_path) = &args.markdown {
+        write_markdown(&args, md_path, &json, report.end_to_end.as_ref())?;
+    }
+    Ok(())
+}
+
+/// BENCHMARKS.md and its plot.
+fn write_markdown(
+    args: &Args,
+    md_path: &Path,
+    json: &serde_json::Value,
+    end_to_end: Option<&E2eReport>,
+) -> Result<()> {
+    let analysis = match &args.analysis {
+        Some(p) => Some(fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let md_dir = md_path.parent().unwrap_or(Path::new(""));
+    let mut plot_rel = None;
+    if let Some(e) = end_to_end {
+        let dir = args.plots.as_deref().unwrap_or(md_dir);
+        let file = dir.join("end-to-end.svg");
+        let subtitle = format!(
+            "{}, wrk -t{} -c{}, {} s per cell x {} round(s); kernel {}, {} CPUs shared by clients, gateway and backends",
+            json["date"].as_str().unwrap_or(""),
+            e.threads,
+            e.connections,
+            e.duration_s,
+            e.rounds,
+            json["machine"]["kernel"].as_str().unwrap_or(""),
+            e.cpus
+        );
+        markdown::write(&file, &end_to_end::plot(e, &subtitle))?;
+        println!("plot written to {}", file.display());
+        plot_rel = Some(relative_to(&file, md_dir));
+    }
+    let md = markdown::render(
+        json,
+        &markdown::Links {
+            plot: plot_rel.as_deref(),
+            json: &args.out,
+        },
+        analysis.as_deref(),
+    );
+    markdown::write(md_path, &md)?;
+    println!("Markdown written to {}", md_path.display());
+    Ok(())
+}
+
+/// `file` as a path relative to `dir` (both as given, made absolute first), for a link.
+fn relative_to(file: &Path, dir: &Path) -> String {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let (file, dir) = (abs(file), abs(dir));
+    let common = file
+        .components()
+        .zip(dir.components())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let ups = dir.components().count() - common;
+    let mut rel = PathBuf::new();
+    for _ in 0..ups {
+        rel.push("..");
+    }
+    rel.extend(file.components().skip(common));
+    rel.to_string_lossy().into_owned()
+}
+
+/// The `balancer` and `balancer-testsrv` binaries of the end-to-end parts: as given, or
+/// next to this one.
+fn binaries(args: &Args) -> Result<(PathBuf, PathBuf)> {
+    let sibling = |name: &str| -> Result<PathBuf> {
+        let exe = std::env::current_exe().context("locating the running executable")?;
+        let p = exe
+            .parent()
+            .context("executable has no directory")?
+            .join(name);
+        ensure!(
+            p.is_file(),
+            "{} not found (build it, or pass its path)",
+            p.display()
+        );
+        Ok(p)
+    };
+    let balancer = match &args.balancer {
+        Some(p) => p.clone(),
+        None => sibling("balancer")?,
+    };
+    let testsrv = match &args.testsrv {
+        Some(p) => p.clone(),
+        None => sibling("balancer-testsrv")?,
+    };
+    Ok((balancer, testsrv))
+}
+
+/// The current time in UTC, to the minute.
+fn utc_now() -> String {
+    // SAFETY: time(NULL) and gmtime_r into a zeroed struct have no other preconditions.
+    unsafe {
+        let t = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::gmtime_r(&t, &mut tm);
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min
+        )
+    }
 }
 
 fn write_report(out: &Path, report: &impl Serialize) -> Result<()> {

@@ -1,0 +1,98 @@
+//! End to end: our balancer in cookie mode vs HAProxy vs going direct, with wrk on the
+//! netns topology (the measurement itself is `balancer_tests::e2e`); here the targets
+//! and the plot.
+
+use anyhow::Result;
+use balancer_tests::e2e::{self, E2eOptions, E2eReport, Mode, Setup};
+
+use crate::{plot, Args, Target};
+
+/// keep-alive requests/s, ours over HAProxy's, at least.
+const TARGET_KEEPALIVE_VS_HAPROXY: f64 = 1.5;
+/// New-connection requests/s, ours over HAProxy's, at least.
+const TARGET_NEWCONN_VS_HAPROXY: f64 = 1.2;
+/// Gateway CPU per request, ours over HAProxy's, at most.
+const TARGET_CPU_VS_HAPROXY: f64 = 1.0 / 3.0;
+/// Requests/s, ours over direct's, at least (within 15%).
+const TARGET_VS_DIRECT: f64 = 0.85;
+
+const MODES: [Mode; 2] = [Mode::KeepAlive, Mode::NewConnection];
+const SETUPS: [Setup; 3] = [Setup::Balancer, Setup::Haproxy, Setup::Direct];
+
+pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<E2eReport> {
+    let (balancer, testsrv) = crate::binaries(args)?;
+    let o = if args.quick {
+        E2eOptions::quick(testsrv, balancer)
+    } else {
+        E2eOptions::full(testsrv, balancer)
+    };
+    e2e::run_end_to_end(&o, progress)
+}
+
+pub fn print(r: &E2eReport) {
+    e2e::print_table(r);
+}
+
+/// The end-to-end targets of issue 5, per mode; a ratio that could not be computed
+/// (a cell failed) counts as not met.
+pub fn targets(r: &E2eReport) -> Vec<Target> {
+    let mut t = Vec::new();
+    for mode in MODES {
+        let ratios = r.ratios.get(mode.name()).cloned().unwrap_or_default();
+        let rps_limit = match mode {
+            Mode::KeepAlive => TARGET_KEEPALIVE_VS_HAPROXY,
+            Mode::NewConnection => TARGET_NEWCONN_VS_HAPROXY,
+        };
+        t.push(Target::at_least(
+            &format!("end to end, {}: requests/s, ours / HAProxy", mode.name()),
+            rps_limit,
+            ratios.rps_balancer_over_haproxy.unwrap_or(f64::NAN),
+            "x",
+        ));
+        t.push(Target::at_least(
+            &format!("end to end, {}: requests/s, ours / direct", mode.name()),
+            TARGET_VS_DIRECT,
+            ratios.rps_balancer_over_direct.unwrap_or(f64::NAN),
+            "x",
+        ));
+        t.push(Target::at_most(
+            &format!(
+                "end to end, {}: gateway CPU per request, ours (XDP+TC run time) / HAProxy (process time)",
+                mode.name()
+            ),
+            (TARGET_CPU_VS_HAPROXY * 1000.0).round() / 1000.0,
+            ratios.cpu_own_balancer_over_haproxy.unwrap_or(f64::NAN),
+            "x",
+        ));
+    }
+    t
+}
+
+/// The comparison as one SVG: requests/s, p50 and p99 latency, gateway CPU per 1,000
+/// requests; a group per mode, a bar per setup.
+pub fn plot(r: &E2eReport, subtitle: &str) -> String {
+    let groups: Vec<String> = MODES.iter().map(|m| m.name().replace('_', "-")).collect();
+    let panel = |title: &str, unit: &str, f: &dyn Fn(&e2e::Cell) -> Option<f64>| plot::Panel {
+        title: title.into(),
+        unit: unit.into(),
+        groups: groups.clone(),
+        values: MODES
+            .iter()
+            .map(|m| SETUPS.iter().map(|s| r.cell(*s, *m).and_then(f)).collect())
+            .collect(),
+    };
+    plot::grouped_bars(
+        "balancer (XDP, cookie mode) vs HAProxy vs direct",
+        subtitle,
+        &["balancer", "HAProxy", "direct (no balancer)"],
+        &[
+            panel("requests", "per s", &|c| Some(c.requests_per_s)),
+            panel("latency p50", "ms", &|c| Some(c.p50_ms)),
+            panel("latency p99", "ms", &|c| Some(c.p99_ms)),
+            panel("gateway CPU", "ms per 1,000 requests", &|c| match c.setup {
+                Setup::Direct => None,
+                _ => Some(c.gateway_cpu_ms_per_1k),
+            }),
+        ],
+    )
+}
