@@ -178,6 +178,7 @@ pub fn new_entries_into(
         cookie_isn: 0,
         mss: 0,
         reuse_pending: 0,
+        stale_ack_resent: 0,
         reuse_isn: 0,
     };
     out.reply_key = FlowKey::new(backend.addr, k.src, backend.port, k.sport, k.proto);
@@ -215,6 +216,7 @@ pub fn new_entries_into(
         cookie_isn: 0,
         mss: 0,
         reuse_pending: 0,
+        stale_ack_resent: 0,
         reuse_isn: 0,
     };
     out.key = k;

@@ -294,7 +294,12 @@ pub struct Flow {
     /// Cookie-mode flows: 1 when a SYN with another ISN (`reuse_isn`) arrived on this
     /// 5-tuple: possibly a new connection reusing the client port. It replaces this one
     /// only once it proves it completed the syncookie handshake.
-    pub reuse_pending: u16,
+    pub reuse_pending: u8,
+    /// Cookie-mode reply entries while binding: 1 once a stale ACK (the backend's
+    /// TIME-WAIT of an earlier connection) was handed to the TC program, which resets it
+    /// and sends the SYN again at once. Only once per binding: a backend that keeps
+    /// answering so gets the RST alone and the client's retransmission.
+    pub stale_ack_resent: u8,
     pub reuse_isn: u32,
 }
 
@@ -488,11 +493,13 @@ counters! {
         BindingsTimedOut = "bindings_timed_out",
         /// Cookie mode: bindings the backend refused (RST to its SYN, e.g. no server listening): the RST is passed to the client.
         BindingsRefused = "bindings_refused",
-        /// Cookie mode: the backend answered the SYN with an ACK of another connection (a TIME-WAIT of the same addresses and ports): reset back to it, so the client's retransmission binds.
+        /// Cookie mode: the backend answered the SYN with an ACK of another connection (a TIME-WAIT of the same addresses and ports): reset back to it; the first time per binding the SYN is sent again right after the reset (TC program), later ones wait for the client's retransmission.
         BindStaleAcks = "bind_stale_acks",
+        /// Cookie mode: stale ACKs passed to the TC program (which resets the old connection and sends the SYN again at once): the first per binding.
+        PassStaleAckToTc = "pass_stale_ack_to_tc",
         /// Cookie mode: client retransmissions of a first segment whose backend stopped taking new flows while binding: bound again (cookie, failover map, policy).
         BindsRedone = "binds_redone",
-        /// Cookie mode: SYNs re-sent to the backend for a client retransmitting its first segment.
+        /// Cookie mode: SYNs re-sent to the backend: for a client retransmitting its first segment, or right after a stale ACK was reset.
         BindRetransmits = "bind_retransmits",
         /// Cookie mode: first segments delivered by the TC program because the driver's frame could not grow in XDP.
         SplicedByTc = "spliced_by_tc",

@@ -2262,12 +2262,13 @@ macro_rules! ensure_that {
     };
 }
 
-const PASS_TERMINALS: [Counter; 5] = [
+const PASS_TERMINALS: [Counter; 6] = [
     Counter::PassNotService,
     Counter::PassMalformed,
     Counter::PassFragment,
     Counter::PassTtlExceeded,
     Counter::PassNoNeighbour,
+    Counter::PassStaleAckToTc,
 ];
 const DROP_TERMINALS: [Counter; 7] = [
     Counter::DropFragment,
@@ -2420,6 +2421,7 @@ const PATH_REFUSED: &str = "backend RST relayed (bind refused)";
 const PATH_SYNACK: &str = "syncookie SYN-ACK";
 const PATH_RESET_CLIENT: &str = "RST to client (bind timed out)";
 const PATH_RESET_BACKEND: &str = "RST to backend (stale ACK)";
+const PATH_STALE_ACK_TO_TC: &str = "stale ACK passed to TC (RST and SYN again there)";
 const PATH_BACKEND_SYN: &str = "SYN to backend (binding)";
 const PATH_BACKEND_SYN_AGAIN: &str = "SYN to backend (retransmission)";
 const PATH_SEGMENT: &str = "kept segment to backend";
@@ -2621,6 +2623,21 @@ impl Oracle {
             "pass_ttl_exceeded for TTL {}",
             p.ttl
         );
+        if r.c(Counter::PassStaleAckToTc) {
+            // Handed to the TC program, which resets the backend's old connection and sends
+            // the SYN again: only a pure ACK from the backend of a binding in progress.
+            let key = (p.dst, self.layout.svcs[SVC_COOKIE].addr, PROTO_TCP);
+            let binding = self.shadow.pending.get(&key).map(|b| b.backend);
+            let pure_ack = p.tcp() && p.flags & (F_ACK | F_SYN | F_RST | F_FIN) == F_ACK;
+            ensure_that!(
+                pure_ack && binding == Some(p.src),
+                "pass.stale_ack",
+                "pass_stale_ack_to_tc for a packet from {} (flags {:#04x}) whose binding the fuzzer knows as {binding:?}",
+                p.src,
+                p.flags
+            );
+            self.count(PATH_STALE_ACK_TO_TC);
+        }
 
         // The shadow holds every flow created since the last flush (and more).
         let known_flow = self.shadow.bound.contains_key(&(p.src, p.dst, p.proto));
@@ -4098,9 +4115,17 @@ pub fn reproduce(name: &str) -> Result<Reproduction> {
                 0x3000_0000,
             ))
             .build();
+            // The first such ACK goes to the TC program (RST and SYN again there); the
+            // RST this bug was about is XDP's answer to the next one.
+            steps.push(step(
+                bed,
+                "the backend answers the SYN with an ACK of another connection (passed to TC)",
+                ack.clone(),
+                Ingress::Backend,
+            )?);
             let s = step(
                 bed,
-                "the backend answers the SYN with an ACK of another connection",
+                "it does so again: XDP resets it",
                 ack,
                 Ingress::Backend,
             )?;

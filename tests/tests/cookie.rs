@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeMap,
     io::{ErrorKind, Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::Path,
     time::{Duration, Instant},
@@ -846,6 +846,19 @@ fn syn_flood_creates_no_state_and_legit_clients_get_through() {
 /// A TCP connection to the VIP from the client's address and a fixed source port
 /// (`SO_REUSEADDR`, so the port can be taken again right after a connection closed).
 fn connect_from_port(port: u16, timeout: Duration) -> anyhow::Result<TcpStream> {
+    connect_from_port_to(
+        port,
+        SocketAddrV4::new(topology::VIP, topology::SERVICE_PORT),
+        timeout,
+    )
+}
+
+/// As [`connect_from_port`], to `remote`.
+fn connect_from_port_to(
+    port: u16,
+    remote: SocketAddrV4,
+    timeout: Duration,
+) -> anyhow::Result<TcpStream> {
     // SAFETY: plain socket call.
     let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     anyhow::ensure!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
@@ -865,7 +878,7 @@ fn connect_from_port(port: u16, timeout: Duration) -> anyhow::Result<TcpStream> 
         sin_zero: [0; 8],
     };
     let local = sockaddr(topology::CLIENT_ADDR, port);
-    let remote = sockaddr(topology::VIP, topology::SERVICE_PORT);
+    let remote = sockaddr(*remote.ip(), remote.port());
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: valid option values and addresses of the sizes passed. SO_SNDTIMEO bounds
     // a blocking connect.
@@ -971,6 +984,63 @@ fn reused_client_port_gets_a_new_binding() {
         "connections from one client port, one after the other; counters: {ctx}; flows: {flows}"
     );
     assert_eq!(s.global("bindings_completed"), 4, "{ctx}");
+}
+
+/// A backend's TIME-WAIT for the client's address and port, left by a connection that
+/// went to it directly, takes the binding SYN (another ISN space: that of the client's
+/// connection to the VIP) for an old segment about half the time, and answers it with an
+/// old ACK. The balancer resets that TIME-WAIT and sends the SYN again at once (XDP
+/// passes the ACK to the TC program, which sends both), so no request waits for the
+/// client to retransmit its first segment.
+#[test]
+fn backend_time_wait_of_a_direct_connection_does_not_hold_the_binding() {
+    const FIRST_PORT: u16 = 61_100;
+    const PORTS: u16 = 24;
+    let _g = topology::machine_shared();
+    let t = setup(1);
+    let backend = match t.backends[0].socket_addr() {
+        SocketAddr::V4(a) => a,
+        other => panic!("IPv4 backend expected, got {other}"),
+    };
+    let answers = t
+        .client
+        .run(move || -> Vec<anyhow::Result<(String, String)>> {
+            (FIRST_PORT..FIRST_PORT + PORTS)
+                .map(|port| {
+                    // Direct: the backend closes first and keeps the TIME-WAIT.
+                    let direct = connect_from_port_to(port, backend, Duration::from_secs(3))
+                        .and_then(|s| get_on(s, "JSESSIONID=direct!be1"))
+                        .map_err(|e| e.context(format!("direct from port {port}")))?;
+                    std::thread::sleep(Duration::from_millis(20));
+                    let via_vip = connect_from_port(port, Duration::from_secs(3))
+                        .and_then(|s| get_on(s, &session_cookie(port as usize, "be1")))
+                        .map_err(|e| e.context(format!("through the VIP from port {port}")))?;
+                    Ok((direct, via_vip))
+                })
+                .collect()
+        })
+        .unwrap();
+    let s = Stats::read(&t);
+    let ctx = nonzero(&s);
+    for a in &answers {
+        match a {
+            Ok((direct, via_vip)) => {
+                assert_eq!((direct.as_str(), via_vip.as_str()), ("be1", "be1"), "{ctx}")
+            }
+            Err(e) => panic!("{e:#}; counters: {ctx}"),
+        }
+    }
+    let passed = s.global("pass_stale_ack_to_tc");
+    assert!(
+        passed > 0,
+        "no binding met a TIME-WAIT in {PORTS} tries (each about even odds): {ctx}"
+    );
+    // Each stale ACK was reset once, by TC (XDP resets only a second one per binding),
+    // and the only SYNs sent again are TC's: no client had to retransmit.
+    assert_eq!(s.global("bind_stale_acks"), passed, "{ctx}");
+    assert_eq!(s.global("bind_retransmits"), passed, "{ctx}");
+    assert_eq!(s.global("bindings_completed"), PORTS as u64, "{ctx}");
+    assert_no_failures(&s);
 }
 
 /// Opens a connection to the VIP while watching the calling thread's `eth0` with a packet

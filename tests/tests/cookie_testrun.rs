@@ -1713,11 +1713,12 @@ fn backend_refusal_resets_the_client_at_once() {
 }
 
 /// The backend's TIME-WAIT of an earlier connection on the same 4-tuple answers the SYN
-/// with an ACK of that old connection: the balancer resets it back to the backend
-/// (`<SEQ=SEG.ACK><CTL=RST>`, as the client's side of the 4-tuple), and the binding
-/// stays, so the client's retransmission binds.
+/// with an ACK of that old connection. The first time, XDP passes it to the TC program,
+/// which resets the old connection (`<SEQ=SEG.ACK><CTL=RST>`, sent as a copy) and turns
+/// the ACK into the SYN again, so the binding goes on at once. A second stale ACK gets the
+/// RST alone from XDP; the binding stays for the client's retransmission.
 #[test]
-fn stale_ack_from_the_backend_is_reset() {
+fn stale_ack_from_the_backend_is_reset_and_the_syn_sent_again() {
     let (bed, _, backends) = setup();
     let conn = handshake(&bed, Conn::new(40000, 9000, 1460));
     let payload = http_get("be1");
@@ -1731,9 +1732,31 @@ fn stale_ack_from_the_backend_is_reset() {
         &bed,
         &stale,
         Ingress::Backend,
+        XDP_PASS,
+        &[(Counter::PassStaleAckToTc, 1)],
+        "first stale ACK",
+    );
+    assert_eq!(r.output, stale, "passed to TC untouched");
+    let r = tc_counted(
+        &bed,
+        &stale,
+        TC_ACT_REDIRECT,
+        &[(Counter::BindStaleAcks, 1), (Counter::BindRetransmits, 1)],
+        "stale ACK through TC",
+    );
+    check_frame(&r.output, &conn.expected_backend_syn(backends[0]).ttl(64))
+        .expect("the SYN again, after the RST");
+    assert_eq!(bed.flow_entries().unwrap().len(), 2, "still binding");
+    // TC acts once per binding; XDP answers a later stale ACK with the RST alone.
+    let r = tc_counted(&bed, &stale, TC_ACT_OK, &[], "stale ACK again in TC");
+    assert_eq!(r.output, stale, "passed untouched");
+    let r = run_counted(
+        &bed,
+        &stale,
+        Ingress::Backend,
         XDP_TX,
         &[(Counter::BindStaleAcks, 1)],
-        "stale ACK",
+        "second stale ACK",
     );
     let d = decode_checked(&r.output).expect("RST to the backend");
     assert_eq!((d.src, d.dst), (conn.client, backends[0]));

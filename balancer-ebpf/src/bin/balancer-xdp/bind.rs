@@ -624,17 +624,29 @@ fn backend_refused(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Cou
 /// An ACK without SYN from the backend while binding. One that does not acknowledge our
 /// SYN is, in practice, the backend's TIME-WAIT of an earlier connection with the same
 /// addresses and ports answering our SYN (Linux does this when the client's ISN is not
-/// above the old connection's): as a TCP in SYN-SENT must (RFC 9293 3.10.7.3), answer
-/// it with `<SEQ=SEG.ACK><CTL=RST>`, which ends the TIME-WAIT, so the SYN sent again on
-/// the client's retransmission binds. An ACK of our SYN without SYN is dropped.
+/// above the old connection's, e.g. when that connection did not come through this VIP):
+/// as a TCP in SYN-SENT must (RFC 9293 3.10.7.3), answer it with
+/// `<SEQ=SEG.ACK><CTL=RST>`, which ends the TIME-WAIT. The SYN must then go out again:
+/// the first time per binding the ACK is passed to the TC program (`tc.rs`), which can
+/// send two packets (the RST, then the SYN) where XDP sends one; after that, XDP sends
+/// the RST alone and the client's retransmission of its first segment sends the SYN
+/// (bounding what a backend that keeps answering so can cause). An ACK of our SYN
+/// without SYN is dropped.
 #[inline(never)]
-fn stale_ack(ctx: &XdpContext, pkt: &Packet, reply: &Flow, stats: &Counters) -> u32 {
+fn stale_ack(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Counters) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     let acks_our_syn =
         tcp_seq_ack(start, end, pkt).map(|(_, ack)| ack) == Some(reply.client_isn.wrapping_add(1));
     if acks_our_syn {
         stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;
+    }
+    // The TC program takes a pure ACK only (as a TIME-WAIT sends): the same test here, or
+    // a packet passed for it would go on to the client.
+    if reply.stale_ack_resent == 0 && pkt.tcp_flags & TCP_FIN == 0 {
+        reply.stale_ack_resent = 1;
+        stats.inc(Counter::PassStaleAckToTc);
+        return xdp_action::XDP_PASS;
     }
     // Like the syncookie SYN-ACK and the bind-timeout RST, an answer built here is
     // counted by its own counter, not as forwarded traffic.

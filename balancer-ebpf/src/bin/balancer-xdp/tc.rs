@@ -6,21 +6,35 @@
 //! use buffers barely larger than the MTU. When XDP cannot grow the frame it passes the
 //! SYN-ACK up the stack, and this program, attached at TC ingress of the same interfaces,
 //! grows the skb (`bpf_skb_change_tail` reallocates as needed), writes the segment, and
-//! sends it back out of the interface towards the backend. Every other packet passes
-//! through untouched.
+//! sends it back out of the interface towards the backend.
+//!
+//! It also answers a backend's stale ACK to the binding SYN (its TIME-WAIT of an earlier
+//! connection on the same addresses and ports), which XDP passes up once per binding:
+//! that takes two packets, the RST that ends the TIME-WAIT and the SYN sent again, and
+//! XDP can send only one (see `bind::stale_ack`). Every other packet passes through
+//! untouched.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::{bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes},
+    helpers::generated::{
+        bpf_clone_redirect, bpf_redirect, bpf_skb_change_tail, bpf_skb_store_bytes,
+    },
     macros::classifier,
     programs::TcContext,
 };
 use balancer_ebpf::{
     direction,
-    parse::{parse_packet, PROTO_TCP_FLAGS_SYNACK},
+    flow::other_key,
+    parse::{
+        parse_packet, ptr_at_mut, Packet, TcpHdr, PROTO_TCP_FLAGS_SYNACK, TCP_ACK, TCP_FIN,
+        TCP_RST, TCP_SYN,
+    },
     phase,
-    tcp_reply::{set_ack, synack_to_segment_headers},
-    Counter, PROTO_TCP,
+    tcp_reply::{
+        backend_syn_len, data_to_backend_syn, rst_for, set_ack, synack_to_segment_headers,
+        tcp_seq_ack,
+    },
+    Counter, Flow, PROTO_TCP,
 };
 
 use crate::{
@@ -42,9 +56,10 @@ fn try_balancer_tc(ctx: &TcContext) -> Option<i32> {
     let len = ctx.len();
     let _ = ctx.pull_data(if len < HEADERS_LEN { len } else { HEADERS_LEN });
     let pkt = parse_packet(ctx.data(), ctx.data_end()).ok()?;
-    if pkt.key.proto != PROTO_TCP
-        || pkt.tcp_flags & PROTO_TCP_FLAGS_SYNACK != PROTO_TCP_FLAGS_SYNACK
-    {
+    let flags = pkt.tcp_flags;
+    let synack = flags & PROTO_TCP_FLAGS_SYNACK == PROTO_TCP_FLAGS_SYNACK;
+    let pure_ack = flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_ACK;
+    if pkt.key.proto != PROTO_TCP || !(synack || pure_ack) {
         return None;
     }
     let entry = FLOWS.get_ptr_mut(&pkt.key)?;
@@ -52,6 +67,9 @@ fn try_balancer_tc(ctx: &TcContext) -> Option<i32> {
     let reply = unsafe { &mut *entry };
     if reply.phase != phase::BINDING || reply.direction != direction::TO_CLIENT {
         return None;
+    }
+    if pure_ack {
+        return stale_ack(ctx, &pkt, reply);
     }
     // From here the packet is ours: never let the SYN-ACK reach the client.
     let stats = Counters::get()?;
@@ -108,5 +126,84 @@ fn splice(
     stats.inc(Counter::TxRedirect);
     // SAFETY: reading the skb's ingress interface; redirect to its egress side.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+/// Passed by XDP (once per binding, marked 1 in the reply entry): a backend's ACK of an
+/// earlier connection answering the binding SYN. Sends it `<SEQ=SEG.ACK><CTL=RST>`
+/// (RFC 9293 3.10.7.3), which ends the backend's TIME-WAIT, then turns the packet into the
+/// SYN (the client's ISN, MSS and window, as the first one) and sends that too, so the
+/// binding goes on without waiting for the client's retransmission.
+#[inline(always)]
+fn stale_ack(ctx: &TcContext, pkt: &Packet, reply: &mut Flow) -> Option<i32> {
+    if reply.stale_ack_resent != 1 {
+        return None;
+    }
+    let stats = Counters::get()?;
+    let (_, ack) = tcp_seq_ack(ctx.data(), ctx.data_end(), pkt)?;
+    if ack == reply.client_isn.wrapping_add(1) {
+        return None;
+    }
+    reply.stale_ack_resent = 2;
+    match resend(ctx, pkt, reply, &stats) {
+        Some(verdict) => Some(verdict),
+        None => {
+            stats.inc(Counter::DropWhileBinding);
+            Some(TC_ACT_SHOT as i32)
+        }
+    }
+}
+
+#[inline(always)]
+fn resend(ctx: &TcContext, pkt: &Packet, reply: &Flow, stats: &Counters) -> Option<i32> {
+    // The client's window, from its kept first segment (the SYN carries it, as the first).
+    let client_key = other_key(&pkt.key, reply);
+    // SAFETY: the value is read right away.
+    let seg = unsafe { PENDING.get(&client_key) }?;
+    let window = u16::from_ne_bytes([seg.bytes[14], seg.bytes[15]]);
+    // SAFETY: reading the skb's ingress interface; both packets leave by its egress side.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+
+    let rst_len = rst_for(ctx.data(), ctx.data_end(), pkt)?;
+    // SAFETY: plain helper calls on the running program's skb. bpf_clone_redirect sends a
+    // copy and leaves this skb writable (the kernel unclones its head).
+    unsafe {
+        if bpf_skb_change_tail(ctx.skb.skb, rst_len as u32, 0) != 0
+            || bpf_clone_redirect(ctx.skb.skb, ifindex, 0) != 0
+        {
+            return None;
+        }
+    }
+    stats.inc(Counter::BindStaleAcks);
+
+    // The RST is now client -> backend with the MACs towards the backend: what the SYN
+    // needs too.
+    let syn_len = backend_syn_len(pkt);
+    // SAFETY: as above.
+    unsafe {
+        if bpf_skb_change_tail(ctx.skb.skb, syn_len as u32, 0) != 0 {
+            return None;
+        }
+    }
+    ctx.pull_data(syn_len as u32).ok()?;
+    let rst = parse_packet(ctx.data(), ctx.data_end()).ok()?;
+    let tcp = ptr_at_mut::<TcpHdr>(ctx.data(), ctx.data_end(), rst.l4_off)?;
+    // SAFETY: bounds-checked by ptr_at_mut; headers in a frame may sit unaligned. The
+    // window is read by the SYN builder below.
+    unsafe { core::ptr::write_unaligned(core::ptr::addr_of_mut!((*tcp).window), window) };
+    let len = data_to_backend_syn(
+        ctx.data(),
+        ctx.data_end(),
+        &rst,
+        rst.key.dst,
+        rst.key.dport,
+        reply.client_isn,
+        reply.mss,
+    )?;
+    if len != syn_len {
+        return None;
+    }
+    stats.inc(Counter::BindRetransmits);
+    // SAFETY: redirect to the egress side of the interface the ACK came in on.
     Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }

@@ -182,7 +182,7 @@ const REFERENCE: &str =
 /// Client of the established flow (kept apart from the new-flow sources).
 const EST_CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 250), 40000);
 /// The cookie-mode service, its backends (server ids be1..be3) and clients.
-const COOKIE_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 100, 5), 80);
+pub(crate) const COOKIE_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 100, 5), 80);
 const SPLICED_CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 251), 40000);
 const SYN_CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 252), 40000);
 /// Size of the request head of the bind paths' first segments.
@@ -233,7 +233,7 @@ fn expected_backend_syn(call: &BindCall, backend: SocketAddrV4) -> Frame {
 
 /// Sets up one spliced cookie-mode connection (SPLICED_CLIENT, bound to `backend` by its
 /// cookie) and returns the frame of the spliced path: the client's ACK, checked once.
-fn splice_one(bed: &TestBed, backend: SocketAddrV4) -> Result<Vec<u8>> {
+pub(crate) fn splice_one(bed: &TestBed, backend: SocketAddrV4) -> Result<Vec<u8>> {
     let isn = 0x0a0b_0c0d_u32;
     let syn = Frame::tcp(SPLICED_CLIENT, COOKIE_VIP, SYN)
         .seq(isn)

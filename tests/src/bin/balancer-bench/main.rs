@@ -255,7 +255,10 @@ fn main() -> Result<()> {
     }
     let report = Report {
         machine,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
+        command: std::env::args()
+            .map(|a| from_cwd(&a))
+            .collect::<Vec<_>>()
+            .join(" "),
         quick: args.quick,
         parts,
         dataplane,
@@ -309,13 +312,25 @@ fn write_markdown(
         json,
         &markdown::Links {
             plot: plot_rel.as_deref(),
-            json: &args.out,
+            json: Path::new(&from_cwd(&args.out.to_string_lossy())),
         },
         analysis.as_deref(),
     );
     markdown::write(md_path, &md)?;
     println!("Markdown written to {}", md_path.display());
     Ok(())
+}
+
+/// `arg` with the current directory's prefix taken off, so the command line in a
+/// committed report reads the same on every machine.
+fn from_cwd(arg: &str) -> String {
+    let Ok(cwd) = std::env::current_dir() else {
+        return arg.to_string();
+    };
+    match Path::new(arg).strip_prefix(&cwd) {
+        Ok(rel) if Path::new(arg).is_absolute() => rel.to_string_lossy().into_owned(),
+        _ => arg.to_string(),
+    }
 }
 
 /// `file` as a path relative to `dir` (both as given, made absolute first), for a link.

@@ -24,7 +24,7 @@ pub fn render(report: &Value, links: &Links, analysis: Option<&str>) -> String {
         md,
         "Written by `balancer-bench` ({}) on {}; the same figures are in `{}`. \
          Regenerate with `cargo xtask bench` (full, writes this file) or \
-         `cargo xtask bench --quick` (a few minutes, writes `target/bench/BENCHMARKS.md`). \
+         `cargo xtask bench --quick` (about a minute, writes `target/bench/BENCHMARKS.md`). \
          Every figure below comes from that one run, on one machine, with all parts \
          side by side; ratios are between figures of the same run.\n",
         if quick { "quick mode" } else { "full mode" },
@@ -43,16 +43,8 @@ pub fn render(report: &Value, links: &Links, analysis: Option<&str>) -> String {
     if let Some(sc) = report.get("scale") {
         scale(&mut md, sc);
     }
-    for (key, title) in [("end_to_end", "End to end: balancer vs HAProxy vs direct")] {
-        if let Some(v) = report.get(key) {
-            let _ = writeln!(md, "## {title}\n");
-            if key == "end_to_end" {
-                if let Some(plot) = links.plot {
-                    let _ = writeln!(md, "![end-to-end comparison]({plot})\n");
-                }
-            }
-            generic(&mut md, v, 3);
-        }
+    if let Some(e) = report.get("end_to_end") {
+        end_to_end(&mut md, e, links.plot);
     }
     if let Some(f) = report.get("failover") {
         failover(&mut md, f);
@@ -196,6 +188,98 @@ fn scale(md: &mut String, sc: &Value) {
     notes(md, &sc["notes"]);
 }
 
+fn end_to_end(md: &mut String, e: &Value, plot: Option<&str>) {
+    let _ = writeln!(md, "## End to end: balancer vs HAProxy vs direct\n");
+    if let Some(plot) = plot {
+        let _ = writeln!(md, "![end-to-end comparison]({plot})\n");
+    }
+    let m = &e["method"];
+    let _ = writeln!(md, "{}\n", str_of(&m["summary"]));
+    let _ = writeln!(
+        md,
+        "| setup | mode | runs | requests/s (median; min-max) | p50 ms | p99 ms | errors | gateway CPU ms / 1k requests (own) | softirq beyond direct ms / 1k | all CPUs busy ms / 1k |"
+    );
+    let _ = writeln!(md, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    for c in e["cells"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} ({}-{}) | {} | {} | {} | {} | {} | {} |",
+            str_of(&c["setup"]),
+            str_of(&c["mode"]),
+            c["runs"],
+            num(&c["requests_per_s"]),
+            num(&c["requests_per_s_min"]),
+            num(&c["requests_per_s_max"]),
+            num(&c["p50_ms"]),
+            num(&c["p99_ms"]),
+            c["errors"],
+            num(&c["gateway_cpu_ms_per_1k"]),
+            short_value(&c["softirq_vs_direct_ms_per_1k"]),
+            num(&c["busy_ms_per_1k"]),
+        );
+    }
+    md.push('\n');
+    let _ = writeln!(
+        md,
+        "| mode | requests/s ours / HAProxy | ours / direct | gateway CPU per request ours / HAProxy (own) | the same with softirq beyond direct |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|");
+    for (mode, r) in e["ratios"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {mode} | {} | {} | {} | {} |",
+            num(&r["rps_balancer_over_haproxy"]),
+            num(&r["rps_balancer_over_direct"]),
+            num(&r["cpu_own_balancer_over_haproxy"]),
+            num(&r["cpu_with_softirq_balancer_over_haproxy"]),
+        );
+    }
+    md.push('\n');
+    let problems = e["problems"].as_array().map_or(0, Vec::len);
+    let _ = writeln!(
+        md,
+        "Problems found by the run's checks (requests on the wrong backend, wrk errors, implausible figures): {problems}.\n"
+    );
+    for p in e["problems"].as_array().into_iter().flatten().take(10) {
+        let _ = writeln!(md, "- {}", cell(p));
+    }
+    let _ = writeln!(md, "### How it was run\n");
+    for key in ["order", "ports", "checks", "cpu"] {
+        let _ = writeln!(md, "- {key}: {}", cell(&m[key]));
+    }
+    let _ = writeln!(
+        md,
+        "- versions: {}; {}; {}\n",
+        cell(&m["wrk_version"]),
+        cell(&m["haproxy_version"]),
+        cell(&m["nginx_version"])
+    );
+    let _ = writeln!(md, "wrk, per mode (the URL per setup below):\n\n```sh");
+    for (mode, cmd) in m["wrk"].as_object().into_iter().flatten() {
+        let _ = writeln!(md, "# {mode}\n{}", str_of(cmd));
+    }
+    let _ = writeln!(md, "```\n");
+    for (setup, url) in m["urls"].as_object().into_iter().flatten() {
+        let _ = writeln!(md, "- {setup}: `{}`", str_of(url));
+    }
+    md.push('\n');
+    let _ = writeln!(md, "Our balancer, set up with:\n\n```sh");
+    for c in m["balancer_commands"].as_array().into_iter().flatten() {
+        let _ = writeln!(md, "{}", str_of(c));
+    }
+    let _ = writeln!(md, "```\n");
+    for (what, key) in [
+        ("HAProxy", "haproxy_config"),
+        ("nginx (backend be1)", "nginx_config"),
+    ] {
+        let _ = writeln!(
+            md,
+            "{what} configuration:\n\n```text\n{}\n```\n",
+            str_of(&m[key]).trim_end()
+        );
+    }
+}
+
 fn failover(md: &mut String, f: &Value) {
     let _ = writeln!(md, "## Failover time\n");
     let _ = writeln!(md, "{}\n\n{}\n", str_of(&f["metric"]), str_of(&f["method"]));
@@ -236,37 +320,6 @@ fn failover(md: &mut String, f: &Value) {
     }
     md.push('\n');
     notes(md, &f["notes"]);
-}
-
-/// Any other part: scalars as a list, arrays of flat objects as tables, strings named
-/// `method` or `notes` as text, nested objects as sub-sections.
-fn generic(md: &mut String, v: &Value, depth: usize) {
-    let Some(obj) = v.as_object() else {
-        let _ = writeln!(md, "{}\n", str_of(v));
-        return;
-    };
-    let mut scalars = Vec::new();
-    for (k, v) in obj {
-        match v {
-            Value::Array(a) if a.iter().all(Value::is_object) && !a.is_empty() => {
-                let _ = writeln!(md, "{} {}\n", "#".repeat(depth), k.replace('_', " "));
-                table(md, a);
-            }
-            Value::Array(a) if k == "notes" => notes(md, &Value::Array(a.clone())),
-            Value::Object(_) => {
-                let _ = writeln!(md, "{} {}\n", "#".repeat(depth), k.replace('_', " "));
-                generic(md, v, (depth + 1).min(6));
-            }
-            Value::String(s) if k == "method" || s.len() > 80 => {
-                let _ = writeln!(md, "{}: {}\n", k.replace('_', " "), s);
-            }
-            _ => scalars.push((k, v)),
-        }
-    }
-    for (k, v) in scalars {
-        let _ = writeln!(md, "- {}: {}", k.replace('_', " "), short_value(v));
-    }
-    md.push('\n');
 }
 
 /// An array of objects as a table of their scalar fields (nested values summarised).
@@ -351,7 +404,15 @@ mod tests {
                 {"metric": "a | b", "comparison": "<=", "limit": 2.5, "measured": 2.21, "unit": "x", "met": true},
                 {"metric": "bind", "comparison": "<", "limit": 1000.0, "measured": 1854.0, "unit": "ns", "met": false}
             ],
-            "end_to_end": {"method": "m", "points": [{"flows": 1000, "median_ns": 231.5}, {"flows": 1000000, "median_ns": 240.0}]}
+            "end_to_end": {
+                "method": {"summary": "s", "wrk": {"keep_alive": "wrk -c64 '<url>'"}, "urls": {"direct": "http://x/"}},
+                "cells": [{"setup": "balancer", "mode": "keep_alive", "runs": 1, "requests_per_s": 60831.49,
+                           "requests_per_s_min": 60303.17, "requests_per_s_max": 68819.13, "p50_ms": 0.419,
+                           "p99_ms": 7.91, "errors": 0, "gateway_cpu_ms_per_1k": 0.66,
+                           "softirq_vs_direct_ms_per_1k": null, "busy_ms_per_1k": 31.5}],
+                "ratios": {"keep_alive": {"rps_balancer_over_haproxy": 1.93}},
+                "problems": []
+            }
         });
         let md = render(
             &report,
@@ -363,8 +424,12 @@ mod tests {
         );
         assert!(md.contains("| a \\| b | <= 2.50x | 2.21x | yes |"), "{md}");
         assert!(md.contains("| bind | < 1000ns | 1854ns | **no** |"), "{md}");
-        assert!(md.contains("| flows | median ns |"), "{md}");
-        assert!(md.contains("| 1000000 | 240 |"), "{md}");
+        assert!(
+            md.contains("| balancer | keep_alive | 1 | 60831 (60303-68819) | 0.42 | 7.91 | 0 | 0.66 |  | 31.5 |"),
+            "{md}"
+        );
+        assert!(md.contains("| keep_alive | 1.93 |"), "{md}");
+        assert!(md.contains("# keep_alive\nwrk -c64 '<url>'\n"), "{md}");
         assert!(md.contains("## Analysis"));
     }
 }

@@ -59,6 +59,7 @@ use balancer_user::{
 use serde::Serialize;
 
 use crate::{
+    dataplane::{splice_one, COOKIE_VIP},
     stats::{iqm, median, percentile, pin_to_cpu, quantum, Machine},
     Target,
 };
@@ -73,10 +74,8 @@ const MANY_BACKENDS: usize = MAX_BACKENDS as usize;
 /// Per-packet cost at a scale point over the small point's, at most.
 const TARGET_RATIO: f64 = 1.10;
 
-/// Client of the hot established flow, and of the spliced one.
+/// Client of the hot established flow.
 const EST_CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 250), 40000);
-const SPLICED_CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 251), 40000);
-const COOKIE_VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 100, 5), 80);
 /// The many backends: 198.18.32.1 upwards (on-link route 198.18.32.0/19 on the
 /// backend-side interface, one permanent neighbour each).
 const MANY_BASE: Ipv4Addr = Ipv4Addr::new(198, 18, 32, 1);
@@ -411,69 +410,6 @@ fn established_entries(
     f.dmac = backend_mac(*backend.ip());
     f.smac = BACKEND_IF_MAC;
     [(k, f), (rk, r)]
-}
-
-/// Sets up one spliced cookie-mode connection bound (by its cookie) to `backend` and
-/// returns the frame of the spliced path, checked once (as in `dataplane.rs`).
-fn splice_one(bed: &TestBed, backend: SocketAddrV4) -> Result<Vec<u8>> {
-    const HEAD_LEN: usize = 1400;
-    let isn = 0x0a0b_0c0d_u32;
-    let syn = Frame::tcp(SPLICED_CLIENT, COOKIE_VIP, SYN)
-        .seq(isn)
-        .tcp_options(&mss_option(1460))
-        .build();
-    let r = bed.run(&syn, Ingress::Client)?;
-    ensure!(
-        r.verdict == XDP_TX,
-        "spliced flow: SYN: {}",
-        r.verdict_name()
-    );
-    let k = decode_checked(&r.output)?.seq.context("SYN-ACK seq")?;
-    let head = request_head(HEAD_LEN, 0.5, "be2", "be3");
-    let data = Frame::tcp(SPLICED_CLIENT, COOKIE_VIP, PSH_ACK)
-        .seq(isn.wrapping_add(1))
-        .ack(k.wrapping_add(1))
-        .payload(&head)
-        .build();
-    let r = bed.run(&data, Ingress::Client)?;
-    ensure!(
-        r.verdict == XDP_REDIRECT && decode_checked(&r.output)?.dst == backend,
-        "spliced flow: first segment not bound to {backend} ({})",
-        r.verdict_name()
-    );
-    let b = 0x7777_0000_u32;
-    let synack = Frame::reply(backend, SPLICED_CLIENT, SYN_ACK)
-        .seq(b)
-        .ack(isn.wrapping_add(1))
-        .tcp_options(&mss_option(1460))
-        .build();
-    let r = bed.run(&synack, Ingress::Backend)?;
-    ensure!(
-        r.verdict == XDP_TX,
-        "spliced flow: SYN-ACK: {}",
-        r.verdict_name()
-    );
-    let ack = Frame::tcp(SPLICED_CLIENT, COOKIE_VIP, ACK)
-        .seq(isn.wrapping_add(1 + HEAD_LEN as u32))
-        .ack(k.wrapping_add(201));
-    let frame = ack.build();
-    let r = bed.run(&frame, Ingress::Client)?;
-    ensure!(
-        r.verdict == XDP_REDIRECT,
-        "spliced forward: {}",
-        r.verdict_name()
-    );
-    let want = ack
-        .addressed(
-            BACKEND_IF_MAC,
-            backend_mac(*backend.ip()),
-            SPLICED_CLIENT,
-            backend,
-        )
-        .ttl(63)
-        .ack(b.wrapping_add(201));
-    check_frame(&r.output, &want).context("spliced forward output")?;
-    Ok(frame)
 }
 
 /// The vmalloc areas of BPF maps (/proc/vmallocinfo, root only): range -> (bytes of
