@@ -466,6 +466,24 @@ impl Topology {
         Ok(())
     }
 
+    /// Adds the cookie-mode service `VIP:SERVICE_PORT` with every backend, each backend's
+    /// server id being its name (be1, be2, ...).
+    pub fn add_cookie_service_with_backends(&self) -> Result<()> {
+        let service = service_arg();
+        self.balancer(&["service", "add", &service, "--cookie"])?;
+        for b in &self.backends {
+            self.balancer(&[
+                "backend",
+                "add",
+                &service,
+                &b.endpoint(),
+                "--server-id",
+                &b.name,
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Global counters (`stats --json` → `global`).
     pub fn global_stats(&self) -> Result<Value> {
         Ok(self.balancer_json(&["stats", "--json"])?["global"].clone())

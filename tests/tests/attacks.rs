@@ -47,7 +47,7 @@ use balancer_tests::{
     http::{self, Conn, Fnv64},
     impair::{Impairment, Relay},
     netns::{self, Netns},
-    topology::{self, service_arg, vip, Stats, Topology, CLIENT_ADDR, SERVICE_PORT, VIP},
+    topology::{self, vip, Stats, Topology, CLIENT_ADDR, SERVICE_PORT, VIP},
 };
 use balancer_user::dataplane::Balancer;
 use serde_json::Value;
@@ -62,20 +62,8 @@ fn setup(n: usize, attach: &[&str]) -> Topology {
     t.attach_with(attach).expect("attaching the balancer");
     t.start_servers(Path::new(TESTSRV))
         .expect("starting test servers");
-    let service = service_arg();
-    t.balancer(&["service", "add", &service, "--cookie"])
-        .unwrap();
-    for b in &t.backends {
-        t.balancer(&[
-            "backend",
-            "add",
-            &service,
-            &b.endpoint(),
-            "--server-id",
-            &b.name,
-        ])
-        .unwrap();
-    }
+    t.add_cookie_service_with_backends()
+        .expect("adding the cookie service");
     t
 }
 

@@ -16,6 +16,7 @@ use std::{
 };
 
 use balancer_tests::{
+    attack::{self, RawSender, Segment, Sniffer},
     http::{self, Conn, Fnv64},
     impair::Impairment,
     netns::Netns,
@@ -31,20 +32,8 @@ fn add_cookie_service(t: &mut Topology) {
     t.attach().expect("attaching the balancer");
     t.start_servers(Path::new(TESTSRV))
         .expect("starting test servers");
-    let service = service_arg();
-    t.balancer(&["service", "add", &service, "--cookie"])
-        .unwrap();
-    for b in &t.backends {
-        t.balancer(&[
-            "backend",
-            "add",
-            &service,
-            &b.endpoint(),
-            "--server-id",
-            &b.name,
-        ])
-        .unwrap();
-    }
+    t.add_cookie_service_with_backends()
+        .expect("adding the cookie service");
 }
 
 /// Two-arm topology with `n` backends in a cookie-mode service.
@@ -601,135 +590,44 @@ struct Flood {
     elapsed: Duration,
 }
 
-/// Internet checksum of `data` added to `sum`, folded.
-fn csum_fold(mut sum: u32, data: &[u8]) -> u16 {
-    for c in data.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+/// A SYN as Linux sends it (window 64240, MSS 1460).
+fn syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32) -> Segment<'static> {
+    Segment {
+        seq,
+        flags: attack::TCP_SYN,
+        window: 64240,
+        mss: Some(1460),
+        ..Segment::between(src, sport, dst, dport)
     }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// A SYN (IPv4 header and TCP header with an MSS option, 44 bytes) with both checksums.
-fn syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32) -> [u8; 44] {
-    let mut p = [0u8; 44];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&44u16.to_be_bytes());
-    p[6] = 0x40; // DF
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let ip_sum = csum_fold(0, &p[..20]);
-    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    let tcp = &mut p[20..];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-    tcp[12] = 6 << 4;
-    tcp[13] = 0x02;
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    tcp[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
-    let mut pseudo = 0u32;
-    for w in [
-        &src.octets()[..2],
-        &src.octets()[2..],
-        &dst.octets()[..2],
-        &dst.octets()[2..],
-    ] {
-        pseudo += u32::from(u16::from_be_bytes([w[0], w[1]]));
-    }
-    pseudo += 6 + 24;
-    let tcp_sum = csum_fold(pseudo, &p[20..]);
-    p[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
-    p
 }
 
 /// Sends SYNs to the VIP from random spoofed addresses of the client's subnet
-/// (198.18.0.16-239) and random ports through a raw socket (`IP_HDRINCL`), in batches
-/// (`sendmmsg`), for `duration` or `max` packets. Runs on the calling thread's namespace.
+/// (198.18.0.16-239) and random ports through a raw socket, in batches, for `duration`
+/// or `max` packets. Runs on the calling thread's namespace.
 fn syn_flood(duration: Duration, max: u64, seed: u64) -> anyhow::Result<Flood> {
     const BATCH: usize = 64;
-    // SAFETY: plain socket call.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-    anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    // SAFETY: a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let one: libc::c_int = 1;
-    // SAFETY: valid option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_HDRINCL,
-            &one as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    anyhow::ensure!(rc == 0, "IP_HDRINCL: {}", std::io::Error::last_os_error());
-    let dst = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(topology::VIP.octets()),
-        },
-        sin_zero: [0; 8],
-    };
-    let mut rng = seed | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let mut packets = vec![[0u8; 44]; BATCH];
+    let tx = RawSender::new()?;
+    let mut rng = attack::Rng::new(seed);
+    let mut packets: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(64)).collect();
     let (mut sent, mut errors) = (0u64, 0u64);
     let started = Instant::now();
     while sent < max && started.elapsed() < duration {
         for p in packets.iter_mut() {
-            let r = next();
+            let r = rng.next_u64();
             let src = Ipv4Addr::new(198, 18, 0, 16 + (r % 224) as u8);
             let sport = 1024 + ((r >> 8) % 64000) as u16;
-            *p = syn(
+            let seg = syn(
                 src,
                 sport,
                 topology::VIP,
                 topology::SERVICE_PORT,
                 (r >> 32) as u32,
             );
+            attack::build_into(&seg, p);
         }
-        let mut iov: Vec<libc::iovec> = packets
-            .iter_mut()
-            .map(|p| libc::iovec {
-                iov_base: p.as_mut_ptr() as *mut libc::c_void,
-                iov_len: p.len(),
-            })
-            .collect();
-        let mut msgs: Vec<libc::mmsghdr> = iov
-            .iter_mut()
-            .map(|v| {
-                // SAFETY: an all-zero msghdr is valid; the fields used are set below.
-                let mut h: libc::msghdr = unsafe { std::mem::zeroed() };
-                h.msg_name = &dst as *const libc::sockaddr_in as *mut libc::c_void;
-                h.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                h.msg_iov = v as *mut libc::iovec;
-                h.msg_iovlen = 1;
-                libc::mmsghdr {
-                    msg_hdr: h,
-                    msg_len: 0,
-                }
-            })
-            .collect();
-        // SAFETY: msgs points at BATCH valid headers whose buffers outlive the call.
-        let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as u32, 0) };
-        if n < 0 {
-            errors += 1;
-            std::thread::sleep(Duration::from_micros(100));
-        } else {
-            sent += n as u64;
-        }
+        let (s, e) = tx.send_batch(&mut packets);
+        sent += s;
+        errors += e;
     }
     Ok(Flood {
         sent,
@@ -1046,96 +944,23 @@ fn backend_time_wait_of_a_direct_connection_does_not_hold_the_binding() {
 /// Opens a connection to the VIP while watching the calling thread's `eth0` with a packet
 /// socket, and returns it with the ISN of the SYN it sent.
 fn connect_and_read_isn() -> anyhow::Result<(Conn, u32)> {
-    // SAFETY: plain socket call.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            // ETH_P_ALL: only those sockets see outgoing frames.
-            (libc::ETH_P_ALL as u16).to_be() as i32,
-        )
-    };
-    anyhow::ensure!(
-        fd >= 0,
-        "packet socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 200_000,
-    };
-    // SAFETY: valid option value of the size passed.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const libc::timeval as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
+    let sniffer = Sniffer::all("eth0")?;
     let conn = Conn::connect(vip())?;
     let port = conn.local_addr()?.port();
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut buf = [0u8; 2048];
-    while Instant::now() < deadline {
-        // SAFETY: buf is valid for its length.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
-        };
-        if n < 40 {
-            continue;
-        }
-        let ip = &buf[..n as usize];
-        let l4 = usize::from(ip[0] & 0xf) * 4;
-        if ip[0] >> 4 != 4 || ip[9] != 6 || ip.len() < l4 + 20 {
-            continue;
-        }
-        let tcp = &ip[l4..];
-        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-        if sport == port && tcp[13] & 0x12 == 0x02 {
-            return Ok((conn, u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]])));
+    while let Some((n, _)) =
+        sniffer.recv(&mut buf, deadline.saturating_duration_since(Instant::now()))
+    {
+        if let Some(tcp) = attack::parse(&buf[..n]) {
+            if tcp.sport == port
+                && tcp.flags & (attack::TCP_SYN | attack::TCP_ACK) == attack::TCP_SYN
+            {
+                return Ok((conn, tcp.seq));
+            }
         }
     }
     anyhow::bail!("did not see the SYN of port {port}")
-}
-
-/// Sends one packet built by [`syn`] through a raw socket of the calling thread's
-/// namespace.
-fn send_raw(packet: &[u8]) -> anyhow::Result<()> {
-    // SAFETY: plain socket call.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-    anyhow::ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-    // SAFETY: a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let dst = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from_ne_bytes(packet[16..20].try_into().unwrap()),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: packet and dst are valid for the sizes passed.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            packet.as_ptr() as *const libc::c_void,
-            packet.len(),
-            0,
-            &dst as *const libc::sockaddr_in as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    };
-    anyhow::ensure!(n >= 0, "sendto: {}", std::io::Error::last_os_error());
-    Ok(())
 }
 
 /// A spliced keep-alive connection gets a SYN on its own tuple with ISN `isn + offset`
@@ -1158,7 +983,7 @@ fn syn_on_a_live_connection(offset: u32) {
                 topology::SERVICE_PORT,
                 isn.wrapping_add(offset),
             );
-            send_raw(&extra)?;
+            RawSender::new()?.send(&attack::build(&extra))?;
             std::thread::sleep(Duration::from_millis(50));
             for i in 0..3 {
                 let r = conn
