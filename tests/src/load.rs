@@ -686,8 +686,9 @@ pub fn minimal_config(t: &Topology, health: Option<&str>) -> String {
     s
 }
 
-/// Waits until the daemon knows `primary`'s secondary is `secondary` (`balancer pairs`).
-pub fn wait_pair(d: &Daemon, primary: &str, secondary: &str, timeout: Duration) -> Result<()> {
+/// Waits until the daemon knows `primary`'s secondary is `secondary` (`balancer pairs`);
+/// returns that row of `balancer pairs`.
+pub fn wait_pair(d: &Daemon, primary: &str, secondary: &str, timeout: Duration) -> Result<Value> {
     d.wait_for(
         &format!("the pair {primary} -> {secondary}"),
         timeout,
@@ -697,8 +698,8 @@ pub fn wait_pair(d: &Daemon, primary: &str, secondary: &str, timeout: Duration) 
                 .as_array()
                 .into_iter()
                 .flatten()
-                .any(|p| p["primary"] == primary && p["secondary"] == secondary)
-                .then_some(()))
+                .find(|p| p["primary"] == primary && p["secondary"] == secondary)
+                .cloned())
         },
     )
 }

@@ -22,8 +22,10 @@ use std::{
 };
 
 use balancer_tests::{
+    attack::Rng,
     daemon::{backend_entry, colliding_tokens, daemon_config, Background, ConfigOptions, Daemon},
     http,
+    load::wait_pair,
     topology::{self, vip, Topology, GATEWAY_SERVER_ADDR},
 };
 use balancer_user::group::{unix_ms, GroupKey, HostMessage, InterfaceInfo, Role, MAGIC};
@@ -621,18 +623,6 @@ fn host_message(name: &str, addr: [u8; 4], timestamp_ms: u64, seq: u64) -> HostM
     }
 }
 
-/// Small deterministic generator for junk.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 /// Agents announce themselves with signed host messages; the daemon trusts those
 /// signed with the group key only, learns their replication pairs, rejects replayed,
 /// truncated, oversized, malformed, future and forged datagrams (each counted) without
@@ -716,21 +706,7 @@ fn group_membership_trusts_only_signed_fresh_messages() {
             .map(|_| ()))
     })
     .unwrap();
-    let pair = d
-        .wait_for(
-            "pair be1 -> be2 from the agent",
-            Duration::from_secs(5),
-            || {
-                let pairs = d.ctl_json(&["pairs"])?;
-                Ok(pairs
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|p| p["primary"] == "be1" && p["secondary"] == "be2")
-                    .cloned())
-            },
-        )
-        .unwrap();
+    let pair = wait_pair(&d, "be1", "be2", Duration::from_secs(5)).unwrap();
     assert_eq!(pair["source"], "agent", "{pair}");
     assert_eq!(pair["service"], "198.18.100.1:80/tcp", "{pair}");
     let evil_row = d
@@ -819,13 +795,13 @@ fn group_membership_trusts_only_signed_fresh_messages() {
     // A flood of ~20k junk datagrams from backend 1's namespace: random bytes, messages
     // signed with another key under ever new names, future-dated and replayed genuine
     // ones. Sent in bursts of 1000 every 100 ms (2 s), while the health checks go on.
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(1);
     let now = unix_ms();
     let flood: Vec<Vec<u8>> = (0..20_000u64)
         .map(|i| match i % 4 {
             0 => {
-                let len = 1 + (rng.next() % 1400) as usize;
-                (0..len).map(|_| rng.next() as u8).collect()
+                let len = 1 + rng.below(1400) as usize;
+                (0..len).map(|_| rng.next_u64() as u8).collect()
             }
             1 => host_message(&format!("flood-{i}"), [198, 18, 1, 11], now, i)
                 .encode(&other)
