@@ -166,16 +166,7 @@ impl Daemon {
     /// file, 0600) and returns its path.
     pub fn write_file(&self, name: &str, contents: &str, mode: u32) -> Result<PathBuf> {
         let path = self.dir.join(name);
-        let _ = fs::remove_file(&path);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(contents.as_bytes())?;
-        // The umask may have taken bits off at creation.
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
+        write_with_mode(&path, contents.as_bytes(), mode)?;
         Ok(path)
     }
 
@@ -502,4 +493,20 @@ pub fn colliding_tokens() -> (String, String) {
         }
     }
     unreachable!()
+}
+
+/// Writes a new file at `path` (replacing one there) with exactly `mode`: key files and
+/// configurations whose permissions the daemon checks.
+pub fn write_with_mode(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents)?;
+    // The umask may have taken bits off at creation.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
 }

@@ -23,10 +23,9 @@
 
 use std::{
     fs,
-    io::Write as _,
     net::{TcpListener, UdpSocket},
     os::unix::{
-        fs::{OpenOptionsExt as _, PermissionsExt as _},
+        fs::PermissionsExt as _,
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
@@ -37,7 +36,7 @@ use std::{
 use aya::maps::{Array, MapData};
 use balancer_ebpf::{map_names, syncookie::SyncookieKeys};
 use balancer_tests::{
-    daemon::{colliding_tokens, daemon_config, ConfigOptions, Daemon},
+    daemon::{colliding_tokens, daemon_config, write_with_mode, ConfigOptions, Daemon},
     netns,
     topology::{self, service_arg, Topology, BPFFS_ROOT},
 };
@@ -72,15 +71,7 @@ impl Scratch {
     /// Writes `name` with exactly `mode` and returns its path as a string.
     fn file(&self, name: &str, contents: &[u8], mode: u32) -> String {
         let path = self.path(name);
-        let _ = fs::remove_file(&path);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&path)
-            .unwrap();
-        f.write_all(contents).unwrap();
-        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+        write_with_mode(&path, contents, mode).unwrap();
         path.display().to_string()
     }
 }
