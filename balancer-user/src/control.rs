@@ -186,10 +186,11 @@ impl Maps {
     /// The service's lookup table, mapped (that part of RING only).
     fn ring_of(&self, service: &Service) -> Result<MmapArray<u32>> {
         if service.id >= MAX_SERVICES {
-            return Err(Error::Daemon(format!(
-                "service id {} out of range (at most {MAX_SERVICES} services)",
-                service.id
-            )));
+            return Err(Error::invalid(
+                "service id",
+                service.id,
+                format!("at most {MAX_SERVICES} services"),
+            ));
         }
         MmapArray::open_range(
             &self.pins,
@@ -200,18 +201,13 @@ impl Maps {
     }
 
     fn ring_block(&self, service: &Service) -> Result<Vec<u32>> {
-        let ring = self.ring_of(service)?;
-        Ok((0..RING_SIZE as usize).map(|i| ring.get(i)).collect())
+        Ok(read_ring(&self.ring_of(service)?))
     }
 
-    /// Writes the entries of `new` that differ from `old`.
-    fn write_ring(&mut self, service: &Service, old: &[u32], new: &[u32]) -> Result<()> {
+    /// Makes the service's table `new`, writing only the entries that differ.
+    fn write_ring(&mut self, service: &Service, new: &[u32]) -> Result<()> {
         let ring = self.ring_of(service)?;
-        for (i, (o, n)) in old.iter().zip(new).enumerate() {
-            if o != n {
-                ring.store(i, *n);
-            }
-        }
+        store_changed(&ring, &read_ring(&ring), new);
         Ok(())
     }
 
@@ -234,9 +230,11 @@ impl Maps {
                 weight: b.weight,
             })
             .collect();
-        let old = self.ring_block(service)?;
-        let new = maglev::update(&old, &members);
-        self.write_ring(service, &old, &new)
+        // One mapping for the read and the write.
+        let ring = self.ring_of(service)?;
+        let old = read_ring(&ring);
+        store_changed(&ring, &old, &maglev::update(&old, &members));
+        Ok(())
     }
 
     /// Applies a change to a backend slot in the safe order: a backend that gains new
@@ -254,6 +252,20 @@ impl Maps {
         } else {
             self.rebuild_ring(service, Some((slot, new)))?;
             write(self)
+        }
+    }
+}
+
+/// A service's table as mapped by [`Maps::ring_of`].
+fn read_ring(ring: &MmapArray<u32>) -> Vec<u32> {
+    (0..RING_SIZE as usize).map(|i| ring.get(i)).collect()
+}
+
+/// Stores the entries of `new` that differ from `old` (what `ring` holds).
+fn store_changed(ring: &MmapArray<u32>, old: &[u32], new: &[u32]) {
+    for (i, (o, n)) in old.iter().zip(new).enumerate() {
+        if o != n {
+            ring.store(i, *n);
         }
     }
 }
@@ -315,8 +327,7 @@ impl Balancer {
         let service = Service { id, flags };
         // The block may hold entries of a removed service: clear it before the service
         // becomes visible.
-        let old = maps.ring_block(&service)?;
-        maps.write_ring(&service, &old, &vec![NO_BACKEND; RING_SIZE as usize])?;
+        maps.write_ring(&service, &vec![NO_BACKEND; RING_SIZE as usize])?;
         if let Some(config) = &cookie_config {
             CookieMaps::open(self)?.set_config(id, config)?;
         }
@@ -343,8 +354,7 @@ impl Balancer {
         maps.services
             .remove(&addr.key())
             .map_err(map_ctx("removing from SERVICES"))?;
-        let old = maps.ring_block(&service)?;
-        maps.write_ring(&service, &old, &vec![NO_BACKEND; RING_SIZE as usize])?;
+        maps.write_ring(&service, &vec![NO_BACKEND; RING_SIZE as usize])?;
         if service.flags & SERVICE_F_COOKIE != 0 {
             let mut cookie = CookieMaps::open(self)?;
             for (key, _, _) in cookie.entries(service.id, None)? {
