@@ -42,7 +42,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
 use crate::{
@@ -86,9 +86,7 @@ pub fn backend_name(i: usize) -> String {
     format!("be{}", i + 1)
 }
 
-/// The `balancer` binary: `$BALANCER_BIN` if set, else next to the running executable's
-/// directory (`target/<profile>/balancer` for tests in `target/<profile>/deps/`), else in
-/// the same directory (binaries in `target/<profile>/`).
+/// The `balancer` binary: `$BALANCER_BIN` if set, else [`built_bin`].
 pub fn balancer_bin() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("BALANCER_BIN") {
         let p = PathBuf::from(p);
@@ -97,17 +95,23 @@ pub fn balancer_bin() -> Result<PathBuf> {
         }
         return Ok(p);
     }
+    built_bin("balancer").map_err(|e| anyhow!("{e:#}, or set BALANCER_BIN"))
+}
+
+/// A binary of this workspace: next to the running executable's directory
+/// (`target/<profile>/<name>` for tests in `target/<profile>/deps/`), else in the same
+/// directory (binaries in `target/<profile>/`).
+pub fn built_bin(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().context("locating the running executable")?;
     let dir = exe.parent().context("executable has no directory")?;
-    let candidates = [dir.join("../balancer"), dir.join("balancer")];
+    let candidates = [dir.join("..").join(name), dir.join(name)];
     for c in &candidates {
         if c.is_file() {
             return Ok(c.clone());
         }
     }
     bail!(
-        "the balancer binary is not at {}: build it first (`cargo build --release -p \
-         balancer-user --bins`) or set BALANCER_BIN",
+        "the {name} binary is not at {}: build it first (`cargo build --release --bins`)",
         candidates[0].display()
     )
 }

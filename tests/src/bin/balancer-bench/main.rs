@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
-use balancer_tests::e2e::E2eReport;
+use balancer_tests::{e2e::E2eReport, topology};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
 
@@ -352,28 +352,15 @@ fn relative_to(file: &Path, dir: &Path) -> String {
 }
 
 /// The `balancer` and `balancer-testsrv` binaries of the end-to-end parts: as given, or
-/// next to this one.
+/// the workspace's built ones.
 fn binaries(args: &Args) -> Result<(PathBuf, PathBuf)> {
-    let sibling = |name: &str| -> Result<PathBuf> {
-        let exe = std::env::current_exe().context("locating the running executable")?;
-        let p = exe
-            .parent()
-            .context("executable has no directory")?
-            .join(name);
-        ensure!(
-            p.is_file(),
-            "{} not found (build it, or pass its path)",
-            p.display()
-        );
-        Ok(p)
-    };
     let balancer = match &args.balancer {
         Some(p) => p.clone(),
-        None => sibling("balancer")?,
+        None => topology::balancer_bin()?,
     };
     let testsrv = match &args.testsrv {
         Some(p) => p.clone(),
-        None => sibling("balancer-testsrv")?,
+        None => topology::built_bin("balancer-testsrv")?,
     };
     Ok((balancer, testsrv))
 }
