@@ -46,7 +46,7 @@ use balancer_user::Proto;
 use serde::Serialize;
 
 use crate::{
-    stats::{iqm, median, percentile, pin_to_cpu, quantum, Machine},
+    stats::{expect_growth, iqm, median, percentile, pin_to_cpu, quantum, Machine},
     Target,
 };
 
@@ -652,29 +652,26 @@ pub fn measure(
         "new_flows grew by {created}, expected {} (one per new-flow and bind call): {delta:?}",
         new_flows + binds
     );
-    for (c, want) in [
-        (Counter::BindingsStarted, binds),
-        (Counter::SyncookiesValid, binds),
-        (Counter::SyncookiesSent, new_flows),
-        (Counter::TxSameInterface, 0),
-        (Counter::SyncookiesInvalid, 0),
-        (Counter::CookieNotHttp, 0),
-        (Counter::CookieNoHeader, 0),
-        (Counter::CookieNameAbsent, 0),
-        (Counter::CookieNoToken, 0),
-        (Counter::CookieBeyondFirstSegment, 0),
-        (Counter::CookieUnknownToken, 0),
-        (Counter::DropWhileBinding, 0),
-        (Counter::DropFlowTableFull, 0),
-        (Counter::PassNoNeighbour, 0),
-    ] {
-        ensure!(
-            count(c) == want as u64,
-            "{} grew by {}, expected {want}: {delta:?}",
-            c.label(),
-            count(c)
-        );
-    }
+    expect_growth(
+        &delta,
+        &[
+            (Counter::BindingsStarted, binds),
+            (Counter::SyncookiesValid, binds),
+            (Counter::SyncookiesSent, new_flows),
+            (Counter::TxSameInterface, 0),
+            (Counter::SyncookiesInvalid, 0),
+            (Counter::CookieNotHttp, 0),
+            (Counter::CookieNoHeader, 0),
+            (Counter::CookieNameAbsent, 0),
+            (Counter::CookieNoToken, 0),
+            (Counter::CookieBeyondFirstSegment, 0),
+            (Counter::CookieUnknownToken, 0),
+            (Counter::DropWhileBinding, 0),
+            (Counter::DropFlowTableFull, 0),
+            (Counter::PassNoNeighbour, 0),
+        ],
+        "",
+    )?;
     let hits = bed.backend_counters()?[&cookie_backends[1]].cookie_hits
         - backends_before[&cookie_backends[1]].cookie_hits;
     ensure!(

@@ -1,6 +1,9 @@
 //! Small statistics and machine facts shared by the parts.
 
-use std::fs;
+use std::{collections::BTreeMap, fs};
+
+use anyhow::{ensure, Result};
+use balancer_ebpf::Counter;
 
 use serde::Serialize;
 
@@ -87,4 +90,22 @@ pub fn machine() -> Machine {
         cpu_model,
         clocksource: read_trim("/sys/devices/system/clocksource/clocksource0/current_clocksource"),
     }
+}
+
+/// Checks that each counter grew by exactly its expected amount in `delta` (a
+/// `Counters::delta`); `what` says which run it was.
+pub fn expect_growth(
+    delta: &BTreeMap<&'static str, u64>,
+    expected: &[(Counter, usize)],
+    what: &str,
+) -> Result<()> {
+    for (c, want) in expected {
+        let got = delta.get(c.label()).copied().unwrap_or(0);
+        ensure!(
+            got == *want as u64,
+            "{what}{} grew by {got}, expected {want}: {delta:?}",
+            c.label()
+        );
+    }
+    Ok(())
 }
