@@ -3,7 +3,7 @@
 
 use std::{fmt, net::Ipv4Addr, str::FromStr};
 
-use balancer_ebpf::{ServiceKey, PROTO_TCP, PROTO_UDP};
+use balancer_common::{ServiceKey, PROTO_TCP, PROTO_UDP};
 use serde::Serialize;
 
 use crate::error::{Error, Result};

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use aya::maps::{Array, MapData};
-use balancer_ebpf::{health_state, map_names, BackendHealth, MAX_BACKENDS};
+use balancer_common::{health_state, map_names, BackendHealth, MAX_BACKENDS};
 use serde::Serialize;
 
 use crate::{

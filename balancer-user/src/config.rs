@@ -85,7 +85,7 @@ use std::{
     time::Duration,
 };
 
-use balancer_ebpf::{cookie::token_hash, Config, MAX_BACKENDS, MAX_SERVICES, MAX_WEIGHT};
+use balancer_common::{cookie::token_hash, Config, MAX_BACKENDS, MAX_SERVICES, MAX_WEIGHT};
 use serde::Deserialize;
 
 use crate::{
@@ -104,7 +104,7 @@ pub const DEFAULT_GROUP_LISTEN: SocketAddr =
 pub const DEFAULT_HOLD_DOWN: Duration = Duration::from_secs(10);
 pub const MAX_HOLD_DOWN: Duration = Duration::from_secs(3600);
 /// The data plane's own default (used when it is loaded without a daemon).
-pub use balancer_ebpf::DEFAULT_PAIR_SAMPLE;
+pub use balancer_common::DEFAULT_PAIR_SAMPLE;
 pub const MAX_PAIR_SAMPLE: u32 = 1024;
 pub const DEFAULT_INSTANCE: &str = "default";
 
@@ -667,7 +667,7 @@ impl RawDaemon {
         }
         let flow_capacity = self
             .flow_capacity
-            .unwrap_or(balancer_ebpf::DEFAULT_FLOW_CAPACITY);
+            .unwrap_or(balancer_common::DEFAULT_FLOW_CAPACITY);
         if flow_capacity < 2 {
             return Err(invalid(
                 "daemon.flow_capacity",
@@ -1151,7 +1151,7 @@ mod tests {
         let d = &c.daemon;
         assert_eq!(d.instance, DEFAULT_INSTANCE);
         assert_eq!(d.xdp_mode, Mode::Native);
-        assert_eq!(d.flow_capacity, balancer_ebpf::DEFAULT_FLOW_CAPACITY);
+        assert_eq!(d.flow_capacity, balancer_common::DEFAULT_FLOW_CAPACITY);
         assert_eq!(d.metrics, DEFAULT_METRICS_ADDR);
         assert_eq!(d.failover_hold_down, DEFAULT_HOLD_DOWN);
         assert_eq!(d.pair_sample, DEFAULT_PAIR_SAMPLE);

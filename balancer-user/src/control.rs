@@ -9,7 +9,7 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
-use balancer_ebpf::{
+use balancer_common::{
     backend_state, map_names, Backend, BackendStats, Service, ServiceKey, MAX_BACKENDS,
     MAX_SERVICES, MAX_WEIGHT, RING_SIZE, SERVICE_F_COOKIE,
 };

@@ -4,7 +4,7 @@
 use std::io::Read as _;
 
 use aya::maps::{Array, HashMap, MapData};
-use balancer_ebpf::{
+use balancer_common::{
     cookie::{token_hash, CookieConfig, CookieConfigError},
     map_names,
     syncookie::{CookieSecret, SyncookieKeys},

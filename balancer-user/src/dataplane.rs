@@ -1,7 +1,7 @@
 //! Loading, pinning, attaching and detaching the XDP data plane.
 //!
 //! Pin directory layout (one per instance, `<bpffs root>/<instance>/`):
-//! - `BALANCER_*`: the maps (see `balancer_ebpf::map_names`), pinned by the loader;
+//! - `BALANCER_*`: the maps (see `balancer_common::map_names`), pinned by the loader;
 //! - `prog_balancer`: the XDP program;
 //! - `link_<ifname>`: one BPF link per attached interface.
 //!
@@ -16,10 +16,13 @@ use std::{
 
 use aya::{
     maps::{Array, Map, MapData},
-    programs::{links::FdLink, links::PinnedLink, tc::TcAttachType, SchedClassifier, Xdp, XdpMode},
+    programs::{
+        links::FdLink, links::PinnedLink, tc::TcAttachType, ProgramError, SchedClassifier, Xdp,
+        XdpMode,
+    },
     EbpfLoader,
 };
-use balancer_ebpf::{
+use balancer_common::{
     map_names,
     syncookie::{CookieSecret, SyncookieKeys},
     Config, PROGRAM_NAME, TC_PROGRAM_NAME,
@@ -261,9 +264,7 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
             .ok_or_else(|| missing_in_object(PROGRAM_NAME))?
             .try_into()
             .map_err(prog_ctx("XDP program"))?;
-        program
-            .load()
-            .map_err(prog_ctx("loading the XDP program (verifier)"))?;
+        load_retrying(|| program.load()).map_err(prog_ctx("loading the XDP program (verifier)"))?;
         program
             .pin(dir.join(PROGRAM_PIN))
             .map_err(|e| io_ctx("pinning the XDP program")(std::io::Error::other(e.to_string())))?;
@@ -272,8 +273,7 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
             .ok_or_else(|| missing_in_object(TC_PROGRAM_NAME))?
             .try_into()
             .map_err(prog_ctx("TC program"))?;
-        tc.load()
-            .map_err(prog_ctx("loading the TC program (verifier)"))?;
+        load_retrying(|| tc.load()).map_err(prog_ctx("loading the TC program (verifier)"))?;
         tc.pin(dir.join(TC_PROGRAM_PIN))
             .map_err(|e| io_ctx("pinning the TC program")(std::io::Error::other(e.to_string())))?;
         Ok(())
@@ -283,6 +283,27 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
         remove_pins(dir);
     }
     result.map(|()| true)
+}
+
+/// Runs `load` (a BPF_PROG_LOAD) up to five times while it fails with EAGAIN. The verifier
+/// gives up with EAGAIN when a signal is pending for the loading thread (a long program
+/// takes it a while); that says nothing about the program, and libbpf retries such loads
+/// five times too.
+fn load_retrying(
+    mut load: impl FnMut() -> std::result::Result<(), ProgramError>,
+) -> std::result::Result<(), ProgramError> {
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 fn missing_in_object(name: &str) -> Error {

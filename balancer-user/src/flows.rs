@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::{HashMap, MapData};
-use balancer_ebpf::{direction, flow_state, map_names, phase, Flow, FlowKey};
+use balancer_common::{direction, flow_state, map_names, phase, Flow, FlowKey};
 use serde::Serialize;
 
 use crate::{

@@ -18,7 +18,7 @@
 //! the same sequence of changes gives the same table, and the table itself is kept in the
 //! pinned map: a restarted control plane continues from it.
 
-use balancer_ebpf::hash::fnv1a64;
+use balancer_common::hash::fnv1a64;
 
 /// Slot value meaning "no backend": the data plane drops new flows that hit it.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -141,7 +141,7 @@ pub fn update(current: &[u32], members: &[Member]) -> Vec<u32> {
 pub fn shares(table: &[u32]) -> std::collections::HashMap<u32, usize> {
     // Counted in an array first: the daemon lists shares on every failover step, and a
     // hash-map update per entry (65,537 of them) cost milliseconds there.
-    let mut counts = vec![0usize; balancer_ebpf::MAX_BACKENDS as usize];
+    let mut counts = vec![0usize; balancer_common::MAX_BACKENDS as usize];
     let mut others = std::collections::HashMap::new();
     for &s in table {
         match counts.get_mut(s as usize) {
@@ -163,7 +163,7 @@ pub fn shares(table: &[u32]) -> std::collections::HashMap<u32, usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use balancer_ebpf::RING_SIZE;
+    use balancer_common::RING_SIZE;
     use std::net::Ipv4Addr;
 
     fn members(weights: &[u32]) -> Vec<Member> {

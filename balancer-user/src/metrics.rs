@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use balancer_ebpf::Counter;
+use balancer_common::Counter;
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpListener,
@@ -181,7 +181,7 @@ const SERVICE_GAUGES: [Family<ServiceMetrics>; 2] = [
     ),
 ];
 
-/// Help texts as in `balancer_ebpf::BackendStats`.
+/// Help texts as in `balancer_common::BackendStats`.
 const BACKEND_FAMILIES: [Family<BackendMetrics>; 9] = [
     counter("balancer_backend_packets_to_total", "Packets forwarded to the backend.", |b| {
         b.counters.packets_to.into()

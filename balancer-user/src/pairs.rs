@@ -15,7 +15,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, RingBuf};
-use balancer_ebpf::{map_names, CookiePair};
+use balancer_common::{map_names, CookiePair};
 use serde::{Deserialize, Serialize};
 use tokio::io::{unix::AsyncFd, Interest};
 

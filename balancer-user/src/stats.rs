@@ -1,7 +1,7 @@
 //! Counters read from the per-CPU maps, summed over CPUs.
 
 use aya::maps::{MapData, PerCpuArray};
-use balancer_ebpf::{map_names, BackendStats, Counter, GlobalStats};
+use balancer_common::{map_names, BackendStats, Counter, GlobalStats};
 use serde::Serialize;
 
 use crate::{

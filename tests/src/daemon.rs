@@ -486,7 +486,7 @@ pub fn colliding_tokens() -> (String, String) {
                 std::str::from_utf8(&b0).unwrap(),
                 std::str::from_utf8(&b1).unwrap()
             );
-            let hash = balancer_ebpf::cookie::token_hash;
+            let hash = balancer_common::cookie::token_hash;
             assert_eq!(hash(a.as_bytes()), hash(b.as_bytes()), "{a} {b}");
             assert_ne!(a, b);
             return (a, b);

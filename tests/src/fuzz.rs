@@ -139,7 +139,7 @@ use std::{
 
 use anyhow::{anyhow, Context, Result};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use balancer_ebpf::{
+use balancer_common::{
     backend_state,
     cookie::{scan_payload, token_hash, CookieConfig, CookieOutcome},
     direction,
@@ -4198,7 +4198,7 @@ fn tcp_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use balancer_ebpf::parse::ParseError;
+    use balancer_common::parse::ParseError;
 
     fn generated(n: u64, seed: u64) -> Vec<Case> {
         let layout = Layout::offline();

@@ -79,15 +79,14 @@ use aya::{
     maps::{Array, HashMap, MapData},
     programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
-use balancer_ebpf::{
+use balancer_common::{
     map_names,
     syncookie::{encode_mss, make_cookie, time_window, CookieSecret},
-    Backend, Counter, Flow, FlowKey, GlobalStats, PendingSegment, PASS_PROGRAM_NAME, PROTO_TCP,
-    RING_SIZE,
+    Backend, Counter, Flow, FlowKey, GlobalStats, PendingSegment, PROTO_TCP, RING_SIZE,
 };
 use balancer_user::{
     addr::ip_to_map,
-    dataplane::{self, Balancer, XDP_OBJECT},
+    dataplane::{self, Balancer},
     flows::FlowInfo,
     stats::BackendCountersValues,
     BackendSpec, CookieSettings, Proto, ServiceAddr,
@@ -180,6 +179,12 @@ pub fn require_root() {
         );
     }
 }
+
+/// The test-only BPF programs (balancer-ebpf/testprogs), built by build.rs.
+pub static TEST_PROGRAMS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/balancer-testprogs"));
+/// The program of [`TEST_PROGRAMS_OBJECT`] that only returns `XDP_PASS`.
+pub const PASS_PROGRAM_NAME: &str = "xdp_pass";
 
 // --- Running programs ---------------------------------------------------------------
 
@@ -301,16 +306,13 @@ pub struct Programs {
 }
 
 impl Programs {
-    /// The `xdp_pass` program of the same object (the benchmark baseline), loaded on first
-    /// use. The object is loaded with the instance's pin directory as its map pin
-    /// directory, so its pinned maps are the instance's existing ones: nothing new is
-    /// created or pinned, and nothing is left to clean up.
+    /// The `xdp_pass` test program (the benchmark baseline), loaded on first use. It uses
+    /// no maps, so nothing is pinned and nothing is left to clean up.
     pub fn pass(&mut self) -> Result<&Xdp> {
         if self.pass.is_none() {
             let mut ebpf = aya::EbpfLoader::new()
-                .default_map_pin_directory(&self.pin_dir)
-                .load(XDP_OBJECT)
-                .context("loading the XDP object for xdp_pass")?;
+                .load(TEST_PROGRAMS_OBJECT)
+                .context("loading the test programs object for xdp_pass")?;
             let prog: &mut Xdp = ebpf
                 .program_mut(PASS_PROGRAM_NAME)
                 .ok_or_else(|| anyhow!("no {PASS_PROGRAM_NAME} program in the object"))?
@@ -545,7 +547,7 @@ impl TestBed {
         let dir = Path::new(PIN_ROOT).join(unique_name("tr"));
         let pins = PinGuard(dir.clone());
         // Every cookie pair is reported (no sampling), so counters are deterministic.
-        let config = balancer_ebpf::Config {
+        let config = balancer_common::Config {
             pair_sample_mask: 0,
             ..Default::default()
         };
@@ -677,7 +679,7 @@ impl TestBed {
         Ok(())
     }
 
-    /// Sets a backend's state (`balancer_ebpf::backend_state::*`).
+    /// Sets a backend's state (`balancer_common::backend_state::*`).
     pub fn set_backend_state(
         &self,
         service: ServiceAddr,
@@ -844,7 +846,7 @@ impl TestBed {
             .map(map_names::BACKENDS)?
             .try_into()
             .context("BACKENDS map")?;
-        let index = id * RING_SIZE + balancer_ebpf::hash::flow_hash(key) % RING_SIZE;
+        let index = id * RING_SIZE + balancer_common::hash::flow_hash(key) % RING_SIZE;
         let slot = ring.get(&index, 0).context("reading RING")?;
         let b = backends.get(&slot, 0).context("reading BACKENDS")?;
         Ok(SocketAddrV4::new(

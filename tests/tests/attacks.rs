@@ -37,7 +37,7 @@ use std::{
 };
 
 use aya::maps::{HashMap, MapData};
-use balancer_ebpf::{direction, map_names, Flow, FlowKey, PendingSegment};
+use balancer_common::{direction, map_names, Flow, FlowKey, PendingSegment};
 use balancer_tests::{
     attack::{
         self, build_into, HandshakeFlood, RawTcp, Rng, Segment, Sniffer, TCP_ACK, TCP_PSH, TCP_RST,

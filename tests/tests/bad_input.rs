@@ -34,7 +34,7 @@ use std::{
 };
 
 use aya::maps::{Array, MapData};
-use balancer_ebpf::{map_names, syncookie::SyncookieKeys};
+use balancer_common::{map_names, syncookie::SyncookieKeys};
 use balancer_tests::{
     daemon::{colliding_tokens, daemon_config, write_with_mode, ConfigOptions, Daemon},
     netns,

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use balancer_ebpf::{
+use balancer_common::{
     backend_state,
     cookie::{scan_payload, CookieConfig, CookieOutcome},
     direction, flow_state, phase,
@@ -1604,7 +1604,7 @@ fn tc_program_leaves_other_packets_alone() {
 #[test]
 fn cookie_helpers_check_themselves() {
     // No root needed: packet builders and validators only.
-    use balancer_ebpf::cookie::token_hash;
+    use balancer_common::cookie::token_hash;
     let f = Frame::to_vip(40000, PSH_ACK)
         .ack(77)
         .tcp_options(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])

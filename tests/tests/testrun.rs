@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::maps::{HashMap, MapData};
-use balancer_ebpf::{backend_state, map_names, Counter, Flow, FlowKey};
+use balancer_common::{backend_state, map_names, Counter, Flow, FlowKey};
 use balancer_tests::testrun::*;
 use balancer_user::{flows::split_endpoint, Proto, ServiceAddr};
 
@@ -875,7 +875,7 @@ fn every_table_entry_names_a_backend_of_its_service() {
         .unwrap();
     let ring: aya::maps::Array<aya::maps::MapData, u32> = bed
         .balancer()
-        .map(balancer_ebpf::map_names::RING)
+        .map(balancer_common::map_names::RING)
         .unwrap()
         .try_into()
         .unwrap();
@@ -895,7 +895,7 @@ fn every_table_entry_names_a_backend_of_its_service() {
         .find(|s| s.addr == svc)
         .unwrap()
         .id;
-    let size = balancer_ebpf::RING_SIZE;
+    let size = balancer_common::RING_SIZE;
     let mut count = std::collections::HashMap::new();
     for i in 0..size {
         let slot = ring.get(&(id * size + i), 0).unwrap();

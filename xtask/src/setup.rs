@@ -57,8 +57,12 @@ pub fn prerequisites_missing() -> Vec<String> {
         .collect();
     if !has_nightly() {
         missing.push("rust nightly toolchain".into());
-    } else if !has_rust_src() {
-        missing.push("rust-src component of the nightly toolchain".into());
+    } else {
+        missing.extend(
+            missing_nightly_components()
+                .into_iter()
+                .map(|c| format!("{c} component of the nightly toolchain")),
+        );
     }
     if !bpf_linker_ok() {
         missing.push(format!("bpf-linker {BPF_LINKER_VERSION}"));
@@ -86,7 +90,7 @@ pub fn ensure() -> Result<()> {
 pub fn setup() -> Result<()> {
     require_root("setup must run as root (it installs Debian packages and mounts bpffs)")?;
     install_packages()?;
-    install_rust_src()?;
+    install_nightly_components()?;
     install_bpf_linker()?;
     mount_bpffs()?;
     println!("setup: all prerequisites are in place");
@@ -177,8 +181,12 @@ fn disable_services(installed_now: &[&str]) {
     }
 }
 
-/// Adds rust-src to nightly (needed for `-Z build-std=core` on the BPF target).
-fn install_rust_src() -> Result<()> {
+/// Nightly components the build and checks need: rust-src for `-Z build-std=core` on the
+/// BPF target, clippy to lint the XDP program for that target.
+const NIGHTLY_COMPONENTS: [&str; 2] = ["rust-src", "clippy"];
+
+/// Adds the [`NIGHTLY_COMPONENTS`] that nightly does not have yet.
+fn install_nightly_components() -> Result<()> {
     if !has_nightly() {
         bail!(
             "no nightly Rust toolchain: the eBPF program needs one, and toolchains cannot be \
@@ -186,16 +194,20 @@ fn install_rust_src() -> Result<()> {
              where possible"
         );
     }
-    if has_rust_src() {
-        println!("setup: rust-src (nightly) already installed, skipping");
+    let missing = missing_nightly_components();
+    if missing.is_empty() {
+        println!("setup: nightly components {NIGHTLY_COMPONENTS:?} already installed, skipping");
         return Ok(());
     }
-    println!("setup: adding rust-src to the nightly toolchain");
-    run::run(&mut command(
-        "rustup",
-        ["component", "add", "rust-src", "--toolchain", "nightly"],
-    ))
-    .context("could not add rust-src to the nightly toolchain")
+    for component in missing {
+        println!("setup: adding {component} to the nightly toolchain");
+        run::run(&mut command(
+            "rustup",
+            ["component", "add", component, "--toolchain", "nightly"],
+        ))
+        .with_context(|| format!("could not add {component} to the nightly toolchain"))?;
+    }
+    Ok(())
 }
 
 /// Builds bpf-linker against Debian's LLVM 22; retries without `--locked` because the
@@ -270,13 +282,19 @@ fn has_nightly() -> bool {
         .is_some_and(|s| s.lines().any(|l| l.starts_with("nightly")))
 }
 
-fn has_rust_src() -> bool {
+/// The [`NIGHTLY_COMPONENTS`] that `rustup component list --installed` does not show.
+fn missing_nightly_components() -> Vec<&'static str> {
     let args = ["component", "list", "--toolchain", "nightly", "--installed"];
-    probe_stdout("rustup", &args).is_some_and(|s| {
-        s.lines()
-            .map(str::trim)
-            .any(|l| l == "rust-src" || l.starts_with("rust-src-"))
-    })
+    let installed = probe_stdout("rustup", &args).unwrap_or_default();
+    NIGHTLY_COMPONENTS
+        .into_iter()
+        .filter(|c| {
+            !installed
+                .lines()
+                .map(str::trim)
+                .any(|l| l == *c || l.starts_with(&format!("{c}-")))
+        })
+        .collect()
 }
 
 /// True if `bpf-linker --version` works and reports the wanted minor release (0.13.x).

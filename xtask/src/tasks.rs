@@ -106,33 +106,41 @@ fn test_steps(extra: &[String], tally: &mut Tally) -> Result<()> {
     header(2, "clippy");
     run::run(&mut cargo([
         "clippy",
-        "-p",
-        "balancer-user",
-        "-p",
-        "xtask",
-        "-p",
-        "balancer-tests",
+        "--workspace",
+        "--exclude",
+        "balancer-xdp",
+        "--exclude",
+        "balancer-testprogs",
         "--all-targets",
         "--",
         "-D",
         "warnings",
     ]))
     .context("clippy found problems in the host crates (see above)")?;
-    // Host targets of balancer-ebpf only: its XDP binary builds for BPF alone.
-    run::run(&mut cargo([
-        "clippy",
-        "-p",
-        "balancer-ebpf",
-        "--lib",
-        "--tests",
-        "--",
-        "-D",
-        "warnings",
-    ]))
-    .context("clippy found problems in balancer-ebpf (see above)")?;
+    // The BPF programs build for the BPF target only, with the nightly toolchain (as
+    // aya-build builds them).
+    run::run(&mut command(
+        "cargo",
+        [
+            "+nightly",
+            "clippy",
+            "-p",
+            "balancer-xdp",
+            "-p",
+            "balancer-testprogs",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    ))
+    .context("clippy found problems in the BPF programs (see above)")?;
 
-    header(3, "unit tests of the eBPF crate's shared logic");
-    cargo_test(&["-p", "balancer-ebpf", "--lib"], &[], tally)?;
+    header(3, "unit and property tests of the shared no_std code");
+    cargo_test(&["-p", "balancer-common"], &[], tally)?;
 
     // Release: the integration tests push real traffic, which debug builds make slow.
     // They drive the `balancer` binary, which `cargo test` does not build for another
@@ -162,15 +170,17 @@ fn cargo_test(args: &[&str], extra: &[String], tally: &mut Tally) -> Result<()> 
     run::check(&line, status)
 }
 
-/// Release build of the host crates' binaries (balancer-user's build.rs also compiles
-/// the XDP program). balancer-ebpf is excluded: its binary only builds for BPF.
+/// Release build of the host crates' binaries (the build scripts of balancer-user and
+/// tests also compile the BPF programs). The BPF packages themselves only build for BPF.
 fn build_release() -> Result<()> {
     run::run(&mut cargo([
         "build",
         "--release",
         "--workspace",
         "--exclude",
-        "balancer-ebpf",
+        "balancer-xdp",
+        "--exclude",
+        "balancer-testprogs",
         "--bins",
     ]))
     .context("release build failed (see the compiler output above)")

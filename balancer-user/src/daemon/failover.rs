@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_ebpf::backend_state;
+use balancer_common::backend_state;
 
 use crate::{addr::ServiceAddr, pairs::PairTable};
 

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_ebpf::{cookie::token_hash, CookiePair};
+use balancer_common::{cookie::token_hash, CookiePair};
 use tokio::{
     net::UdpSocket,
     signal::unix::{signal, SignalKind},

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Result;
-use balancer_ebpf::{backend_state, Config, Counter, DEFAULT_FLOW_CAPACITY};
+use balancer_common::{backend_state, Config, Counter, DEFAULT_FLOW_CAPACITY};
 use balancer_user::{
     addr::parse_endpoint,
     backend_health::HealthInfo,

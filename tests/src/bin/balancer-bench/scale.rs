@@ -39,7 +39,7 @@ use aya::{
     maps::{Array, HashMap, Map, MapData, MapInfo},
     programs::ProgramInfo,
 };
-use balancer_ebpf::{
+use balancer_common::{
     flow::new_entries,
     flow_state,
     hash::flow_hash,
@@ -322,7 +322,7 @@ fn add_nat_service(bed: &TestBed, n: usize) -> Result<StdHashMap<u32, SocketAddr
             Backend {
                 addr: ip_to_map(*b.ip()),
                 port: b.port().to_be(),
-                state: balancer_ebpf::backend_state::UP,
+                state: balancer_common::backend_state::UP,
                 _pad: 0,
                 service: service.id,
                 weight: DEFAULT_WEIGHT,
@@ -361,7 +361,7 @@ fn read_ring(bed: &TestBed) -> Result<Vec<u32>> {
         .id;
     let ring: Array<MapData, u32> = bed
         .balancer()
-        .map(balancer_ebpf::map_names::RING)?
+        .map(balancer_common::map_names::RING)?
         .try_into()?;
     (0..RING_SIZE)
         .map(|i| Ok(ring.get(&(id * RING_SIZE + i), 0)?))
@@ -397,7 +397,7 @@ fn established_entries(
     let b = Backend {
         addr: ip_to_map(*backend.ip()),
         port: backend.port().to_be(),
-        state: balancer_ebpf::backend_state::UP,
+        state: balancer_common::backend_state::UP,
         _pad: 0,
         service: 0,
         weight: DEFAULT_WEIGHT,
@@ -515,7 +515,7 @@ fn scene(point: Point, rng: &mut Rng, progress: &dyn Fn(String)) -> Result<(Scen
         s.clients.push(c);
     }
     let fill = Instant::now();
-    let path = s.bed.pin_dir().join(balancer_ebpf::map_names::FLOWS);
+    let path = s.bed.pin_dir().join(balancer_common::map_names::FLOWS);
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
     let m0 = vmalloc_areas();
     map_update_batch(data.fd().as_fd(), &keys, &values).context("filling the flow table")?;
@@ -654,7 +654,7 @@ fn run_segment(s: &Scene, seg: Segment, cpu: usize) -> Result<(Vec<u64>, Vec<u64
         }
         if !seg.cleanup.is_empty() {
             let mut flows: HashMap<MapData, FlowKey, Flow> =
-                open_map(p.pin_dir(), balancer_ebpf::map_names::FLOWS)?.try_into()?;
+                open_map(p.pin_dir(), balancer_common::map_names::FLOWS)?.try_into()?;
             for k in &seg.cleanup {
                 flows
                     .remove(k)

@@ -3,7 +3,7 @@
 use std::{collections::BTreeMap, fs};
 
 use anyhow::{ensure, Result};
-use balancer_ebpf::Counter;
+use balancer_common::Counter;
 
 use serde::Serialize;
 

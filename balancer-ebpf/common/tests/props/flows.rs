@@ -17,11 +17,13 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use proptest::prelude::*;
 
 use super::frames::{self, Frame, L4};
-use crate::csum::{apply_delta, apply_delta_udp};
-use crate::flow::*;
-use crate::hash::{flow_hash, fmix32, fnv1a64};
-use crate::parse::{parse_slice, read, EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use crate::{
+use balancer_common::csum::{apply_delta, apply_delta_udp};
+use balancer_common::flow::*;
+use balancer_common::hash::{flow_hash, fmix32, fnv1a64};
+use balancer_common::parse::{
+    parse_slice, read, EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+use balancer_common::{
     backend_state, direction, flow_state, Backend, Config, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS,
     PROTO_TCP, PROTO_UDP,
 };

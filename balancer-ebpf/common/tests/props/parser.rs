@@ -18,8 +18,8 @@ use proptest::prelude::*;
 use std::vec::Vec;
 
 use super::frames::{self, Guarded, Layout, FILLS};
-use crate::parse::{parse_slice, Packet, ParseError};
-use crate::{FlowKey, PROTO_TCP, PROTO_UDP};
+use balancer_common::parse::{parse_slice, Packet, ParseError};
+use balancer_common::{FlowKey, PROTO_TCP, PROTO_UDP};
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
@@ -296,7 +296,7 @@ fn check_frame(frame: &[u8]) -> Result<Result<Packet, ParseError>, TestCaseError
     for fill in FILLS {
         let mut g = Guarded::new(frame, fill);
         let (start, end) = g.range();
-        results.push(crate::parse::parse_packet(start, end));
+        results.push(balancer_common::parse::parse_packet(start, end));
         prop_assert!(g.guards_intact());
     }
     prop_assert_eq!(

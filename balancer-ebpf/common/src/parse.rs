@@ -393,11 +393,3 @@ mod tests {
         assert_eq!(parse_slice(&f), Err(ParseError::NonFirstFragment));
     }
 }
-
-/// Property tests of the whole library (parser, checksums, TCP answers, syncookies, flow
-/// table, hashes). They live in `tests/props/` and only use the public API; they are
-/// compiled here because an integration test under `tests/` makes Cargo build the XDP
-/// binary for the host, which cannot work (see `tests/props/mod.rs`).
-#[cfg(test)]
-#[path = "../tests/props/mod.rs"]
-mod props;

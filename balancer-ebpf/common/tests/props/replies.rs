@@ -21,9 +21,9 @@ use proptest::sample::Index;
 use std::{format, vec, vec::Vec};
 
 use super::frames::{self, Frame, Guarded, FILLS, L4};
-use crate::parse::{parse_slice, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use crate::tcp_reply::*;
-use crate::PROTO_TCP;
+use balancer_common::parse::{parse_slice, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use balancer_common::tcp_reply::*;
+use balancer_common::PROTO_TCP;
 
 /// A client frame, its parse, and where `end` is put (`None`: at the frame's end).
 #[derive(Clone, Debug)]
@@ -459,7 +459,7 @@ proptest! {
         prop_assert_eq!(&after[field..field + 4], &value.to_be_bytes()[..]);
         let sum = |h: &[u8]| {
             let s: u32 = h.chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
-            crate::csum::fold(s) % 0xffff
+            balancer_common::csum::fold(s) % 0xffff
         };
         prop_assert_eq!(sum(&after[l4..l4 + 20]), sum(&f[l4..l4 + 20]));
     }
@@ -607,7 +607,7 @@ proptest! {
             l4_off: offs.0 + offs.1,
             payload_off: offs.0 + offs.1 + offs.2,
             ip_end: offs.0 + offs.1 + offs.2 + offs.3,
-            key: crate::FlowKey::new(key.0, key.1, key.2, key.3, key.4),
+            key: balancer_common::FlowKey::new(key.0, key.1, key.2, key.3, key.4),
             tcp_flags: flags,
             ttl: 64,
             first_fragment: false,

@@ -1,6 +1,6 @@
 //! Backend selection for new flows: the service's Maglev table, filled by the control plane.
 
-use balancer_ebpf::{backend_state, hash::flow_hash, Backend, FlowKey, Service, RING_SIZE};
+use balancer_common::{backend_state, hash::flow_hash, Backend, FlowKey, Service, RING_SIZE};
 
 use crate::maps::{BACKENDS, RING};
 

@@ -13,12 +13,12 @@ use proptest::prelude::*;
 use std::vec::Vec;
 
 use super::frames::{self, Frame};
-use crate::csum::{
+use balancer_common::csum::{
     apply_delta, apply_delta_udp, checksum, fold, rewrite_delta, ttl_restore_delta, u32_delta,
     Endpoints,
 };
-use crate::parse::{parse_slice, Packet};
-use crate::PROTO_TCP;
+use balancer_common::parse::{parse_slice, Packet};
+use balancer_common::PROTO_TCP;
 
 fn u16_at(f: &[u8], at: usize) -> u16 {
     u16::from_ne_bytes([f[at], f[at + 1]])

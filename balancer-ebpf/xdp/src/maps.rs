@@ -1,12 +1,12 @@
 //! Every map of the data plane, pinned by name in the instance's pin directory (see
-//! `balancer_ebpf::map_names` and the README's "Maps" table).
+//! `balancer_common::map_names` and the README's "Maps" table).
 
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use balancer_ebpf::{
+use balancer_common::{
     cookie::{CookieConfig, ScanScratch},
     flow::FlowPair,
     syncookie::SyncookieKeys,

@@ -11,7 +11,7 @@ use aya_ebpf::{
     },
     programs::XdpContext,
 };
-use balancer_ebpf::{
+use balancer_common::{
     cookie::{CookieConfig, CookieOutcome, MAX_BURSTS, SCAN_MAX},
     direction,
     flow::{new_entries_into, other_key},
@@ -455,7 +455,7 @@ fn keep_segment(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, flow: &Flow) -> O
         b[2] = port[0];
         b[3] = port[1];
         let check = u16::from_ne_bytes([b[16], b[17]]);
-        let check = balancer_ebpf::csum::apply_delta(check, flow.l4_csum_delta).to_ne_bytes();
+        let check = balancer_common::csum::apply_delta(check, flow.l4_csum_delta).to_ne_bytes();
         b[16] = check[0];
         b[17] = check[1];
         PENDING.insert(key, &*seg, 0).ok()

@@ -10,7 +10,7 @@ use core::hash::Hasher;
 use proptest::prelude::*;
 use std::vec;
 
-use crate::syncookie::*;
+use balancer_common::syncookie::*;
 
 #[derive(Clone, Copy, Debug)]
 struct Input {

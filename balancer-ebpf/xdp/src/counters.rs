@@ -1,6 +1,6 @@
 //! Per-CPU counters: the global block is looked up once per packet and passed around.
 
-use balancer_ebpf::{BackendStats, Counter, GlobalStats};
+use balancer_common::{BackendStats, Counter, GlobalStats};
 
 use crate::maps::{BACKEND_STATS, STATS};
 

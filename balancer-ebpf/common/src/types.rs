@@ -60,10 +60,6 @@ pub mod map_names {
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "balancer";
-/// A program that only returns `XDP_PASS`: the benchmark baseline, and what test
-/// topologies attach to veth peers so that redirected frames are received (a veth peer
-/// without XDP or GRO drops them).
-pub const PASS_PROGRAM_NAME: &str = "xdp_pass";
 /// The TC ingress program that completes delayed binding where XDP cannot grow a frame.
 pub const TC_PROGRAM_NAME: &str = "balancer_tc";
 

@@ -6,6 +6,9 @@
 //! is not for a service is passed to the kernel untouched, so the gateway keeps routing.
 #![no_std]
 #![no_main]
+// aya-ebpf's map methods take `impl Borrow<K>`: passing a key by value would copy the
+// struct onto the 512-byte BPF stack at every call, so references stay.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
 mod bind;
 mod counters;
@@ -18,7 +21,7 @@ use aya_ebpf::{
     bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, macros::xdp,
     programs::XdpContext,
 };
-use balancer_ebpf::{
+use balancer_common::{
     direction,
     flow::{is_syn, new_entries_into, still_valid, track},
     parse::{parse_packet, ptr_at, read, EthHdr, Packet, ParseError},
@@ -37,13 +40,6 @@ pub fn balancer(ctx: XdpContext) -> u32 {
         // Only a missing per-CPU counter block gets here: never drop for our own fault.
         Err(()) => xdp_action::XDP_PASS,
     }
-}
-
-/// Returns `XDP_PASS` and nothing else: the benchmark baseline, and what test topologies
-/// attach to veth peers so that they receive redirected frames.
-#[xdp]
-pub fn xdp_pass(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
 }
 
 #[inline(always)]
@@ -179,12 +175,4 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+balancer_common::bpf_object!();

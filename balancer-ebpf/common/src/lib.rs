@@ -19,3 +19,21 @@ pub mod tcp_reply;
 pub mod types;
 
 pub use types::*;
+
+/// The items every BPF object of the project ends with: a panic handler (BPF programs
+/// cannot unwind; the verifier rejects any path that would reach it) and the license
+/// section the kernel reads to allow GPL-only helpers.
+#[macro_export]
+macro_rules! bpf_object {
+    () => {
+        #[cfg(not(test))]
+        #[panic_handler]
+        fn panic(_info: &core::panic::PanicInfo) -> ! {
+            loop {}
+        }
+
+        #[unsafe(link_section = "license")]
+        #[unsafe(no_mangle)]
+        static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+    };
+}

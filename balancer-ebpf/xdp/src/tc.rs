@@ -22,7 +22,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use balancer_ebpf::{
+use balancer_common::{
     direction,
     flow::other_key,
     parse::{
@@ -48,7 +48,7 @@ const HEADERS_LEN: u32 = 128;
 
 #[classifier]
 pub fn balancer_tc(ctx: TcContext) -> i32 {
-    try_balancer_tc(&ctx).unwrap_or(TC_ACT_OK as i32)
+    try_balancer_tc(&ctx).unwrap_or(TC_ACT_OK)
 }
 
 #[inline(always)]
@@ -75,7 +75,7 @@ fn try_balancer_tc(ctx: &TcContext) -> Option<i32> {
     let stats = Counters::get()?;
     let Some(done) = splice(ctx, &pkt, reply, &stats) else {
         stats.inc(Counter::DropWhileBinding);
-        return Some(TC_ACT_SHOT as i32);
+        return Some(TC_ACT_SHOT);
     };
     Some(done)
 }
@@ -83,8 +83,8 @@ fn try_balancer_tc(ctx: &TcContext) -> Option<i32> {
 #[inline(always)]
 fn splice(
     ctx: &TcContext,
-    pkt: &balancer_ebpf::parse::Packet,
-    reply: &mut balancer_ebpf::Flow,
+    pkt: &balancer_common::parse::Packet,
+    reply: &mut balancer_common::Flow,
     stats: &Counters,
 ) -> Option<i32> {
     let (key, backend_isn) = synack_for_binding(ctx.data(), ctx.data_end(), pkt, reply)?;
@@ -149,7 +149,7 @@ fn stale_ack(ctx: &TcContext, pkt: &Packet, reply: &mut Flow) -> Option<i32> {
         Some(verdict) => Some(verdict),
         None => {
             stats.inc(Counter::DropWhileBinding);
-            Some(TC_ACT_SHOT as i32)
+            Some(TC_ACT_SHOT)
         }
     }
 }

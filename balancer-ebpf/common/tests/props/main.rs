@@ -1,16 +1,11 @@
 //! Property tests of the `no_std` library: the packet parser, checksum arithmetic, the TCP
 //! answers built in place, syncookies, the flow-table logic and the hashes, against
-//! etherparse and small hand-written reference implementations.
+//! etherparse and small hand-written reference implementations. They use only the
+//! library's public API.
 //!
-//! These files are compiled into the library's unit-test binary (mounted with `#[path]`
-//! at the end of `src/parse.rs`), not as Cargo integration tests: any `tests/*.rs` target
-//! makes Cargo build the package's binaries, and `balancer-xdp` only builds for the BPF
-//! target. They use only the library's public API, so they can move to `tests/*.rs`
-//! (`crate::` becoming `balancer_ebpf::`) once the binary is kept out of host builds.
-//!
-//! Run with `cargo test -p balancer-ebpf --lib props` (add `--release` for speed; the case
-//! counts are sized for a debug build). Generated inputs are random per run; a failure
-//! prints the minimal input proptest shrank it to.
+//! Run with `cargo test -p balancer-common --test props` (add `--release` for speed; the
+//! case counts are sized for a debug build). Generated inputs are random per run; a
+//! failure prints the minimal input proptest shrank it to.
 
 mod checksums;
 mod flows;

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::XdpContext,
     EbpfContext,
 };
-use balancer_ebpf::{
+use balancer_common::{
     csum::{apply_delta, apply_delta_udp, ttl_restore_delta, u32_delta},
     direction,
     parse::{ptr_at_mut, read, write, EthHdr, Ipv4Hdr, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
