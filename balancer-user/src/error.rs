@@ -47,10 +47,11 @@ pub enum Error {
     },
     #[error("loading the XDP object: {0}")]
     Load(#[from] aya::EbpfError),
-    #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
-    #[error("{0}")]
-    Group(#[from] crate::group::GroupError),
+    /// An error of a layer above this library (the daemon's configuration or group
+    /// messages): those layers convert their own errors into this one, so the library
+    /// does not depend on them.
+    #[error(transparent)]
+    Upper(Box<dyn std::error::Error + Send + Sync + 'static>),
     /// The daemon refused or could not do something; the message says what.
     #[error("{0}")]
     Daemon(String),
@@ -114,7 +115,9 @@ mod tests {
     fn one_line_says_each_cause_once() {
         let e = io_ctx("reading /x")(std::io::Error::other("no such file"));
         assert_eq!(one_line(&e), "reading /x: no such file");
-        let nested = Error::Config(crate::config::DaemonConfig::parse("x = ").unwrap_err());
-        assert_eq!(one_line(&nested), nested.to_string());
+        let nested = Error::Upper(Box::new(io_ctx("reading /y")(std::io::Error::other(
+            "gone",
+        ))));
+        assert_eq!(one_line(&nested), "reading /y: gone");
     }
 }

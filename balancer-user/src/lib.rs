@@ -5,25 +5,23 @@
 //! (`/sys/fs/bpf/balancer/<instance>/` by default). Every call opens what it needs from
 //! the pins, so the CLI is stateless and keeps working while no daemon runs.
 
-pub mod addr;
-pub mod backend_health;
-pub mod config;
+//! The modules are layered, each using only those above it:
+//! - [`model`]: addresses, protocols, backend states, weights, syncookie secrets (values);
+//! - [`dataplane`]: the only user of aya: the compiled object, pins, maps, links;
+//! - [`control`]: services, backends, Maglev, cookie mode, health records, stats, flows;
+//! - [`daemon`]: configuration, health checking, group membership, replication pairs,
+//!   failover, metrics and the control socket, on top of `control`;
+//! - the `balancer` CLI (src/bin/balancer/), on top of all of them.
+//!
+//! [`error`] is the one error type of `model`, `dataplane` and `control`.
+
 pub mod control;
-pub mod cookie_mode;
 pub mod daemon;
 pub mod dataplane;
 pub mod error;
-pub mod flows;
-pub mod group;
-pub mod health;
-pub mod maglev;
-pub mod metrics;
-mod mmap_array;
-pub mod pairs;
-pub mod stats;
+pub mod model;
 
-pub use addr::{Proto, ServiceAddr};
-pub use control::{BackendInfo, BackendSpec, ServiceInfo};
-pub use cookie_mode::CookieSettings;
+pub use control::{cookie_mode::CookieSettings, BackendInfo, BackendSpec, ServiceInfo};
 pub use dataplane::{AttachOptions, Balancer, Mode};
 pub use error::{Error, Result};
+pub use model::{BackendState, Proto, ServiceAddr, Weight};

@@ -151,7 +151,7 @@ use balancer_common::{
     BackendStats, Counter, Flow, FlowKey, GlobalStats, PendingSegment, PROTO_TCP, PROTO_UDP,
     RING_SIZE,
 };
-use balancer_user::{addr::ip_to_map, CookieSettings, Proto, ServiceAddr};
+use balancer_user::{model::addr::ip_to_map, CookieSettings, Proto, ServiceAddr};
 
 use crate::testrun::{
     arp_frame, backend_addr, backend_mac, cookie_window, icmp_echo_frame, ipv6_syn_frame,
@@ -733,8 +733,8 @@ impl FuzzBed {
         for def in &defs {
             let info = infos
                 .iter()
-                .find(|s| s.addr.addr == *def.addr.ip() && s.addr.port == def.addr.port())
-                .filter(|s| s.addr.proto == def.proto)
+                .find(|s| s.service.addr == *def.addr.ip() && s.service.port == def.addr.port())
+                .filter(|s| s.service.proto == def.proto)
                 .ok_or_else(|| anyhow!("service {} not loaded", def.name))?;
             svcs.push(Svc {
                 name: def.name,
@@ -753,7 +753,7 @@ impl FuzzBed {
             for b in &def.backends {
                 let info = binfos
                     .iter()
-                    .find(|i| i.backend == b.addr.to_string())
+                    .find(|i| i.backend == b.addr)
                     .ok_or_else(|| anyhow!("backend {} not loaded", b.addr))?;
                 bes.push(Be {
                     addr: b.addr,
@@ -3794,7 +3794,8 @@ impl Fuzzer {
                     format!(
                         "backend {} ({}) got new flows {} / cookie hits {} / misses {}",
                         b.addr,
-                        balancer_user::control::state_name(b.state),
+                        balancer_user::BackendState::from_code(b.state)
+                            .map_or("empty", balancer_user::BackendState::name),
                         s.new_flows,
                         s.cookie_hits,
                         s.cookie_misses

@@ -26,7 +26,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use balancer_user::config::{HealthConfig, HealthKind};
+use balancer_user::daemon::config::{HealthConfig, HealthKind};
 
 use crate::netns::{self, Netns};
 

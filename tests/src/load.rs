@@ -36,7 +36,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use balancer_user::config::HealthConfig;
+use balancer_user::daemon::config::HealthConfig;
 
 use crate::{
     daemon::{daemon_section, service_section, ConfigOptions, Daemon},

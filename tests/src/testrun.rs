@@ -85,11 +85,11 @@ use balancer_common::{
     Backend, Counter, Flow, FlowKey, GlobalStats, PendingSegment, PROTO_TCP, RING_SIZE,
 };
 use balancer_user::{
-    addr::ip_to_map,
+    control::flows::FlowInfo,
+    control::stats::BackendCountersValues,
     dataplane::{self, Balancer},
-    flows::FlowInfo,
-    stats::BackendCountersValues,
-    BackendSpec, CookieSettings, Proto, ServiceAddr,
+    model::addr::ip_to_map,
+    BackendSpec, BackendState, CookieSettings, Proto, ServiceAddr, Weight,
 };
 use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TransportHeader, VlanHeader};
 
@@ -667,33 +667,27 @@ impl TestBed {
 
     pub fn add_backend(&self, service: ServiceAddr, backend: SocketAddrV4) -> Result<()> {
         self.add_neighbour(*backend.ip())?;
-        self.balancer().add_backend(
-            service,
-            BackendSpec {
-                addr: *backend.ip(),
-                port: backend.port(),
-                weight: balancer_user::control::DEFAULT_WEIGHT,
-                server_id: None,
-            },
-        )?;
+        self.balancer()
+            .add_backend(service, BackendSpec::new(backend, Weight::DEFAULT))?;
         Ok(())
     }
 
-    /// Sets a backend's state (`balancer_common::backend_state::*`).
+    /// Sets a backend's state (`balancer_common::backend_state::*`, as the tests name the
+    /// codes the data plane sees).
     pub fn set_backend_state(
         &self,
         service: ServiceAddr,
         backend: SocketAddrV4,
         state: u8,
     ) -> Result<()> {
-        self.balancer()
-            .set_backend_state(service, &backend.to_string(), state)?;
+        let state = BackendState::from_code(state)
+            .with_context(|| format!("{state} is not the code of a backend state"))?;
+        self.balancer().set_backend_state(service, backend, state)?;
         Ok(())
     }
 
     pub fn remove_backend(&self, service: ServiceAddr, backend: SocketAddrV4) -> Result<()> {
-        self.balancer()
-            .remove_backend(service, &backend.to_string())?;
+        self.balancer().remove_backend(service, backend)?;
         Ok(())
     }
 
@@ -729,10 +723,8 @@ impl TestBed {
         self.balancer().add_backend(
             service,
             BackendSpec {
-                addr: *backend.ip(),
-                port: backend.port(),
-                weight: balancer_user::control::DEFAULT_WEIGHT,
                 server_id: Some(server_id.to_string()),
+                ..BackendSpec::new(backend, Weight::DEFAULT)
             },
         )?;
         Ok(())
@@ -745,9 +737,7 @@ impl TestBed {
         failed: SocketAddrV4,
         replacement: Option<SocketAddrV4>,
     ) -> Result<()> {
-        let r = replacement.map(|r| r.to_string());
-        self.balancer()
-            .set_failover(service, &failed.to_string(), r.as_deref())?;
+        self.balancer().set_failover(service, failed, replacement)?;
         Ok(())
     }
 
@@ -816,11 +806,7 @@ impl TestBed {
     pub fn backend_counters(&self) -> Result<BTreeMap<SocketAddrV4, BackendCountersValues>> {
         let mut out = BTreeMap::new();
         for b in self.balancer().stats()?.backends {
-            let addr: SocketAddrV4 = b
-                .backend
-                .parse()
-                .with_context(|| format!("backend address {}", b.backend))?;
-            out.insert(addr, b.counters);
+            out.insert(b.backend, b.counters);
         }
         Ok(out)
     }
@@ -833,7 +819,7 @@ impl TestBed {
             .balancer()
             .services()?
             .into_iter()
-            .find(|s| s.addr == service)
+            .find(|s| s.service == service)
             .with_context(|| format!("no service {service}"))?
             .id;
         let ring: Array<MapData, u32> = self

@@ -22,7 +22,7 @@ use balancer_common::{
     Counter, Flow, FlowKey,
 };
 use balancer_tests::testrun::*;
-use balancer_user::{stats::BackendCountersValues, ServiceAddr};
+use balancer_user::{control::stats::BackendCountersValues, ServiceAddr};
 
 const FLOWS: u32 = 65_536;
 /// Frame length of the answers the data plane builds in place: a SYN-ACK or a SYN with

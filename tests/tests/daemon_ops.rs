@@ -28,7 +28,7 @@ use balancer_tests::{
     load::wait_pair,
     topology::{self, vip, Topology, GATEWAY_SERVER_ADDR},
 };
-use balancer_user::group::{unix_ms, GroupKey, HostMessage, InterfaceInfo, Role, MAGIC};
+use balancer_user::daemon::group::{unix_ms, GroupKey, HostMessage, InterfaceInfo, Role, MAGIC};
 use serde_json::Value;
 
 const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");

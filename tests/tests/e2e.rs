@@ -16,7 +16,7 @@ use balancer_tests::{
     load::{measure_failover_with, FailoverOptions, Front, LoadOptions},
     topology,
 };
-use balancer_user::config::HealthConfig;
+use balancer_user::daemon::config::HealthConfig;
 
 const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
 

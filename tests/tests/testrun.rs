@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use aya::maps::{HashMap, MapData};
 use balancer_common::{backend_state, map_names, Counter, Flow, FlowKey};
 use balancer_tests::testrun::*;
-use balancer_user::{flows::split_endpoint, Proto, ServiceAddr};
+use balancer_user::{control::flows::split_endpoint, Proto, ServiceAddr};
 
 const FLOWS: u32 = 65_536;
 
@@ -396,11 +396,7 @@ fn syn_is_forwarded_and_the_reply_translated_back() {
         ])
     );
     let stats = bed.balancer().stats().unwrap();
-    let bs = stats
-        .backends
-        .iter()
-        .find(|x| x.backend == b.to_string())
-        .unwrap();
+    let bs = stats.backends.iter().find(|x| x.backend == b).unwrap();
     assert_eq!(
         (
             bs.counters.new_flows,
@@ -452,11 +448,7 @@ fn syn_is_forwarded_and_the_reply_translated_back() {
     let data = Frame::reply(b, client(sport), PSH_ACK).payload(&[0x33; 777]);
     reply_ok(&bed, &data, Ingress::Backend, XDP_REDIRECT);
     let stats = bed.balancer().stats().unwrap();
-    let bs = stats
-        .backends
-        .iter()
-        .find(|x| x.backend == b.to_string())
-        .unwrap();
+    let bs = stats.backends.iter().find(|x| x.backend == b).unwrap();
     assert_eq!((bs.counters.packets_to, bs.counters.packets_from), (4, 3));
     let _ = svc;
 }
@@ -747,12 +739,7 @@ fn next_hop_resolution() {
     bed.balancer()
         .add_backend(
             svc,
-            balancer_user::BackendSpec {
-                addr: *far.ip(),
-                port: far.port(),
-                weight: 100,
-                server_id: None,
-            },
+            balancer_user::BackendSpec::new(far, balancer_user::Weight::new(100).unwrap()),
         )
         .unwrap();
     let r = run_counted(
@@ -892,7 +879,7 @@ fn every_table_entry_names_a_backend_of_its_service() {
         .services()
         .unwrap()
         .iter()
-        .find(|s| s.addr == svc)
+        .find(|s| s.service == svc)
         .unwrap()
         .id;
     let size = balancer_common::RING_SIZE;
@@ -917,7 +904,7 @@ fn reused_backend_slot_gets_its_own_next_hop() {
             .backends(Some(svc))
             .unwrap()
             .into_iter()
-            .find(|x| x.backend == ep.to_string())
+            .find(|x| x.backend == ep)
             .map(|x| x.slot)
     };
     let first = slot_of(a).unwrap();

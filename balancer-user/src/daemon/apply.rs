@@ -9,15 +9,12 @@ use std::{
     net::SocketAddrV4,
 };
 
-use crate::{
-    addr::ServiceAddr,
-    config::{DaemonConfig, ServiceConfig},
-    control::{state_name, BackendInfo},
-    dataplane::Balancer,
-    error::Result,
-};
+use crate::{control::BackendInfo, dataplane::Balancer, error::Result, model::ServiceAddr};
 
-use super::failover::{BackendKey, Desired};
+use super::{
+    config::{DaemonConfig, ServiceConfig},
+    failover::{BackendKey, Desired},
+};
 
 /// Services and backends as the configuration wants them.
 pub fn reconcile(b: &Balancer, cfg: &DaemonConfig) -> Result<Vec<String>> {
@@ -26,18 +23,18 @@ pub fn reconcile(b: &Balancer, cfg: &DaemonConfig) -> Result<Vec<String>> {
         cfg.services.iter().map(|s| (s.addr, s)).collect();
     let mut present = HashSet::new();
     for s in b.services()? {
-        let keep = wanted.get(&s.addr).is_some_and(|w| w.cookie == s.cookie);
+        let keep = wanted.get(&s.service).is_some_and(|w| w.cookie == s.cookie);
         if keep {
-            present.insert(s.addr);
+            present.insert(s.service);
             continue;
         }
-        b.remove_service(s.addr)?;
-        changes.push(match wanted.contains_key(&s.addr) {
+        b.remove_service(s.service)?;
+        changes.push(match wanted.contains_key(&s.service) {
             true => format!(
                 "service {}: mode or cookie settings changed, re-created",
-                s.addr
+                s.service
             ),
-            false => format!("service {}: removed (not in the configuration)", s.addr),
+            false => format!("service {}: removed (not in the configuration)", s.service),
         });
     }
     for s in &cfg.services {
@@ -54,15 +51,12 @@ fn reconcile_backends(b: &Balancer, s: &ServiceConfig, changes: &mut Vec<String>
     let current = b.backends(Some(s.addr))?;
     let mut present: HashMap<SocketAddrV4, &BackendInfo> = HashMap::new();
     for info in &current {
-        let Ok(ep) = info.backend.parse::<SocketAddrV4>() else {
-            continue;
-        };
-        let wanted = s.backends.iter().find(|w| w.addr == ep);
+        let wanted = s.backends.iter().find(|w| w.addr == info.backend);
         if wanted.is_some_and(|w| w.server_id == info.server_id) {
-            present.insert(ep, info);
+            present.insert(info.backend, info);
             continue;
         }
-        b.remove_backend(s.addr, &info.backend)?;
+        b.remove_backend(s.addr, info.backend)?;
         changes.push(format!(
             "service {}: backend {} removed",
             s.addr, info.backend
@@ -75,7 +69,7 @@ fn reconcile_backends(b: &Balancer, s: &ServiceConfig, changes: &mut Vec<String>
                 changes.push(format!("service {}: backend {} added", s.addr, w.addr));
             }
             Some(info) if info.weight != w.weight => {
-                b.set_backend_weight(s.addr, &w.addr.to_string(), w.weight)?;
+                b.set_backend_weight(s.addr, w.addr, w.weight)?;
                 changes.push(format!(
                     "service {}: backend {} weight {} -> {}",
                     s.addr, w.addr, info.weight, w.weight
@@ -110,39 +104,35 @@ pub fn sync(b: &Balancer, plan: &HashMap<BackendKey, Desired>) -> Result<SyncRep
         .backends(None)?
         .into_iter()
         .filter_map(|info| {
-            let key = key_of(&info)?;
+            let key = key_of(&info);
             Some((key, info, plan.get(&key)?))
         })
         .collect();
-    let rewrite_of = |want: &Desired| want.failover_to.map(|e| e.to_string());
     for (key, info, want) in &current {
-        let to = rewrite_of(want);
-        if to.is_some() && info.failover_to != to {
-            b.set_failover(key.0, &info.backend, to.as_deref())?;
+        if let Some(to) = want.failover_to.filter(|to| info.failover_to != Some(*to)) {
+            b.set_failover(key.0, info.backend, Some(to))?;
             report.rewrites += 1;
             report.lines.push(format!(
-                "service {}: failover rewrite {} -> {} ({}'s sessions go to its secondary)",
+                "service {}: failover rewrite {} -> {to} ({}'s sessions go to its secondary)",
                 key.0,
                 info.backend,
-                to.as_deref().unwrap_or_default(),
                 info.server_id.as_deref().unwrap_or("?")
             ));
         }
     }
     for (key, info, want) in &current {
-        let want_state = state_name(want.state);
-        if info.state != want_state {
-            b.set_backend_state(key.0, &info.backend, want.state)?;
+        if info.state != want.state {
+            b.set_backend_state(key.0, info.backend, want.state)?;
             let why = if want.held { " (hold-down)" } else { "" };
             report.lines.push(format!(
-                "service {}: backend {} {} -> {want_state}{why}",
-                key.0, info.backend, info.state
+                "service {}: backend {} {} -> {}{why}",
+                key.0, info.backend, info.state, want.state
             ));
         }
     }
     for (key, info, want) in &current {
-        if rewrite_of(want).is_none() && info.failover_to.is_some() {
-            b.set_failover(key.0, &info.backend, None)?;
+        if want.failover_to.is_none() && info.failover_to.is_some() {
+            b.set_failover(key.0, info.backend, None)?;
             report.restores += 1;
             report.lines.push(format!(
                 "service {}: failover rewrite of {} removed",
@@ -154,6 +144,6 @@ pub fn sync(b: &Balancer, plan: &HashMap<BackendKey, Desired>) -> Result<SyncRep
 }
 
 /// The (service, endpoint) key of a listed backend.
-pub fn key_of(info: &BackendInfo) -> Option<BackendKey> {
-    Some((info.service.parse().ok()?, info.backend.parse().ok()?))
+pub fn key_of(info: &BackendInfo) -> BackendKey {
+    (info.service, info.backend)
 }

@@ -20,9 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_common::backend_state;
+use crate::model::{BackendState, ServiceAddr};
 
-use crate::{addr::ServiceAddr, pairs::PairTable};
+use super::pairs::PairTable;
 
 /// A backend as the planner sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,8 +42,7 @@ pub type BackendKey = (ServiceAddr, SocketAddrV4);
 /// What the data plane should hold for one backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
-    /// One of `backend_state::{UP, DRAINING, DOWN}`.
-    pub state: u8,
+    pub state: BackendState,
     /// The backend that takes this one's cookie sessions.
     pub failover_to: Option<SocketAddrV4>,
     /// In hold-down after recovering (for logs and `status`).
@@ -94,13 +93,13 @@ impl Planner {
         for b in backends {
             let held = self.held(key(b), b.healthy, now);
             let state = if !b.healthy {
-                backend_state::DOWN
+                BackendState::Down
             } else if b.drain {
-                backend_state::DRAINING
+                BackendState::Draining
             } else if held {
-                backend_state::DOWN
+                BackendState::Down
             } else {
-                backend_state::UP
+                BackendState::Up
             };
             out.insert(
                 key(b),
@@ -112,12 +111,12 @@ impl Planner {
             );
         }
         for b in backends {
-            if out[&key(b)].state == backend_state::UP {
+            if out[&key(b)].state == BackendState::Up {
                 self.rewritten.remove(&key(b));
                 continue;
             }
             let target = secondary_of(b, backends, pairs)
-                .filter(|s| out[&(s.service, s.endpoint)].state == backend_state::UP)
+                .filter(|s| out[&(s.service, s.endpoint)].state == BackendState::Up)
                 .map(|s| s.endpoint);
             match target {
                 Some(_) => {
@@ -169,8 +168,8 @@ fn secondary_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Proto;
-    use backend_state::{DOWN, DRAINING, UP};
+    use crate::model::addr::Proto;
+    use BackendState::{Down as DOWN, Draining as DRAINING, Up as UP};
 
     const HOLD: Duration = Duration::from_secs(10);
 

@@ -10,8 +10,8 @@ use tokio::{net::UdpSocket, task::JoinHandle};
 use tracing::{info, warn};
 
 use crate::{
-    config::GroupSettings,
-    group::{self, GroupKey, HostMessage, MemberSettings, MemberTable, Role},
+    daemon::config::GroupSettings,
+    daemon::group::{self, GroupKey, HostMessage, MemberSettings, MemberTable, Role},
 };
 
 /// Group membership: the shared table, the listener feeding it and the sender of our

@@ -12,9 +12,14 @@
 //! two places.
 
 pub mod apply;
+pub mod config;
 pub mod control_socket;
 pub mod failover;
+pub mod group;
+pub mod health;
 mod membership;
+pub mod metrics;
+pub mod pairs;
 
 use std::{
     collections::HashMap,
@@ -37,20 +42,20 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    addr::ServiceAddr,
-    config::{DaemonConfig, GroupSettings},
     dataplane::{self, instance_dir, Balancer},
     error::{one_line, Error, Result},
-    group::GroupKey,
-    health::{spawn_checker, CheckSettings, Health, HealthReport, Tracker},
-    metrics::{self, MetricsSnapshot},
-    pairs::{self, PairReader, PairTable},
+    model::addr::ServiceAddr,
 };
 
 use self::{
+    config::{DaemonConfig, GroupSettings},
     control_socket::{Command, Pending, Response},
     failover::{BackendKey, BackendView, Planner},
+    group::GroupKey,
+    health::{spawn_checker, CheckSettings, Health, HealthReport, Tracker},
     membership::Group,
+    metrics::MetricsSnapshot,
+    pairs::{PairReader, PairTable},
 };
 
 /// How often the daemon looks at what can change without an event of its own (announced
@@ -149,7 +154,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         .backends(None)?
         .iter()
         .filter(|b| b.failover_to.is_some())
-        .filter_map(apply::key_of)
+        .map(apply::key_of)
         .collect::<Vec<_>>();
     let (reports_tx, mut reports) = mpsc::channel(1024);
     let mut d = Daemon {
@@ -381,13 +386,12 @@ impl Daemon {
 
     /// Slots and tokens of the pinned backends (after every change of them).
     fn refresh_backends(&mut self, b: &Balancer) -> Result<()> {
-        let ids: HashMap<ServiceAddr, u32> = b.services()?.iter().map(|s| (s.addr, s.id)).collect();
+        let ids: HashMap<ServiceAddr, u32> =
+            b.services()?.iter().map(|s| (s.service, s.id)).collect();
         self.slots.clear();
         self.tokens.clear();
         for info in b.backends(None)? {
-            let Some(key) = apply::key_of(&info) else {
-                continue;
-            };
+            let key = apply::key_of(&info);
             self.slots.insert(key, info.slot);
             if let (Some(token), Some(id)) = (&info.server_id, ids.get(&key.0)) {
                 self.tokens

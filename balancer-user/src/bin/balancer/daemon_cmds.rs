@@ -8,14 +8,14 @@ use std::{
 
 use anyhow::{Context, Result};
 use balancer_user::{
-    config::parse_duration,
+    daemon::config::parse_duration,
+    daemon::group::{self, AgentOptions, MemberView},
+    daemon::pairs::PairInfo,
     daemon::{
         self,
         control_socket::{self, Command},
         DaemonOptions,
     },
-    group::{self, AgentOptions, MemberView},
-    pairs::PairInfo,
 };
 use clap::Args;
 

@@ -5,19 +5,20 @@
 mod daemon_cmds;
 
 use std::{
+    net::SocketAddrV4,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use anyhow::Result;
-use balancer_common::{backend_state, Config, Counter, DEFAULT_FLOW_CAPACITY};
+use balancer_common::{Config, Counter, DEFAULT_FLOW_CAPACITY};
 use balancer_user::{
-    addr::parse_endpoint,
-    backend_health::HealthInfo,
-    control::DEFAULT_WEIGHT,
+    control::backend_health::HealthInfo,
     daemon::control_socket::{self, DEFAULT_RUN_DIR},
     dataplane::{self, DEFAULT_BPFFS_ROOT},
-    AttachOptions, BackendSpec, Balancer, CookieSettings, Mode, Proto, ServiceAddr,
+    model::{addr::parse_endpoint, secret},
+    AttachOptions, BackendSpec, BackendState, Balancer, CookieSettings, Mode, Proto, ServiceAddr,
+    Weight,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -213,7 +214,7 @@ enum BackendCmd {
     Add {
         #[command(flatten)]
         target: BackendRef,
-        #[arg(long, default_value_t = DEFAULT_WEIGHT)]
+        #[arg(long, default_value_t = Weight::DEFAULT.get())]
         weight: u32,
         /// Cookie-mode services: the server id the app server writes into the cookie.
         #[arg(long)]
@@ -357,8 +358,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::SyncookieKey { file } => {
             let secret = match &file {
-                Some(path) => balancer_user::cookie_mode::secret_from_file(path)?,
-                None => balancer_user::cookie_mode::random_secret()?,
+                Some(path) => secret::secret_from_file(path)?,
+                None => secret::random_secret()?,
             };
             Balancer::open(&dir)?.rotate_syncookie_secret(secret)?;
             println!(
@@ -472,7 +473,7 @@ fn service(dir: &Path, cmd: ServiceCmd) -> Result<()> {
                 &["SERVICE", "MODE", "BACKENDS", "ACTIVE", "COOKIE"],
                 |s| {
                     vec![
-                        s.service.clone(),
+                        s.service.to_string(),
                         s.mode.to_string(),
                         s.backends.to_string(),
                         s.active_backends.to_string(),
@@ -494,10 +495,9 @@ fn service(dir: &Path, cmd: ServiceCmd) -> Result<()> {
 }
 
 /// A backend command's service and backend address, validated.
-fn backend_target(t: &BackendRef) -> Result<(ServiceAddr, String)> {
+fn backend_target(t: &BackendRef) -> Result<(ServiceAddr, SocketAddrV4)> {
     let service = t.service.parse()?;
-    parse_endpoint("backend address", &t.backend)?;
-    Ok((service, t.backend.clone()))
+    Ok((service, parse_endpoint("backend address", &t.backend)?))
 }
 
 fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
@@ -507,8 +507,8 @@ fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
             weight,
             server_id,
         } => {
-            let service = target.service.parse()?;
-            let mut spec = BackendSpec::parse(&target.backend, weight)?;
+            let (service, endpoint) = backend_target(&target)?;
+            let mut spec = BackendSpec::new(endpoint, Weight::new(weight)?);
             spec.server_id = server_id;
             let info = Balancer::open(dir)?.add_backend(service, spec)?;
             println!("added backend {} to {}", info.backend, info.service);
@@ -520,29 +520,29 @@ fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
             clear: _,
         } => {
             let (service, endpoint) = backend_target(&target)?;
-            if let Some(to) = &to {
-                parse_endpoint("backend address", to)?;
-            }
-            Balancer::open(dir)?.set_failover(service, &endpoint, to.as_deref())?
+            let to = to
+                .map(|to| parse_endpoint("backend address", &to))
+                .transpose()?;
+            Balancer::open(dir)?.set_failover(service, endpoint, to)?
         }
         BackendCmd::Remove(t) => {
             let (service, endpoint) = backend_target(&t)?;
-            Balancer::open(dir)?.remove_backend(service, &endpoint)?;
+            Balancer::open(dir)?.remove_backend(service, endpoint)?;
             println!("removed backend {endpoint} from {service}");
             return Ok(());
         }
         BackendCmd::Drain(t) => {
             let (service, endpoint) = backend_target(&t)?;
-            Balancer::open(dir)?.set_backend_state(service, &endpoint, backend_state::DRAINING)?
+            Balancer::open(dir)?.set_backend_state(service, endpoint, BackendState::Draining)?
         }
         BackendCmd::Undrain(t) => {
             let (service, endpoint) = backend_target(&t)?;
-            Balancer::open(dir)?.set_backend_state(service, &endpoint, backend_state::UP)?
+            Balancer::open(dir)?.set_backend_state(service, endpoint, BackendState::Up)?
         }
         BackendCmd::SetWeight { target, weight } => {
             let (service, endpoint) = backend_target(&target)?;
-            BackendSpec::parse(&endpoint, weight)?;
-            Balancer::open(dir)?.set_backend_weight(service, &endpoint, weight)?
+            let weight = Weight::new(weight)?;
+            Balancer::open(dir)?.set_backend_weight(service, endpoint, weight)?
         }
         BackendCmd::List {
             service,
@@ -573,13 +573,14 @@ fn backend(dir: &Path, cmd: BackendCmd) -> Result<()> {
                 ],
                 |x| {
                     let mut row = vec![
-                        x.service.clone(),
-                        x.backend.clone(),
+                        x.service.to_string(),
+                        x.backend.to_string(),
                         x.state.to_string(),
                         x.weight.to_string(),
                         format!("{:.1}%", x.table_share * 100.0),
                         x.server_id.clone().unwrap_or_else(|| "-".into()),
-                        x.failover_to.clone().unwrap_or_else(|| "-".into()),
+                        x.failover_to
+                            .map_or_else(|| "-".into(), |to| to.to_string()),
                     ];
                     row.extend(health_cells(x.health.as_ref()));
                     row
@@ -642,7 +643,7 @@ fn print_stats(b: &Balancer, json: bool) -> Result<()> {
         .map(|x| {
             vec![
                 x.service.clone(),
-                x.backend.clone(),
+                x.backend.to_string(),
                 x.state.to_string(),
                 x.counters.new_flows.to_string(),
                 x.counters.packets_to.to_string(),

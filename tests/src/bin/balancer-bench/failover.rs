@@ -16,7 +16,7 @@ use balancer_tests::{
     load::{measure_failover_with, minimal_config, FailoverOptions, Front},
     topology::Topology,
 };
-use balancer_user::config::DaemonConfig;
+use balancer_user::daemon::config::DaemonConfig;
 use serde::Serialize;
 
 use crate::{Args, Target};

@@ -50,11 +50,10 @@ use balancer_common::{
 };
 use balancer_tests::testrun::*;
 use balancer_user::{
-    addr::ip_to_map,
-    control::DEFAULT_WEIGHT,
+    control::maglev::{self, Member, NO_BACKEND},
     dataplane::{PROGRAM_PIN, TC_PROGRAM_PIN},
-    maglev::{self, Member, NO_BACKEND},
-    BackendSpec, Proto, ServiceAddr,
+    model::addr::ip_to_map,
+    BackendSpec, Proto, ServiceAddr, Weight,
 };
 use serde::Serialize;
 
@@ -296,15 +295,9 @@ fn add_nat_service(bed: &TestBed, n: usize) -> Result<StdHashMap<u32, SocketAddr
     let mut slots = StdHashMap::new();
     if n <= 200 {
         for b in backends {
-            let info = bed.balancer().add_backend(
-                addr,
-                BackendSpec {
-                    addr: *b.ip(),
-                    port: b.port(),
-                    weight: DEFAULT_WEIGHT,
-                    server_id: None,
-                },
-            )?;
+            let info = bed
+                .balancer()
+                .add_backend(addr, BackendSpec::new(b, Weight::DEFAULT))?;
             slots.insert(info.slot, b);
         }
         return Ok(slots);
@@ -325,14 +318,14 @@ fn add_nat_service(bed: &TestBed, n: usize) -> Result<StdHashMap<u32, SocketAddr
                 state: balancer_common::backend_state::UP,
                 _pad: 0,
                 service: service.id,
-                weight: DEFAULT_WEIGHT,
+                weight: Weight::DEFAULT.get(),
             },
             0,
         )?;
         members.push(Member {
             slot,
             identity: Member::identity_of(*b.ip(), b.port()),
-            weight: DEFAULT_WEIGHT,
+            weight: Weight::DEFAULT.get(),
         });
         slots.insert(slot, *b);
     }
@@ -356,7 +349,7 @@ fn read_ring(bed: &TestBed) -> Result<Vec<u32>> {
         .balancer()
         .services()?
         .into_iter()
-        .find(|s| s.addr.addr == *vip().ip() && s.addr.port == vip().port())
+        .find(|s| s.service.addr == *vip().ip() && s.service.port == vip().port())
         .context("NAT service missing")?
         .id;
     let ring: Array<MapData, u32> = bed
@@ -400,7 +393,7 @@ fn established_entries(
         state: balancer_common::backend_state::UP,
         _pad: 0,
         service: 0,
-        weight: DEFAULT_WEIGHT,
+        weight: Weight::DEFAULT.get(),
     };
     let (k, mut f, rk, mut r) = new_entries(&pkt, &eth, client_if, slot, &b, now);
     f.state = flow_state::ESTABLISHED;

@@ -1,7 +1,11 @@
 //! Service and backend addresses as operators write them (`198.18.100.1:80`), and their
 //! network-byte-order form in the maps.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+    str::FromStr,
+};
 
 use balancer_common::{ServiceKey, PROTO_TCP, PROTO_UDP};
 use serde::Serialize;
@@ -53,7 +57,7 @@ impl FromStr for Proto {
 }
 
 /// An IPv4 address and port, parsed strictly: `a.b.c.d:port` with a non-zero port.
-pub fn parse_endpoint(what: &'static str, s: &str) -> Result<(Ipv4Addr, u16)> {
+pub fn parse_endpoint(what: &'static str, s: &str) -> Result<SocketAddrV4> {
     let (ip, port) = s
         .rsplit_once(':')
         .ok_or_else(|| Error::invalid(what, s, "expected IPv4:PORT, e.g. 198.18.100.1:80"))?;
@@ -73,7 +77,7 @@ pub fn parse_endpoint(what: &'static str, s: &str) -> Result<(Ipv4Addr, u16)> {
             "address must be a unicast host address",
         ));
     }
-    Ok((ip, port))
+    Ok(SocketAddrV4::new(ip, port))
 }
 
 /// A virtual service: VIP, port and protocol.
@@ -86,8 +90,12 @@ pub struct ServiceAddr {
 
 impl ServiceAddr {
     pub fn parse(s: &str, proto: Proto) -> Result<Self> {
-        let (addr, port) = parse_endpoint("service address", s)?;
-        Ok(ServiceAddr { addr, port, proto })
+        let endpoint = parse_endpoint("service address", s)?;
+        Ok(ServiceAddr {
+            addr: *endpoint.ip(),
+            port: endpoint.port(),
+            proto,
+        })
     }
 
     pub fn key(&self) -> ServiceKey {
@@ -111,6 +119,13 @@ impl ServiceAddr {
 impl fmt::Display for ServiceAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}/{}", self.addr, self.port, self.proto)
+    }
+}
+
+/// Serialized as displayed (`VIP:PORT/proto`), as the CLI's JSON has always shown it.
+impl serde::Serialize for ServiceAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 

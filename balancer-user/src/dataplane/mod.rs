@@ -8,6 +8,8 @@
 //! The links are pinned, so the program stays attached and forwarding after the process
 //! that attached it exits, and `detach` is the only thing that removes it.
 
+pub(crate) mod mmap_array;
+
 use std::{
     fs,
     os::{fd::AsRawFd, unix::fs::PermissionsExt},
@@ -249,7 +251,7 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
             .ok_or_else(|| missing_in_object(map_names::SYNCOOKIE_KEYS))?
             .try_into()
             .map_err(map_ctx("SYNCOOKIE_KEYS map"))?;
-        let current = crate::cookie_mode::random_secret()?;
+        let current = crate::model::secret::random_secret()?;
         keys.set(
             0,
             SyncookieKeys {

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::{
-    addr::ServiceAddr,
     error::{io_ctx, map_ctx, Result},
+    model::addr::ServiceAddr,
 };
 
 /// Where a pair was learned.
@@ -276,7 +276,7 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Proto;
+    use crate::model::addr::Proto;
 
     fn svc() -> ServiceAddr {
         ServiceAddr::parse("198.18.0.10:80", Proto::Tcp).unwrap()

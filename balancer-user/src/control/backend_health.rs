@@ -12,9 +12,9 @@ use balancer_common::{health_state, map_names, BackendHealth, MAX_BACKENDS};
 use serde::Serialize;
 
 use crate::{
+    dataplane::mmap_array::MmapArray,
     dataplane::Balancer,
     error::{map_ctx, Result},
-    mmap_array::MmapArray,
 };
 
 /// A backend's health as shown by the CLI and the metrics.

@@ -6,33 +6,32 @@
 //! change: a backend slot is filled before the ring points at it, and the ring stops
 //! pointing at a backend before its slot is cleared.
 
-use std::net::Ipv4Addr;
+use std::net::SocketAddrV4;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use balancer_common::{
     backend_state, map_names, Backend, BackendStats, Service, ServiceKey, MAX_BACKENDS,
-    MAX_SERVICES, MAX_WEIGHT, RING_SIZE, SERVICE_F_COOKIE,
+    MAX_SERVICES, RING_SIZE, SERVICE_F_COOKIE,
 };
 use serde::Serialize;
 
 use crate::{
-    addr::{ip_from_map, ip_to_map, parse_endpoint, Proto, ServiceAddr},
-    backend_health::HealthInfo,
-    cookie_mode::{validate_server_id, CookieMaps, CookieSettings},
+    control::backend_health::HealthInfo,
+    control::cookie_mode::{validate_server_id, CookieMaps, CookieSettings},
+    control::maglev::{self, Member, NO_BACKEND},
+    dataplane::mmap_array::MmapArray,
     dataplane::Balancer,
     error::{map_ctx, Error, Result},
-    maglev::{self, Member, NO_BACKEND},
-    mmap_array::MmapArray,
+    model::{
+        addr::{ip_from_map, ip_to_map, Proto, ServiceAddr},
+        BackendState, Weight,
+    },
 };
-
-pub const DEFAULT_WEIGHT: u32 = 100;
 
 /// A service as listed by `balancer service list`.
 #[derive(Clone, Debug, Serialize)]
 pub struct ServiceInfo {
-    pub service: String,
-    #[serde(skip)]
-    pub addr: ServiceAddr,
+    pub service: ServiceAddr,
     pub id: u32,
     pub backends: usize,
     /// Backends currently taking new flows.
@@ -47,34 +46,30 @@ pub struct ServiceInfo {
 /// A backend to add.
 #[derive(Clone, Debug)]
 pub struct BackendSpec {
-    pub addr: Ipv4Addr,
-    pub port: u16,
-    pub weight: u32,
+    pub addr: SocketAddrV4,
+    pub weight: Weight,
     /// Cookie-mode services: the token the app server writes into the session cookie.
     pub server_id: Option<String>,
 }
 
 impl BackendSpec {
-    pub fn parse(endpoint: &str, weight: u32) -> Result<Self> {
-        let (addr, port) = parse_endpoint("backend address", endpoint)?;
-        validate_weight(weight)?;
-        Ok(BackendSpec {
+    pub fn new(addr: SocketAddrV4, weight: Weight) -> Self {
+        BackendSpec {
             addr,
-            port,
             weight,
             server_id: None,
-        })
+        }
     }
 }
 
 /// A backend as listed by `balancer backend list`.
 #[derive(Clone, Debug, Serialize)]
 pub struct BackendInfo {
-    pub service: String,
-    pub backend: String,
+    pub service: ServiceAddr,
+    pub backend: SocketAddrV4,
     pub slot: u32,
-    pub state: &'static str,
-    pub weight: u32,
+    pub state: BackendState,
+    pub weight: Weight,
     /// Fraction of the service's lookup table (new flows) this backend gets.
     pub table_share: f64,
     /// Cookie-mode services: the backend's server-ID token.
@@ -82,30 +77,10 @@ pub struct BackendInfo {
     pub server_id: Option<String>,
     /// Cookie-mode services: the backend that takes this one's sessions, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub failover_to: Option<String>,
+    pub failover_to: Option<SocketAddrV4>,
     /// What the daemon's health checks found (absent: never checked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthInfo>,
-}
-
-pub fn state_name(state: u8) -> &'static str {
-    match state {
-        backend_state::UP => "up",
-        backend_state::DRAINING => "draining",
-        backend_state::DOWN => "down",
-        _ => "empty",
-    }
-}
-
-fn validate_weight(weight: u32) -> Result<()> {
-    if weight == 0 || weight > MAX_WEIGHT {
-        return Err(Error::invalid(
-            "weight",
-            weight,
-            format!("must be 1..={MAX_WEIGHT} (use `backend drain` to stop new flows)"),
-        ));
-    }
-    Ok(())
 }
 
 /// Typed handles on the maps the operations use.
@@ -172,14 +147,14 @@ impl Maps {
         &self,
         addr: &ServiceAddr,
         service: &Service,
-        spec: (Ipv4Addr, u16),
+        endpoint: SocketAddrV4,
     ) -> Result<(u32, Backend)> {
         self.backends_of(service)?
             .into_iter()
-            .find(|(_, b)| ip_from_map(b.addr) == spec.0 && u16::from_be(b.port) == spec.1)
+            .find(|(_, b)| endpoint_of(b) == endpoint)
             .ok_or_else(|| Error::UnknownBackend {
                 service: addr.to_string(),
-                backend: format!("{}:{}", spec.0, spec.1),
+                backend: endpoint.to_string(),
             })
     }
 
@@ -335,8 +310,7 @@ impl Balancer {
             .insert(addr.key(), service, 0)
             .map_err(map_ctx("writing SERVICES"))?;
         Ok(ServiceInfo {
-            service: addr.to_string(),
-            addr,
+            service: addr,
             id,
             backends: 0,
             active_backends: 0,
@@ -385,8 +359,7 @@ impl Balancer {
                     None
                 };
                 Ok(ServiceInfo {
-                    service: addr.to_string(),
-                    addr,
+                    service: addr,
                     id: s.id,
                     backends: mine.len(),
                     active_backends: mine
@@ -401,19 +374,16 @@ impl Balancer {
     }
 
     pub fn add_backend(&self, addr: ServiceAddr, spec: BackendSpec) -> Result<BackendInfo> {
-        validate_weight(spec.weight)?;
         let mut maps = Maps::open(self)?;
         let service = maps.service(&addr)?;
         let all = maps.backends()?;
-        let duplicate = all.iter().any(|(_, b)| {
-            b.service == service.id
-                && ip_from_map(b.addr) == spec.addr
-                && u16::from_be(b.port) == spec.port
-        });
+        let duplicate = all
+            .iter()
+            .any(|(_, b)| b.service == service.id && endpoint_of(b) == spec.addr);
         if duplicate {
             return Err(Error::DuplicateBackend {
                 service: addr.to_string(),
-                backend: format!("{}:{}", spec.addr, spec.port),
+                backend: spec.addr.to_string(),
             });
         }
         let mut cookie_maps = None;
@@ -435,12 +405,12 @@ impl Balancer {
             .ok_or(Error::BackendsFull(MAX_BACKENDS))?;
         zero_backend_stats(self, slot)?;
         let backend = Backend {
-            addr: ip_to_map(spec.addr),
-            port: spec.port.to_be(),
+            addr: ip_to_map(*spec.addr.ip()),
+            port: spec.addr.port().to_be(),
             state: backend_state::UP,
             _pad: 0,
             service: service.id,
-            weight: spec.weight,
+            weight: spec.weight.get(),
         };
         if let (Some(cm), Some(token)) = (&mut cookie_maps, &spec.server_id) {
             // A stale failover entry of the slot's previous backend must not apply.
@@ -453,11 +423,10 @@ impl Balancer {
 
     /// Removes a backend: it gets no new flows; flows already bound to it keep their
     /// translation until they end or time out.
-    pub fn remove_backend(&self, addr: ServiceAddr, endpoint: &str) -> Result<()> {
-        let target = parse_endpoint("backend address", endpoint)?;
+    pub fn remove_backend(&self, addr: ServiceAddr, endpoint: SocketAddrV4) -> Result<()> {
         let mut maps = Maps::open(self)?;
         let service = maps.service(&addr)?;
-        let (slot, _) = maps.find_backend(&addr, &service, target)?;
+        let (slot, _) = maps.find_backend(&addr, &service, endpoint)?;
         if service.flags & SERVICE_F_COOKIE != 0 {
             let mut cookie = CookieMaps::open(self)?;
             for (key, _, _) in cookie.entries(service.id, Some(slot))? {
@@ -476,13 +445,9 @@ impl Balancer {
     pub fn set_failover(
         &self,
         addr: ServiceAddr,
-        failed: &str,
-        replacement: Option<&str>,
+        failed: SocketAddrV4,
+        replacement: Option<SocketAddrV4>,
     ) -> Result<BackendInfo> {
-        let failed = parse_endpoint("backend address", failed)?;
-        let replacement = replacement
-            .map(|r| parse_endpoint("backend address", r))
-            .transpose()?;
         let maps = Maps::open(self)?;
         let service = maps.service(&addr)?;
         if service.flags & SERVICE_F_COOKIE == 0 {
@@ -499,7 +464,7 @@ impl Balancer {
                 if rslot == slot {
                     return Err(Error::invalid(
                         "failover",
-                        format!("{}:{}", r.0, r.1),
+                        r,
                         "a backend cannot replace itself",
                     ));
                 }
@@ -511,29 +476,17 @@ impl Balancer {
         self.backend_info(&maps, &addr, &service, slot)
     }
 
-    /// Sets a backend's state (`backend_state::UP`, `DRAINING` or `DOWN`).
     pub fn set_backend_state(
         &self,
         addr: ServiceAddr,
-        endpoint: &str,
-        state: u8,
+        endpoint: SocketAddrV4,
+        state: BackendState,
     ) -> Result<BackendInfo> {
-        if !matches!(
-            state,
-            backend_state::UP | backend_state::DRAINING | backend_state::DOWN
-        ) {
-            return Err(Error::invalid(
-                "backend state",
-                state,
-                "expected up, draining or down",
-            ));
-        }
-        let target = parse_endpoint("backend address", endpoint)?;
         let mut maps = Maps::open(self)?;
         let service = maps.service(&addr)?;
-        let (slot, mut backend) = maps.find_backend(&addr, &service, target)?;
-        if backend.state != state {
-            backend.state = state;
+        let (slot, mut backend) = maps.find_backend(&addr, &service, endpoint)?;
+        if backend.state != state.code() {
+            backend.state = state.code();
             maps.update_backend(&service, slot, backend)?;
         }
         self.backend_info(&maps, &addr, &service, slot)
@@ -542,16 +495,14 @@ impl Balancer {
     pub fn set_backend_weight(
         &self,
         addr: ServiceAddr,
-        endpoint: &str,
-        weight: u32,
+        endpoint: SocketAddrV4,
+        weight: Weight,
     ) -> Result<BackendInfo> {
-        validate_weight(weight)?;
-        let target = parse_endpoint("backend address", endpoint)?;
         let mut maps = Maps::open(self)?;
         let service = maps.service(&addr)?;
-        let (slot, mut backend) = maps.find_backend(&addr, &service, target)?;
-        if backend.weight != weight {
-            backend.weight = weight;
+        let (slot, mut backend) = maps.find_backend(&addr, &service, endpoint)?;
+        if backend.weight != weight.get() {
+            backend.weight = weight.get();
             maps.update_backend(&service, slot, backend)?;
         }
         self.backend_info(&maps, &addr, &service, slot)
@@ -602,7 +553,7 @@ impl Balancer {
     /// Service address and backend address of every used backend slot (for counters).
     pub(crate) fn slot_names(
         &self,
-    ) -> Result<std::collections::HashMap<u32, (String, String, &'static str)>> {
+    ) -> Result<std::collections::HashMap<u32, (String, SocketAddrV4, &'static str)>> {
         let maps = Maps::open(self)?;
         let services = maps.services()?;
         let mut out = std::collections::HashMap::new();
@@ -612,21 +563,22 @@ impl Balancer {
                 .find(|(_, s)| s.id == b.service)
                 .map(|(a, _)| a.to_string())
                 .unwrap_or_else(|| format!("#{}", b.service));
-            out.insert(slot, (service, endpoint_of(&b), state_name(b.state)));
+            let state = BackendState::from_code(b.state).map_or("empty", BackendState::name);
+            out.insert(slot, (service, endpoint_of(&b), state));
         }
         Ok(out)
     }
 }
 
-fn endpoint_of(b: &Backend) -> String {
-    format!("{}:{}", ip_from_map(b.addr), u16::from_be(b.port))
+fn endpoint_of(b: &Backend) -> SocketAddrV4 {
+    SocketAddrV4::new(ip_from_map(b.addr), u16::from_be(b.port))
 }
 
 /// Server-ID tokens and failover targets of a cookie-mode service's backends, by slot.
 #[derive(Default)]
 struct CookieDetails {
     tokens: std::collections::HashMap<u32, String>,
-    failover: std::collections::HashMap<u32, String>,
+    failover: std::collections::HashMap<u32, SocketAddrV4>,
 }
 
 impl CookieDetails {
@@ -663,11 +615,13 @@ fn describe(
     health: Option<HealthInfo>,
 ) -> BackendInfo {
     BackendInfo {
-        service: addr.to_string(),
+        service: *addr,
         backend: endpoint_of(b),
         slot,
-        state: state_name(b.state),
-        weight: b.weight,
+        // Only used slots are described, and the control plane writes only valid codes.
+        state: BackendState::from_code(b.state).unwrap_or(BackendState::Down),
+        // Likewise: every weight written went through `Weight`.
+        weight: Weight::new(b.weight).unwrap_or_default(),
         table_share: *shares.get(&slot).unwrap_or(&0) as f64 / RING_SIZE as f64,
         server_id: cookie.tokens.get(&slot).cloned(),
         failover_to: cookie.failover.get(&slot).cloned(),

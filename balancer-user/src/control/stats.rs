@@ -5,7 +5,7 @@ use balancer_common::{map_names, BackendStats, Counter, GlobalStats};
 use serde::Serialize;
 
 use crate::{
-    backend_health::HealthInfo,
+    control::backend_health::HealthInfo,
     dataplane::Balancer,
     error::{map_ctx, Result},
 };
@@ -13,7 +13,7 @@ use crate::{
 #[derive(Clone, Debug, Serialize)]
 pub struct BackendCounters {
     pub service: String,
-    pub backend: String,
+    pub backend: std::net::SocketAddrV4,
     pub slot: u32,
     pub state: &'static str,
     #[serde(flatten)]

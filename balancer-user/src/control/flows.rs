@@ -8,9 +8,9 @@ use balancer_common::{direction, flow_state, map_names, phase, Flow, FlowKey};
 use serde::Serialize;
 
 use crate::{
-    addr::{ip_from_map, Proto},
     dataplane::Balancer,
     error::{map_ctx, Result},
+    model::addr::{ip_from_map, Proto},
 };
 
 #[derive(Clone, Debug, Serialize)]

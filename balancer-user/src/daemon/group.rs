@@ -158,6 +158,14 @@ pub enum GroupError {
     Bind(#[source] io::Error),
 }
 
+/// The daemon's group membership errors travel through the library's one `Result` (the library
+/// sits below the daemon and does not know this type).
+impl From<GroupError> for crate::Error {
+    fn from(e: GroupError) -> Self {
+        crate::Error::Upper(Box::new(e))
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Group key
 

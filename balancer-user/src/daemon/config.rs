@@ -89,11 +89,12 @@ use balancer_common::{cookie::token_hash, Config, MAX_BACKENDS, MAX_SERVICES, MA
 use serde::Deserialize;
 
 use crate::{
-    addr::{parse_endpoint, Proto, ServiceAddr},
-    control::{BackendSpec, DEFAULT_WEIGHT},
-    cookie_mode::{validate_server_id, CookieSettings},
+    control::cookie_mode::{validate_server_id, CookieSettings},
+    control::BackendSpec,
+    daemon::health::{CheckKind, CheckSettings},
     dataplane::{instance_dir, AttachOptions, Mode, DEFAULT_BPFFS_ROOT},
-    health::{CheckKind, CheckSettings},
+    model::addr::{parse_endpoint, Proto, ServiceAddr},
+    model::Weight,
 };
 
 /// Where the Prometheus endpoint listens unless configured: loopback only, since the
@@ -136,6 +137,14 @@ pub enum ConfigError {
         path: PathBuf,
         inner: Box<ConfigError>,
     },
+}
+
+/// The daemon's configuration errors travel through the library's one `Result` (the library
+/// sits below the daemon and does not know this type).
+impl From<ConfigError> for crate::Error {
+    fn from(e: ConfigError) -> Self {
+        crate::Error::Upper(Box::new(e))
+    }
 }
 
 fn toml_message(position: Option<(usize, usize)>, message: &str) -> String {
@@ -365,8 +374,7 @@ impl ServiceConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendConfig {
     pub addr: SocketAddrV4,
-    /// 1..=`MAX_WEIGHT`.
-    pub weight: u32,
+    pub weight: Weight,
     /// Cookie mode: the token the app server writes into the session cookie.
     pub server_id: Option<String>,
     /// Cookie mode: server_id of the backend holding this one's replicated sessions.
@@ -379,8 +387,7 @@ impl BackendConfig {
     /// What `Balancer::add_backend` takes.
     pub fn spec(&self) -> BackendSpec {
         BackendSpec {
-            addr: *self.addr.ip(),
-            port: self.addr.port(),
+            addr: self.addr,
             weight: self.weight,
             server_id: self.server_id.clone(),
         }
@@ -755,7 +762,7 @@ impl RawGroup {
             self.interval.as_deref(),
             Duration::from_secs(1),
         )?;
-        crate::group::check_interval(interval).map_err(|e| invalid("group.interval", e))?;
+        crate::daemon::group::check_interval(interval).map_err(|e| invalid("group.interval", e))?;
         let member_timeout = duration(
             "group.member_timeout",
             self.member_timeout.as_deref(),
@@ -777,7 +784,7 @@ impl RawGroup {
                     format!("\"{p}\" is not an address and port (e.g. \"10.0.0.2:7946\")"),
                 )
             })?;
-            crate::group::check_target(addr).map_err(|e| invalid("group.peers", e))?;
+            crate::daemon::group::check_target(addr).map_err(|e| invalid("group.peers", e))?;
             if peers.contains(&addr) {
                 return Err(invalid("group.peers", format!("{addr} is listed twice")));
             }
@@ -956,17 +963,18 @@ impl RawBackend {
         index: usize,
         cookie: Option<&CookieSettings>,
     ) -> Result<BackendConfig, ConfigError> {
-        let (ip, port) = parse_endpoint("backend address", &self.address)
+        let addr = parse_endpoint("backend address", &self.address)
             .map_err(|e| invalid(format!("{service_at}, backend #{}", index + 1), e))?;
-        let addr = SocketAddrV4::new(ip, port);
         let at = format!("{service_at}, backend {addr}");
-        let weight = self.weight.unwrap_or(DEFAULT_WEIGHT);
-        if weight == 0 || weight > MAX_WEIGHT {
-            return Err(invalid(
-                &at,
-                format!("weight {weight} is not in 1..={MAX_WEIGHT} (set drain = true to stop new flows)"),
-            ));
-        }
+        let weight = match self.weight {
+            None => Weight::DEFAULT,
+            Some(w) => Weight::new(w).map_err(|_| {
+                invalid(
+                    &at,
+                    format!("weight {w} is not in 1..={MAX_WEIGHT} (set drain = true to stop new flows)"),
+                )
+            })?,
+        };
         match cookie {
             Some(settings) => {
                 let token = self.server_id.as_deref().ok_or_else(|| {
@@ -1115,14 +1123,18 @@ mod tests {
             "merged from [health]"
         );
         assert_eq!(web.backends[0].addr.to_string(), "198.18.1.2:8080");
-        assert_eq!(web.backends[1].weight, DEFAULT_WEIGHT);
+        assert_eq!(web.backends[1].weight, Weight::DEFAULT);
         assert_eq!(
             web.backend_by_server_id("b1").unwrap().addr.to_string(),
             "198.18.1.3:8080"
         );
         let spec = web.backends[0].spec();
         assert_eq!(
-            (spec.port, spec.weight, spec.server_id.as_deref()),
+            (
+                spec.addr.port(),
+                spec.weight.get(),
+                spec.server_id.as_deref()
+            ),
             (8080, 100, Some("a1"))
         );
 
@@ -1168,7 +1180,7 @@ mod tests {
         let b = &s.backends[0];
         assert_eq!(
             (b.weight, b.drain, &b.server_id, &b.secondary),
-            (DEFAULT_WEIGHT, false, &None, &None)
+            (Weight::DEFAULT, false, &None, &None)
         );
         assert!(c.replication_pairs().is_empty());
     }
@@ -1628,7 +1640,7 @@ mod tests {
     fn tokens_with_equal_hashes_collide() {
         let backend = |addr: &str, token: &str| BackendConfig {
             addr: addr.parse().unwrap(),
-            weight: 1,
+            weight: Weight::new(1).unwrap(),
             server_id: Some(token.into()),
             secondary: None,
             drain: false,

@@ -33,11 +33,11 @@ use tokio::{
 use tracing::{debug, warn};
 
 use crate::{
-    backend_health::HealthInfo,
+    control::backend_health::HealthInfo,
+    control::stats::{BackendCountersValues, Stats},
     control::{BackendInfo, ServiceInfo},
     dataplane::Balancer,
     error::Result,
-    stats::{BackendCountersValues, Stats},
 };
 
 /// Content type of the exposition format served.
@@ -107,7 +107,7 @@ impl MetricsSnapshot {
             services: services
                 .iter()
                 .map(|s| ServiceMetrics {
-                    service: s.service.clone(),
+                    service: s.service.to_string(),
                     mode: s.mode,
                     backends: s.backends,
                     active_backends: s.active_backends,
@@ -119,11 +119,11 @@ impl MetricsSnapshot {
                 .iter()
                 .filter_map(|b| {
                     Some(BackendMetrics {
-                        service: b.service.clone(),
-                        backend: b.backend.clone(),
+                        service: b.service.to_string(),
+                        backend: b.backend.to_string(),
                         server_id: b.server_id.clone(),
-                        state: b.state,
-                        weight: b.weight,
+                        state: b.state.name(),
+                        weight: b.weight.get(),
                         counters: *counters.get(&b.slot)?,
                         health: b.health.clone(),
                     })
