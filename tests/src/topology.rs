@@ -223,6 +223,13 @@ impl Topology {
         Self::build_with(Arms::Two, n_backends, balancer_bin()?, Some(impairment))
     }
 
+    /// Two-arm topology as a user would build a veth lab by hand: like [`Topology::two_arm`]
+    /// but with no XDP program on the peers of the gateway's interfaces, so the balancer's
+    /// `XDP_TX` frames stall there until `attach --veth-peer-pass` fixes it.
+    pub fn two_arm_bare_peers(n_backends: usize) -> Result<Topology> {
+        Self::build_inner(Arms::Two, n_backends, balancer_bin()?, None, false)
+    }
+
     /// One-arm topology with `n_backends` backends, using [`balancer_bin`].
     pub fn one_arm(n_backends: usize) -> Result<Topology> {
         Self::build(Arms::One, n_backends, balancer_bin()?)
@@ -241,6 +248,17 @@ impl Topology {
         n_backends: usize,
         balancer_bin: PathBuf,
         wan: Option<Impairment>,
+    ) -> Result<Topology> {
+        Self::build_inner(arms, n_backends, balancer_bin, wan, true)
+    }
+
+    /// `peer_pass`: attach [`attach_xdp_pass`] to the peers of the gateway's interfaces.
+    fn build_inner(
+        arms: Arms,
+        n_backends: usize,
+        balancer_bin: PathBuf,
+        wan: Option<Impairment>,
+        peer_pass: bool,
     ) -> Result<Topology> {
         require_root()?;
         if wan.is_some() && arms != Arms::Two {
@@ -277,13 +295,19 @@ impl Topology {
             Ok(())
         };
         let mut pass_links = Vec::new();
+        let mut pass = |ns: &Netns, dev: &str| -> Result<()> {
+            if peer_pass {
+                pass_links.push(attach_xdp_pass(ns, dev)?);
+            }
+            Ok(())
+        };
         let mut wan_ns = None;
         let gateway_ifaces = match arms {
             Arms::Two => {
                 match wan {
                     None => {
                         netns::veth(&client, "eth0", &gateway, "cli0")?;
-                        pass_links.push(attach_xdp_pass(&client, "eth0")?);
+                        pass(&client, "eth0")?;
                     }
                     Some(_) => {
                         let w = Netns::new("lbw")?;
@@ -304,7 +328,7 @@ impl Topology {
                         // recomputes whether `cli0` may redirect into `gw`, which it may
                         // as long as `gw` has a program (and the program keeps `gw`'s
                         // NAPI with GRO off).
-                        pass_links.push(attach_xdp_pass(&w, "gw")?);
+                        pass(&w, "gw")?;
                         for (ns, dev) in [(&w, "cli"), (&w, "gw"), (&client, "eth0")] {
                             ns.exec(
                                 "ethtool",
@@ -320,7 +344,7 @@ impl Topology {
                 netns::veth(&gateway, "srv0", &lan, "gw0")?;
                 lan.ip(&["link", "set", "gw0", "master", "br0"])?;
                 add_gateway_addrs("cli0", "srv0")?;
-                pass_links.push(attach_xdp_pass(&lan, "gw0")?);
+                pass(&lan, "gw0")?;
                 vec!["cli0".to_string(), "srv0".to_string()]
             }
             Arms::One => {
@@ -330,7 +354,7 @@ impl Topology {
                     lan.ip(&["link", "set", port, "master", "br0"])?;
                 }
                 add_gateway_addrs("eth0", "eth0")?;
-                pass_links.push(attach_xdp_pass(&lan, "gw0")?);
+                pass(&lan, "gw0")?;
                 vec!["eth0".to_string()]
             }
         };

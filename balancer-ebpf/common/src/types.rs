@@ -62,6 +62,10 @@ pub mod map_names {
 pub const PROGRAM_NAME: &str = "balancer";
 /// The TC ingress program that completes delayed binding where XDP cannot grow a frame.
 pub const TC_PROGRAM_NAME: &str = "balancer_tc";
+/// A program that only returns `XDP_PASS`, for the veth peers of the balancer's
+/// interfaces: its presence makes the kernel poll the peer for the frames the balancer
+/// sends with `XDP_TX` (`balancer attach --veth-peer-pass`).
+pub const PEER_PASS_PROGRAM_NAME: &str = "veth_peer_pass";
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;

@@ -42,6 +42,14 @@ pub fn balancer(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Returns `XDP_PASS`: attached to a veth peer of an interface the balancer sends
+/// `XDP_TX` frames on, so that the kernel polls the peer for them (`veth_xdp_flush` only
+/// kicks a peer that has an XDP program; see balancer-user's dataplane/veth.rs).
+#[xdp]
+pub fn veth_peer_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 #[inline(always)]
 fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
     let stats = Counters::get().ok_or(())?;

@@ -273,6 +273,7 @@ impl DaemonSettings {
             mode: self.xdp_mode,
             flow_capacity: self.flow_capacity,
             config: self.flow_timeouts,
+            veth_peer_pass: false,
         }
     }
 }

@@ -287,8 +287,11 @@ fn attach_interfaces(
     if !missing.is_empty() {
         let mut opts = cfg.daemon.attach_options();
         opts.interfaces = missing.clone();
-        dataplane::attach(dir, &opts)?;
+        let report = dataplane::attach(dir, &opts)?;
         info!(interfaces = ?missing, "attached");
+        for warning in &report.warnings {
+            warn!("{warning}");
+        }
     }
     if previous.is_some() {
         for name in attached

@@ -9,6 +9,7 @@
 //! that attached it exits, and `detach` is the only thing that removes it.
 
 pub(crate) mod mmap_array;
+pub mod veth;
 
 use std::{
     fs,
@@ -27,7 +28,7 @@ use aya::{
 use balancer_common::{
     map_names,
     syncookie::{CookieSecret, SyncookieKeys},
-    Config, PROGRAM_NAME, TC_PROGRAM_NAME,
+    Config, PEER_PASS_PROGRAM_NAME, PROGRAM_NAME, TC_PROGRAM_NAME,
 };
 
 use crate::error::{io_ctx, map_ctx, prog_ctx, Error, Result};
@@ -37,8 +38,12 @@ pub const DEFAULT_BPFFS_ROOT: &str = "/sys/fs/bpf/balancer";
 pub const PROGRAM_PIN: &str = "prog_balancer";
 /// The TC ingress program that completes delayed binding where XDP cannot grow a frame.
 pub const TC_PROGRAM_PIN: &str = "prog_balancer_tc";
+/// The pass program for veth peers (see [`veth`]).
+pub const PEER_PASS_PROGRAM_PIN: &str = "prog_veth_peer_pass";
 const LINK_PREFIX: &str = "link_";
 const TC_LINK_PREFIX: &str = "tclink_";
+/// Links of the pass program on the veth peers of attached interfaces.
+const PEER_LINK_PREFIX: &str = "peerlink_";
 
 /// The compiled XDP object, built by build.rs.
 pub static XDP_OBJECT: &[u8] =
@@ -70,6 +75,34 @@ pub struct AttachOptions {
     /// Flow-table entries; only used when the maps are created.
     pub flow_capacity: u32,
     pub config: Config,
+    /// Attach the pass program to the veth peer of every interface whose peer has no
+    /// XDP program (see [`veth`]); without it such interfaces only get a warning.
+    pub veth_peer_pass: bool,
+}
+
+/// One attached interface's veth XDP_TX check ([`Balancer::veth_checks`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct VethCheck {
+    pub interface: String,
+    /// The peer, if the interface is a veth.
+    pub peer: Option<veth::VethPeer>,
+    /// This instance attached the pass program to the peer.
+    pub peer_pass_pinned: bool,
+    /// The trap is open: what to do.
+    pub warning: Option<String>,
+    /// The check failed: why.
+    pub error: Option<String>,
+}
+
+/// What [`attach`] did.
+#[derive(Clone, Debug, Default)]
+pub struct AttachReport {
+    pub interfaces: Vec<String>,
+    /// Interfaces whose veth peer got the pass program.
+    pub peer_passes: Vec<String>,
+    /// One line per interface whose `XDP_TX` frames can stall (or that could not be
+    /// checked), saying what to do.
+    pub warnings: Vec<String>,
 }
 
 /// Fails unless running as root: everything here needs bpffs and BPF syscalls.
@@ -145,6 +178,34 @@ impl Balancer {
     /// Names of the interfaces with a pinned link.
     pub fn interfaces(&self) -> Result<Vec<String>> {
         attached_interfaces(&self.dir)
+    }
+
+    /// The veth XDP_TX check of every attached interface, as `balancer status` shows it:
+    /// the peer (if the interface is a veth), whether this instance put the pass program
+    /// there, and the warning if the trap is open; an interface that could not be
+    /// checked has the reason instead.
+    pub fn veth_checks(&self) -> Result<Vec<VethCheck>> {
+        let mut out = Vec::new();
+        for name in self.interfaces()? {
+            let check = interface_index(&name).and_then(|i| veth::veth_peer(&name, i));
+            out.push(match check {
+                Ok(peer) => VethCheck {
+                    peer_pass_pinned: veth::peer_link_pin(&self.dir, &name).exists(),
+                    warning: peer.as_ref().and_then(veth::VethPeer::warning),
+                    peer,
+                    interface: name,
+                    error: None,
+                },
+                Err(e) => VethCheck {
+                    interface: name,
+                    peer: None,
+                    peer_pass_pinned: false,
+                    warning: None,
+                    error: Some(crate::error::one_line(&e)),
+                },
+            });
+        }
+        Ok(out)
     }
 
     fn config_map(&self) -> Result<Array<MapData, Config>> {
@@ -278,6 +339,18 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
         load_retrying(|| tc.load()).map_err(prog_ctx("loading the TC program (verifier)"))?;
         tc.pin(dir.join(TC_PROGRAM_PIN))
             .map_err(|e| io_ctx("pinning the TC program")(std::io::Error::other(e.to_string())))?;
+        let peer_pass: &mut Xdp = ebpf
+            .program_mut(PEER_PASS_PROGRAM_NAME)
+            .ok_or_else(|| missing_in_object(PEER_PASS_PROGRAM_NAME))?
+            .try_into()
+            .map_err(prog_ctx("veth peer program"))?;
+        load_retrying(|| peer_pass.load())
+            .map_err(prog_ctx("loading the veth peer program (verifier)"))?;
+        peer_pass
+            .pin(dir.join(PEER_PASS_PROGRAM_PIN))
+            .map_err(|e| {
+                io_ctx("pinning the veth peer program")(std::io::Error::other(e.to_string()))
+            })?;
         Ok(())
     })();
     if result.is_err() {
@@ -363,7 +436,7 @@ fn create_dir_private(dir: &Path) -> Result<()> {
 /// Loads (or adopts) the data plane under `dir` and attaches it to `opts.interfaces`.
 /// On any failure, whatever this call created is undone: interfaces attached before the
 /// call stay attached, a program loaded by this call is unloaded again.
-pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
+pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<AttachReport> {
     require_root()?;
     if opts.interfaces.is_empty() {
         return Err(Error::invalid(
@@ -388,6 +461,7 @@ pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
     let loaded_now = load_pinned(dir, opts.flow_capacity, &opts.config)?;
     let balancer = Balancer::open(dir)?;
     let mut done: Vec<PathBuf> = Vec::new();
+    let mut report = AttachReport::default();
     let result = (|| {
         let mut program = balancer.program()?;
         for (name, index) in &targets {
@@ -404,6 +478,27 @@ pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
             )?);
             done.push(attach_tc(dir, name)?);
         }
+        for (name, index) in &targets {
+            let peer = match veth::veth_peer(name, *index) {
+                Ok(Some(peer)) => peer,
+                Ok(None) => continue,
+                Err(e) => {
+                    report.warnings.push(format!(
+                        "{name}: could not check for the veth XDP_TX trap: {}",
+                        crate::error::one_line(&e)
+                    ));
+                    continue;
+                }
+            };
+            match peer.warning() {
+                Some(_) if opts.veth_peer_pass => {
+                    done.push(attach_peer_pass(dir, &peer)?);
+                    report.peer_passes.push(name.clone());
+                }
+                Some(warning) => report.warnings.push(warning),
+                None => {}
+            }
+        }
         Ok(())
     })();
     if let Err(e) = result {
@@ -416,7 +511,46 @@ pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<Vec<String>> {
         }
         return Err(e);
     }
-    Ok(targets.into_iter().map(|(n, _)| n).collect())
+    report.interfaces = targets.into_iter().map(|(n, _)| n).collect();
+    Ok(report)
+}
+
+/// Attaches the pinned pass program to `peer` (entering its namespace if it is in
+/// another one) and pins the link beside the interface's own.
+fn attach_peer_pass(dir: &Path, peer: &veth::VethPeer) -> Result<PathBuf> {
+    let program_pin = dir.join(PEER_PASS_PROGRAM_PIN);
+    if !program_pin.exists() {
+        return Err(Error::invalid(
+            "instance",
+            dir.display(),
+            "was loaded by an older balancer without the veth peer program: detach it and attach again",
+        ));
+    }
+    let what = format!("the pass program on {}'s veth peer", peer.interface);
+    let attach = || -> Result<PathBuf> {
+        let mut program = Xdp::from_pin(&program_pin, aya_obj::programs::XdpAttachType::Interface)
+            .map_err(prog_ctx("opening the pinned veth peer program"))?;
+        let link_id = program
+            .attach_to_if_index(peer.peer_ifindex, XdpMode::Driver)
+            .map_err(prog_ctx(format!("attaching {what}")))?;
+        let link = program
+            .take_link(link_id)
+            .map_err(prog_ctx(format!("taking the link of {what}")))?;
+        pin_link(link, veth::peer_link_pin(dir, &peer.interface), &what)
+    };
+    match peer.peer_netnsid {
+        None => attach(),
+        Some(id) => {
+            let ns = veth::peer_netns(id)?.ok_or_else(|| {
+                Error::invalid(
+                    "veth peer",
+                    format!("{} (namespace id {id})", peer.interface),
+                    "its namespace has no name (ip netns) and no process in it: it cannot be entered",
+                )
+            })?;
+            veth::in_netns(&ns, attach)
+        }
+    }
 }
 
 /// Attaches the TC ingress program to `name` (TCX, a BPF link) and pins the link.
@@ -456,7 +590,9 @@ where
 }
 
 fn is_link_pin(name: &str) -> bool {
-    name.starts_with(LINK_PREFIX) || name.starts_with(TC_LINK_PREFIX)
+    [LINK_PREFIX, TC_LINK_PREFIX, PEER_LINK_PREFIX]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
 }
 
 fn unpin_link(path: &Path) {
@@ -482,6 +618,7 @@ pub fn detach_interface(dir: &Path, name: &str) -> Result<()> {
     let _lock = lock_dir(dir)?;
     unpin_link(&link);
     unpin_link(&dir.join(format!("{TC_LINK_PREFIX}{name}")));
+    unpin_link(&veth::peer_link_pin(dir, name));
     Ok(())
 }
 
@@ -498,6 +635,7 @@ pub fn detach(dir: &Path) -> Result<Vec<String>> {
         for name in &interfaces {
             unpin_link(&dir.join(format!("{LINK_PREFIX}{name}")));
             unpin_link(&dir.join(format!("{TC_LINK_PREFIX}{name}")));
+            unpin_link(&veth::peer_link_pin(dir, name));
         }
     }
     remove_pins(dir);

@@ -125,6 +125,11 @@ struct AttachArgs {
     /// Idle timeout of UDP flows, seconds.
     #[arg(long, default_value_t = Config::default().udp_timeout_s)]
     udp_timeout: u32,
+    /// Attach an XDP_PASS program to the veth peer of every interface whose peer has
+    /// none, entering the peer's namespace if needed: without one, frames sent back with
+    /// XDP_TX (syncookie SYN-ACKs, RSTs) stall on the peer. For veth labs.
+    #[arg(long)]
+    veth_peer_pass: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -320,13 +325,20 @@ fn run(cli: Cli) -> Result<()> {
                     udp_timeout_s: nonzero("--udp-timeout", a.udp_timeout)?,
                     ..Config::default()
                 },
+                veth_peer_pass: a.veth_peer_pass,
             };
-            let attached = dataplane::attach(&dir, &opts)?;
+            let report = dataplane::attach(&dir, &opts)?;
             println!(
                 "attached instance '{}' to {}",
                 instance,
-                attached.join(", ")
+                report.interfaces.join(", ")
             );
+            for name in &report.peer_passes {
+                println!("attached the veth peer pass program to the peer of {name}");
+            }
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
         }
         Command::Detach => {
             let detached = dataplane::detach(&dir)?;
@@ -409,11 +421,13 @@ fn status(b: &Balancer, instance: &str, json: bool) -> Result<()> {
     let interfaces = b.interfaces()?;
     let config = b.config()?;
     let services = b.services()?;
+    let veth = b.veth_checks()?;
     if json {
         let v = serde_json::json!({
             "instance": instance,
             "pin_dir": b.dir(),
             "interfaces": interfaces,
+            "veth_checks": veth,
             "services": services.len(),
             "tcp_timeout_s": config.tcp_established_timeout_s,
             "tcp_transient_timeout_s": config.tcp_transient_timeout_s,
@@ -436,6 +450,22 @@ fn status(b: &Balancer, instance: &str, json: bool) -> Result<()> {
             "timeouts:   tcp {}s, tcp handshake/closing {}s, udp {}s",
             config.tcp_established_timeout_s, config.tcp_transient_timeout_s, config.udp_timeout_s
         );
+        for check in &veth {
+            let line = match (&check.peer, &check.warning, &check.error) {
+                (_, _, Some(error)) => format!("could not check: {error}"),
+                (_, Some(warning), _) => format!("WARNING {warning}"),
+                (Some(peer), None, None) if check.peer_pass_pinned => format!(
+                    "veth, peer {} has this instance's pass program",
+                    peer.peer_name.as_deref().unwrap_or("?")
+                ),
+                (Some(peer), None, None) => format!(
+                    "veth, peer {} has an XDP program",
+                    peer.peer_name.as_deref().unwrap_or("?")
+                ),
+                (None, None, None) => "not a veth".into(),
+            };
+            println!("xdp_tx:     {}: {line}", check.interface);
+        }
     }
     Ok(())
 }
