@@ -3,6 +3,7 @@
 //! Every task that needs the toolchain or the kernel runs setup first when a
 //! prerequisite is missing, so a fresh Debian 12 machine only needs `cargo xtask test`.
 
+mod package;
 mod run;
 mod setup;
 mod summary;
@@ -52,6 +53,17 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build, then make the Debian package (target/package/balancer_<version>_<arch>.deb
+    /// unless --out says otherwise): binary, systemd unit, example configuration, man
+    /// pages, shell completions. Prints the package's path last.
+    Package {
+        /// Use the release binary already built (`cargo xtask build`).
+        #[arg(long)]
+        no_build: bool,
+        /// Directory for the .deb.
+        #[arg(long, value_name = "DIR")]
+        out: Option<std::path::PathBuf>,
+    },
     /// Build, then fuzz the XDP program through BPF_PROG_TEST_RUN (balancer-fuzz);
     /// exits non-zero on a finding. Needs root.
     Fuzz {
@@ -84,6 +96,7 @@ fn run_task(task: Task) -> Result<ExitCode> {
         Task::Test { args } => tasks::test(&args)?,
         Task::Bench { quick, args } => return tasks::bench(quick, &args),
         Task::Fuzz { packets, seed } => return tasks::fuzz(packets, seed),
+        Task::Package { no_build, out } => tasks::package(no_build, out)?,
     }
     Ok(ExitCode::SUCCESS)
 }

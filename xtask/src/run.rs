@@ -109,6 +109,23 @@ pub fn run_tee(cmd: &mut Command) -> Result<(ExitStatus, String)> {
     Ok((status, captured))
 }
 
+/// Runs the command quietly and returns its stdout; fails (with its stderr) unless it
+/// exits successfully.
+pub fn stdout(cmd: &mut Command) -> Result<String> {
+    let line = describe(cmd);
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| {
+        format!("could not start `{line}`: is the program installed and on PATH?")
+    })?;
+    if !out.status.success() {
+        bail!(
+            "`{line}` failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`{line}` printed non-UTF-8 output"))
+}
+
 /// Runs a read-only probe quietly and returns its output; `None` if it could not start.
 pub fn probe<I, S>(program: &str, args: I) -> Option<Output>
 where

@@ -66,6 +66,18 @@ pub fn bench(quick: bool, extra: &[String]) -> Result<ExitCode> {
     Ok(run::exit_code(status))
 }
 
+/// `cargo xtask package`: the Debian package (see package.rs); prints its path last.
+pub fn package(no_build: bool, out: Option<PathBuf>) -> Result<()> {
+    if !no_build {
+        setup::ensure()?;
+        build_release()?;
+    }
+    let out = out.unwrap_or_else(|| target_dir().join("package"));
+    let deb = crate::package::build_deb(&out)?;
+    println!("{}", deb.display());
+    Ok(())
+}
+
 /// `cargo xtask fuzz`: runs balancer-fuzz (see its doc comment) and exits with its exit
 /// code (1 on a finding).
 pub fn fuzz(packets: Option<u64>, seed: Option<u64>) -> Result<ExitCode> {

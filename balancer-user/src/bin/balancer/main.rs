@@ -3,6 +3,7 @@
 //! `members` and `pairs` talk to it. Errors are printed on one line and exit non-zero.
 
 mod daemon_cmds;
+mod docs;
 
 use std::{
     net::SocketAddrV4,
@@ -104,6 +105,17 @@ enum Command {
     },
     /// Announce this host (an app server) to the balancers with signed host messages.
     Agent(daemon_cmds::AgentArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (balancer.1 and one per command) to DIR (used by packaging).
+    #[command(hide = true)]
+    ManPages {
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -406,6 +418,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Members { json } => daemon_cmds::members(&socket, json)?,
         Command::Pairs { json } => daemon_cmds::pairs(&socket, json)?,
         Command::Agent(args) => daemon_cmds::run_agent(args)?,
+        Command::Completions { shell } => docs::completions(shell)?,
+        Command::ManPages { out } => docs::man_pages(&out)?,
     }
     Ok(())
 }
