@@ -21,7 +21,10 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::http::{self, Response};
+use crate::{
+    http::{self, Response},
+    rawsock::{self, set_int_opt, Framing, ETH_P_ALL, ETH_P_IP},
+};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -202,25 +205,6 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr_in {
     }
 }
 
-fn set_int_opt(fd: &OwnedFd, level: i32, name: i32, value: i32) -> Result<()> {
-    // SAFETY: a valid option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            &value as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "setsockopt({level}, {name}): {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
 /// A raw IPv4 socket (`IPPROTO_RAW`, header included) of the calling thread's namespace.
 pub struct RawSender {
     fd: OwnedFd,
@@ -240,7 +224,13 @@ impl RawSender {
         // SAFETY: a new descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Room for a few batches (root may exceed the sysctl limit).
-        let _ = set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
+        let _ = set_int_opt(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            4 << 20,
+            "SO_SNDBUFFORCE",
+        );
         Ok(RawSender { fd })
     }
 
@@ -389,9 +379,6 @@ pub struct Sniffer {
     fd: OwnedFd,
 }
 
-const ETH_P_IP: u16 = libc::ETH_P_IP as u16;
-const ETH_P_ALL: u16 = libc::ETH_P_ALL as u16;
-
 impl Sniffer {
     /// Frames `ifname` receives (not those it sends).
     pub fn incoming(ifname: &str) -> Result<Sniffer> {
@@ -405,43 +392,13 @@ impl Sniffer {
     }
 
     fn open(ifname: &str, proto: u16) -> Result<Sniffer> {
-        let name = std::ffi::CString::new(ifname)?;
-        // SAFETY: name is a valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        ensure!(ifindex != 0, "no interface {ifname}");
-        // SAFETY: plain socket call.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                i32::from(proto.to_be()),
-            )
-        };
-        ensure!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a new descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let _ = set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 16 << 20);
-        // SAFETY: an all-zero sockaddr_ll is valid; the fields used are set below.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto.to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: sll is valid for the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        ensure!(
-            rc == 0,
-            "binding the packet socket to {ifname}: {}",
-            std::io::Error::last_os_error()
+        let fd = rawsock::packet_socket(ifname, Framing::Network, proto)?;
+        let _ = set_int_opt(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            16 << 20,
+            "SO_RCVBUFFORCE",
         );
         Ok(Sniffer { fd })
     }

@@ -18,11 +18,11 @@ use balancer_tests::{
 };
 use balancer_user::config::HealthConfig;
 
-const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
+use crate::TESTSRV;
 
 #[test]
 fn every_setup_serves_every_request_from_the_backend_the_cookie_names() {
-    topology::assert_root();
+    balancer_tests::harness::root::assert_root();
     let _g = topology::machine_exclusive();
     let balancer = topology::balancer_bin().unwrap();
     let o = E2eOptions {
@@ -99,7 +99,7 @@ fn every_setup_serves_every_request_from_the_backend_the_cookie_names() {
 
 #[test]
 fn haproxy_failover_moves_a_dead_primarys_sessions_to_their_secondary() {
-    topology::assert_root();
+    balancer_tests::harness::root::assert_root();
     let _g = topology::machine_exclusive();
     let balancer = topology::balancer_bin().unwrap();
     let health = HealthConfig::default();
@@ -154,7 +154,7 @@ fn haproxy_failover_moves_a_dead_primarys_sessions_to_their_secondary() {
 #[test]
 #[ignore]
 fn quick_report() {
-    topology::assert_root();
+    balancer_tests::harness::root::assert_root();
     let _g = topology::machine_exclusive();
     let o = E2eOptions::quick(PathBuf::from(TESTSRV), topology::balancer_bin().unwrap());
     let r = run_end_to_end(&o, &|line| eprintln!("{line}")).unwrap();
@@ -170,7 +170,7 @@ fn quick_report() {
 #[ignore]
 fn compare_failover() {
     use balancer_tests::load::{measure_failover, minimal_config};
-    topology::assert_root();
+    balancer_tests::harness::root::assert_root();
     let _g = topology::machine_exclusive();
     let balancer = topology::balancer_bin().unwrap();
     let runs: usize = std::env::var("FAILOVER_RUNS")

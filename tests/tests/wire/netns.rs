@@ -14,12 +14,12 @@ use balancer_tests::{
 };
 use serde_json::Value;
 
-const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
+use crate::TESTSRV;
 
 /// Two-arm topology with `n` backends, balancer attached, servers running, service
 /// `VIP:80` with every backend.
 fn setup(n: usize) -> Topology {
-    topology::assert_root();
+    balancer_tests::harness::root::assert_root();
     let mut t = Topology::two_arm(n).expect("building the topology");
     t.attach().expect("attaching the balancer");
     t.start_servers(Path::new(TESTSRV))
@@ -284,7 +284,7 @@ fn counters_equal_the_traffic_sent() {
 
 #[test]
 fn one_arm_topology_works() {
-    topology::assert_root();
+    balancer_tests::harness::root::assert_root();
     let mut t = Topology::one_arm(2).expect("building the topology");
     t.attach().expect("attaching the balancer");
     t.start_servers(Path::new(TESTSRV))
@@ -321,7 +321,7 @@ fn snapshot(t: &Topology) -> (Value, Value) {
 
 #[test]
 fn cli_rejects_bad_input_without_changing_state() {
-    topology::assert_root();
+    balancer_tests::harness::root::assert_root();
     let mut t = Topology::two_arm(2).expect("building the topology");
     t.attach().expect("attaching the balancer");
     t.add_service_with_backends().unwrap();

@@ -18,7 +18,7 @@ use balancer_tests::{
 };
 use serde_json::Value;
 
-const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
+use crate::TESTSRV;
 
 /// App servers on 127.0.0.1, each with all the others as peers; killed on drop.
 struct Cluster {

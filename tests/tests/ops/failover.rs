@@ -24,10 +24,10 @@ use balancer_tests::{
         metric_value, metrics, primaries_at, sessions_of, totals, wait_healthy, wait_pair, Load,
         LoadOptions,
     },
-    topology::{self, vip, Topology},
+    topology::{vip, Topology},
 };
 
-const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
+use crate::TESTSRV;
 const CLIENTS: usize = 50;
 const BEFORE_KILL: Duration = Duration::from_millis(1500);
 const AFTER_KILL: Duration = Duration::from_secs(3);
@@ -56,7 +56,7 @@ fn report(what: &str, problems: &[String], t: &Topology, d: &Daemon) -> Option<S
 
 #[test]
 fn kill_a_primary_under_load_every_session_continues_on_its_secondary() {
-    topology::assert_root();
+    balancer_tests::harness::root::assert_root();
     let mut t = Topology::two_arm(3).expect("building the topology");
     t.start_session_servers(Path::new(TESTSRV))
         .expect("starting app servers");

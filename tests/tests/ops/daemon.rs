@@ -14,15 +14,15 @@ use balancer_tests::{
     daemon::{backend_entry, daemon_config, ConfigOptions, Daemon},
     http,
     session::{try_request, Answer, SessionCookie},
-    topology::{self, vip, Topology},
+    topology::{vip, Topology},
 };
 use serde_json::Value;
 
-const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
+use crate::TESTSRV;
 
 /// Two-arm topology with three replicated app servers and a daemon running `o`.
 fn setup(o: &ConfigOptions) -> (Topology, Daemon) {
-    topology::assert_root();
+    balancer_tests::harness::root::assert_root();
     let mut t = Topology::two_arm(3).expect("building the topology");
     t.start_session_servers(Path::new(TESTSRV))
         .expect("starting app servers");
