@@ -1,4 +1,4 @@
-//! Raw-socket attack tools for the wire-attack tests (`tests/tests/attacks.rs`):
+//! Raw-socket attack tools for the wire-attack tests (`tests/tests/wire/attacks/`):
 //! IPv4/TCP packets built by hand with both checksums ([`build`]), a raw sender
 //! (`IPPROTO_RAW`, so the header is the caller's: spoofed sources, any flags and sequence
 //! numbers) with paced batches ([`flood`]), a packet-socket [`Sniffer`], a stateless

@@ -1,4 +1,4 @@
-//! Session load through the VIP for the failover test (`tests/tests/failover.rs`), the
+//! Session load through the VIP for the failover test (`tests/tests/ops/failover.rs`), the
 //! demo and the benchmark: clients in one namespace, each with its own session of the
 //! replicated app server (`balancer-testsrv --server-id`), each updating its counter in a
 //! loop, one new connection per request.

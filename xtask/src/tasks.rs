@@ -97,8 +97,22 @@ pub fn test(extra: &[String]) -> Result<()> {
     result
 }
 
-/// The steps of `cargo xtask test`, in order; cheap static checks come first.
-fn test_steps(extra: &[String], tally: &mut Tally) -> Result<()> {
+/// `cargo xtask test --unit`: the checks and tests that need no root (formatting,
+/// clippy, the unit tests of the eBPF crate's shared logic, of the control library and
+/// of xtask). Arguments go to the last `cargo test`.
+pub fn test_unit(extra: &[String]) -> Result<()> {
+    setup::ensure()?;
+    let mut tally = Tally::default();
+    let result = static_and_unit_steps(&mut tally).and_then(|()| {
+        header(4, "unit tests of the control library and xtask");
+        cargo_test(&["-p", "balancer-user", "-p", "xtask"], extra, &mut tally)
+    });
+    println!("{}", tally.summary());
+    result
+}
+
+/// Steps 1-3 of both tiers, none of which needs root; cheap static checks come first.
+fn static_and_unit_steps(tally: &mut Tally) -> Result<()> {
     header(1, "formatting");
     run::run(&mut cargo(["fmt", "--all", "--", "--check"]))
         .context("code is not formatted: run `cargo fmt --all`")?;
@@ -132,7 +146,12 @@ fn test_steps(extra: &[String], tally: &mut Tally) -> Result<()> {
     .context("clippy found problems in balancer-ebpf (see above)")?;
 
     header(3, "unit tests of the eBPF crate's shared logic");
-    cargo_test(&["-p", "balancer-ebpf", "--lib"], &[], tally)?;
+    cargo_test(&["-p", "balancer-ebpf", "--lib"], &[], tally)
+}
+
+/// The steps of `cargo xtask test`, in order.
+fn test_steps(extra: &[String], tally: &mut Tally) -> Result<()> {
+    static_and_unit_steps(tally)?;
 
     // Release: the integration tests push real traffic, which debug builds make slow.
     // They drive the `balancer` binary, which `cargo test` does not build for another

@@ -2,7 +2,7 @@
 //! rewrite with replicated app servers, reloads, restarts, group membership and metrics,
 //! on the netns topology with the real data plane.
 //!
-//! Needs root and a built `balancer` binary (see `netns.rs`).
+//! Needs root and a built `balancer` binary (see `wire/netns.rs`).
 
 use std::{
     net::SocketAddr,

@@ -9,7 +9,7 @@
 //! the failover time (kill -> first request of one of the dead primary's sessions served
 //! by its secondary) and the daemon's own steps, read from its log.
 //!
-//! Needs root and a built `balancer` binary (see `netns.rs`).
+//! Needs root and a built `balancer` binary (see `wire/netns.rs`).
 
 use std::{
     path::Path,

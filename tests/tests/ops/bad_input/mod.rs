@@ -15,7 +15,7 @@
 //! attached afterwards) and after a good daemon has set the instance up and stopped (its
 //! pinned state must not change). Each run must exit within a few seconds.
 //!
-//! `netns.rs` (`cli_rejects_bad_input_without_changing_state`) and `daemon_ops.rs` (bad
+//! `wire/netns.rs` (`cli_rejects_bad_input_without_changing_state`) and `daemon_ops/` (bad
 //! configurations on reload) cover neighbouring ground; this file is the complete table.
 //!
 //! Needs root and a built `balancer` binary (`cargo build --release -p balancer-user`).

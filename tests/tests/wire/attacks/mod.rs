@@ -17,7 +17,7 @@
 //! - Forged cookies naming a draining, a down or an unknown server never reach it; a
 //!   healthy server's token does (by design).
 //!
-//! The SYN flood is `cookie.rs::syn_flood_creates_no_state_and_legit_clients_get_through`.
+//! The SYN flood is `cookie::syn_flood::syn_flood_creates_no_state_and_legit_clients_get_through`.
 //!
 //! Spoofed attacker sources are 198.18.0.16-239 (the client's subnet, configured nowhere):
 //! the balancer's answers come back to the client's interface, where the raw client's

@@ -2,7 +2,7 @@
 //! data plane in network namespaces; the backends answer with their name, so every
 //! response says which backend the connection was bound to.
 //!
-//! Needs root and a built `balancer` binary (see `netns.rs`). The SYN-flood test takes the
+//! Needs root and a built `balancer` binary (see `wire/netns.rs`). The SYN-flood test takes the
 //! machine for itself (the others wait for it, and it for them) so that its rate and the
 //! other tests' timings do not disturb each other.
 
