@@ -9,6 +9,7 @@
 use std::{collections::BTreeMap, path::Path, process::Output};
 
 use balancer_tests::{
+    daemon::backend_entry,
     http::{self, Conn},
     topology::{self, service_arg, vip, Topology},
 };
@@ -153,12 +154,8 @@ fn drained_backend_keeps_open_connections_and_gets_no_new_ones() {
         .unwrap();
 
     let list = t.balancer_json(&["backend", "list", "--json"]).unwrap();
-    let entry = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["backend"] == endpoint.as_str())
-        .expect("drained backend is listed");
+    let entry =
+        backend_entry(list.as_array().unwrap(), &endpoint).expect("drained backend is listed");
     assert_eq!(entry["state"], "draining");
     assert_eq!(entry["table_share"].as_f64(), Some(0.0));
 

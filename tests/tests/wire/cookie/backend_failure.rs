@@ -47,11 +47,7 @@ fn failover_sends_a_failed_backends_sessions_to_its_replacement() {
     t.balancer(&["backend", "failover", &service, &be1, "--to", &be2])
         .unwrap();
     let list = t.balancer_json(&["backend", "list", "--json"]).unwrap();
-    let entry = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["backend"] == be1.as_str())
+    let entry = backend_entry(list.as_array().unwrap(), &be1)
         .unwrap()
         .clone();
     assert_eq!(entry["failover_to"], be2.as_str(), "{entry}");

@@ -23,6 +23,7 @@ use std::{
 
 use balancer_tests::{
     attack::{self, RawSender, Segment, Sniffer},
+    daemon::backend_entry,
     http::{self, Conn, Fnv64},
     impair::Impairment,
     netns::Netns,
@@ -80,14 +81,7 @@ fn get_with_cookie_from(cookie: Option<&str>, connect: Duration) -> anyhow::Resu
         headers.insert(2, ("Cookie", c));
     }
     let r = conn.request("GET", "/", &headers, &[])?;
-    anyhow::ensure!(r.status == 200, "status {}", r.status);
-    anyhow::ensure!(
-        r.header("x-backend") == Some(r.text().as_str()),
-        "body {:?} and X-Backend {:?} disagree",
-        r.text(),
-        r.header("x-backend")
-    );
-    Ok((r.text(), port))
+    Ok((r.answering_backend()?, port))
 }
 
 /// Runs `f(k)` for k in 0..threads, each on its own thread inside `ns`; the results in
