@@ -14,7 +14,7 @@
 
 use std::{
     io::BufReader,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
@@ -847,6 +847,33 @@ impl RawTcp {
         let end = self.snd_max;
         self.send_flags(end, TCP_RST | TCP_ACK, &[])
     }
+}
+
+/// Opens a keep-alive connection to `to` from the calling thread's namespace, whose
+/// interface `ifname` faces it, and reads the connection's ISN from the SYN it sends
+/// (for tests that then forge segments on the connection's own tuple).
+pub fn connect_reading_isn(ifname: &str, to: SocketAddr) -> Result<(http::Conn, u32)> {
+    let sniffer = Sniffer::all(ifname)?;
+    let conn = http::Conn::connect(to)?;
+    let port = conn.local_addr()?.port();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < deadline {
+        let Some((n, outgoing)) = sniffer.recv(&mut buf, Duration::from_millis(100)) else {
+            continue;
+        };
+        let Some(v) = parse(&buf[..n]) else {
+            continue;
+        };
+        if outgoing
+            && v.sport == port
+            && SocketAddr::from((v.dst, v.dport)) == to
+            && v.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        {
+            return Ok((conn, v.seq));
+        }
+    }
+    bail!("did not see the SYN of port {port}")
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use std::{
 
 use balancer_tests::{
     daemon::{backend_entry, daemon_config, ConfigOptions, Daemon},
+    harness::root::assert_root,
     http,
     session::{try_request, Answer, SessionCookie},
     topology::{vip, Topology},
@@ -22,7 +23,7 @@ use crate::TESTSRV;
 
 /// Two-arm topology with three replicated app servers and a daemon running `o`.
 fn setup(o: &ConfigOptions) -> (Topology, Daemon) {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm(3).expect("building the topology");
     t.start_session_servers(Path::new(TESTSRV))
         .expect("starting app servers");

@@ -19,6 +19,7 @@ use std::{
 
 use balancer_tests::{
     daemon::{backend_entry, daemon_config, ConfigOptions, Daemon},
+    harness::root::assert_root,
     load::{
         busiest_primary, check_sessions, check_takeovers, daemon_times, failover_time,
         metric_value, metrics, primaries_at, sessions_of, totals, wait_healthy, wait_pair, Load,
@@ -56,7 +57,7 @@ fn report(what: &str, problems: &[String], t: &Topology, d: &Daemon) -> Option<S
 
 #[test]
 fn kill_a_primary_under_load_every_session_continues_on_its_secondary() {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm(3).expect("building the topology");
     t.start_session_servers(Path::new(TESTSRV))
         .expect("starting app servers");

@@ -13,6 +13,7 @@ use std::{path::PathBuf, time::Duration};
 
 use balancer_tests::{
     e2e::{run_end_to_end, E2eOptions, Mode, Setup},
+    harness::root::assert_root,
     load::{measure_failover_with, FailoverOptions, Front, LoadOptions},
     topology,
 };
@@ -22,7 +23,7 @@ use crate::TESTSRV;
 
 #[test]
 fn every_setup_serves_every_request_from_the_backend_the_cookie_names() {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let _g = topology::machine_exclusive();
     let balancer = topology::balancer_bin().unwrap();
     let o = E2eOptions {
@@ -99,7 +100,7 @@ fn every_setup_serves_every_request_from_the_backend_the_cookie_names() {
 
 #[test]
 fn haproxy_failover_moves_a_dead_primarys_sessions_to_their_secondary() {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let _g = topology::machine_exclusive();
     let balancer = topology::balancer_bin().unwrap();
     let health = HealthConfig::default();
@@ -154,7 +155,7 @@ fn haproxy_failover_moves_a_dead_primarys_sessions_to_their_secondary() {
 #[test]
 #[ignore]
 fn quick_report() {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let _g = topology::machine_exclusive();
     let o = E2eOptions::quick(PathBuf::from(TESTSRV), topology::balancer_bin().unwrap());
     let r = run_end_to_end(&o, &|line| eprintln!("{line}")).unwrap();
@@ -170,7 +171,7 @@ fn quick_report() {
 #[ignore]
 fn compare_failover() {
     use balancer_tests::load::{measure_failover, minimal_config};
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let _g = topology::machine_exclusive();
     let balancer = topology::balancer_bin().unwrap();
     let runs: usize = std::env::var("FAILOVER_RUNS")

@@ -10,6 +10,7 @@ use std::{collections::BTreeMap, path::Path, process::Output};
 
 use balancer_tests::{
     daemon::backend_entry,
+    harness::root::assert_root,
     http::{self, Conn},
     topology::{self, service_arg, vip, Topology},
 };
@@ -20,7 +21,7 @@ use crate::TESTSRV;
 /// Two-arm topology with `n` backends, balancer attached, servers running, service
 /// `VIP:80` with every backend.
 fn setup(n: usize) -> Topology {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm(n).expect("building the topology");
     t.attach().expect("attaching the balancer");
     t.start_servers(Path::new(TESTSRV))
@@ -281,7 +282,7 @@ fn counters_equal_the_traffic_sent() {
 
 #[test]
 fn one_arm_topology_works() {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::one_arm(2).expect("building the topology");
     t.attach().expect("attaching the balancer");
     t.start_servers(Path::new(TESTSRV))
@@ -318,7 +319,7 @@ fn snapshot(t: &Topology) -> (Value, Value) {
 
 #[test]
 fn cli_rejects_bad_input_without_changing_state() {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm(2).expect("building the topology");
     t.attach().expect("attaching the balancer");
     t.add_service_with_backends().unwrap();

@@ -294,7 +294,7 @@ fn cli_cases(vars: &[(&str, String)]) -> Vec<Case> {
 
 #[test]
 fn every_subcommand_rejects_bad_arguments_without_changing_state() {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm(2).expect("building the topology");
     // A spare veth pair in the gateway: an interface that can take the program but is
     // not attached, to see an `attach` that fails half-way roll back.

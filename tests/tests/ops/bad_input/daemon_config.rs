@@ -252,7 +252,7 @@ impl ConfigRunner<'_> {
 
 #[test]
 fn daemon_refuses_to_start_with_a_bad_configuration() {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm(2).expect("building the topology");
     // Should a bad file get the data plane attached anyway, the topology removes it.
     t.will_be_attached();

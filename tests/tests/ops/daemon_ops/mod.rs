@@ -30,6 +30,7 @@ use std::{
 use balancer_tests::{
     attack::Rng,
     daemon::{backend_entry, colliding_tokens, daemon_config, Background, ConfigOptions, Daemon},
+    harness::root::assert_root,
     http,
     load::wait_pair,
     topology::{vip, Topology, GATEWAY_SERVER_ADDR},
@@ -48,7 +49,7 @@ const OTHER_KEY: &str = "a-different-key-that-is-not-the-group-key-xyz";
 
 /// Two-arm topology with three plain test servers.
 fn topology() -> Topology {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm(3).expect("building the topology");
     t.start_servers(Path::new(TESTSRV))
         .expect("starting test servers");

@@ -20,7 +20,7 @@ use super::*;
 fn forged_cookies_never_reach_a_server_that_is_not_up() {
     const EACH: usize = 20;
     let _g = topology::machine_shared();
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm(6).expect("building the topology");
     t.start_servers(Path::new(TESTSRV))
         .expect("starting test servers");

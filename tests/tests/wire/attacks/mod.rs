@@ -44,11 +44,9 @@ use std::{
 use aya::maps::{HashMap, MapData};
 use balancer_ebpf::{direction, map_names, Flow, FlowKey, PendingSegment};
 use balancer_tests::{
-    attack::{
-        self, build_into, HandshakeFlood, RawTcp, Rng, Segment, Sniffer, TCP_ACK, TCP_PSH, TCP_RST,
-        TCP_SYN,
-    },
+    attack::{self, build_into, HandshakeFlood, RawTcp, Rng, Segment, TCP_ACK, TCP_PSH, TCP_RST},
     daemon::{backend_entry, daemon_config, ConfigOptions, Daemon},
+    harness::root::assert_root,
     http::{self, Conn, Fnv64},
     impair::{Impairment, Relay},
     netns::{self, Netns},
@@ -62,7 +60,7 @@ use crate::TESTSRV;
 /// Two-arm topology with `n` backends, the balancer attached (with `attach` arguments)
 /// and the cookie-mode service `VIP:80` with every backend, server id = backend name.
 fn setup(n: usize, attach: &[&str]) -> Topology {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm(n).expect("building the topology");
     t.attach_with(attach).expect("attaching the balancer");
     t.start_servers(Path::new(TESTSRV))

@@ -8,28 +8,6 @@ use super::*;
 /// 30 s; short here so that the test can idle past it).
 const TRANSIENT_TIMEOUT_S: u64 = 3;
 
-/// Opens a keep-alive connection to the VIP (calling thread in the client namespace)
-/// and reads its ISN from the SYN it sends.
-fn connect_reading_isn() -> anyhow::Result<(Conn, u32)> {
-    let sniffer = Sniffer::all("eth0")?;
-    let conn = Conn::connect(vip())?;
-    let port = conn.local_addr()?.port();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut buf = vec![0u8; 65536];
-    while Instant::now() < deadline {
-        let Some((n, outgoing)) = sniffer.recv(&mut buf, Duration::from_millis(100)) else {
-            continue;
-        };
-        let Some(v) = attack::parse(&buf[..n]) else {
-            continue;
-        };
-        if outgoing && v.sport == port && v.dst == VIP && v.flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
-            return Ok((conn, v.seq));
-        }
-    }
-    anyhow::bail!("did not see the SYN of port {port}")
-}
-
 struct LiveConn {
     conn: Conn,
     isn: u32,
@@ -104,7 +82,7 @@ fn rst_flood_out_of_window_spares_live_spliced_connections() {
         .run(move || -> anyhow::Result<Vec<LiveConn>> {
             (0..=TARGETS)
                 .map(|k| {
-                    let (conn, isn) = connect_reading_isn()?;
+                    let (conn, isn) = attack::connect_reading_isn("eth0", vip())?;
                     let port = conn.local_addr()?.port();
                     let backend = names[k % names.len()].clone();
                     let mut c = LiveConn {

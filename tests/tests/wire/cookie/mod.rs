@@ -22,8 +22,9 @@ use std::{
 };
 
 use balancer_tests::{
-    attack::{self, RawSender, Segment, Sniffer},
+    attack::{self, RawSender, Segment},
     daemon::backend_entry,
+    harness::root::assert_root,
     http::{self, Conn, Fnv64},
     impair::Impairment,
     netns::Netns,
@@ -44,7 +45,7 @@ fn add_cookie_service(t: &mut Topology) {
 
 /// Two-arm topology with `n` backends in a cookie-mode service.
 fn setup(n: usize) -> Topology {
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm(n).expect("building the topology");
     add_cookie_service(&mut t);
     t

@@ -202,28 +202,6 @@ fn backend_time_wait_of_a_direct_connection_does_not_hold_the_binding() {
     assert_no_failures(&s);
 }
 
-/// Opens a connection to the VIP while watching the calling thread's `eth0` with a packet
-/// socket, and returns it with the ISN of the SYN it sent.
-fn connect_and_read_isn() -> anyhow::Result<(Conn, u32)> {
-    let sniffer = Sniffer::all("eth0")?;
-    let conn = Conn::connect(vip())?;
-    let port = conn.local_addr()?.port();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut buf = [0u8; 2048];
-    while let Some((n, _)) =
-        sniffer.recv(&mut buf, deadline.saturating_duration_since(Instant::now()))
-    {
-        if let Some(tcp) = attack::parse(&buf[..n]) {
-            if tcp.sport == port
-                && tcp.flags & (attack::TCP_SYN | attack::TCP_ACK) == attack::TCP_SYN
-            {
-                return Ok((conn, tcp.seq));
-            }
-        }
-    }
-    anyhow::bail!("did not see the SYN of port {port}")
-}
-
 /// A spliced keep-alive connection gets a SYN on its own tuple with ISN `isn + offset`
 /// from the client's address, then must go on serving requests.
 fn syn_on_a_live_connection(offset: u32) {
@@ -232,7 +210,7 @@ fn syn_on_a_live_connection(offset: u32) {
     let outcome = t
         .client
         .run(move || -> anyhow::Result<Vec<String>> {
-            let (mut conn, isn) = connect_and_read_isn()?;
+            let (mut conn, isn) = attack::connect_reading_isn("eth0", vip())?;
             let port = conn.local_addr()?.port();
             let mut answers = Vec::new();
             let r = conn.request("GET", "/", &[("Cookie", &cookie)], &[])?;

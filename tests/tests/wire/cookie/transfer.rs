@@ -105,7 +105,7 @@ fn large_transfers_through_a_spliced_connection() {
 #[test]
 fn transfers_and_requests_survive_loss_and_reordering() {
     let _g = topology::machine_shared();
-    balancer_tests::harness::root::assert_root();
+    assert_root();
     let mut t = Topology::two_arm_with_wan(3, Impairment::NONE).expect("building the topology");
     add_cookie_service(&mut t);
     let impaired = Impairment::new(0.02, 0.05, 0x1055);
