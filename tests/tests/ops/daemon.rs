@@ -5,7 +5,6 @@
 //! Needs root and a built `balancer` binary (see `wire/netns.rs`).
 
 use std::{
-    net::SocketAddr,
     path::Path,
     time::{Duration, Instant},
 };
@@ -13,7 +12,7 @@ use std::{
 use balancer_tests::{
     daemon::{backend_entry, daemon_config, ConfigOptions, Daemon},
     harness::root::assert_root,
-    http,
+    load::{metric_value, metrics},
     session::{try_request, Answer, SessionCookie},
     topology::{vip, Topology},
 };
@@ -51,22 +50,6 @@ fn via_vip(t: &Topology, cookie: Option<&SessionCookie>) -> anyhow::Result<Answe
     let cookie = cookie.cloned();
     t.client
         .run(move || try_request(vip(), cookie.as_ref(), None))?
-}
-
-/// GET a path of the gateway's metrics endpoint (from inside the gateway namespace).
-fn metrics(t: &Topology) -> String {
-    let addr: SocketAddr = "127.0.0.1:9469".parse().unwrap();
-    t.gateway
-        .run(move || http::get(addr, "/metrics").map(|r| r.text()))
-        .unwrap()
-        .unwrap()
-}
-
-fn metric_value(text: &str, line_prefix: &str) -> Option<f64> {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
 }
 
 /// Sessions pinned to their primaries; one primary's server dies; the daemon marks it
@@ -146,7 +129,7 @@ fn failover_rewrite_sends_a_dead_primarys_sessions_to_its_secondary() {
     assert_eq!(entry["state"], "down", "{entry}");
     assert_eq!(entry["health"]["health"], "down", "{entry}");
     assert_eq!(entry["failover_to"], secondary_ep.as_str(), "{entry}");
-    let text = metrics(&t);
+    let text = metrics(&t).unwrap();
     assert_eq!(
         metric_value(&text, "balancer_failover_rewrites_total"),
         Some(1.0)
@@ -176,7 +159,7 @@ fn failover_rewrite_sends_a_dead_primarys_sessions_to_its_secondary() {
         back.elapsed()
     );
     assert_eq!(
-        metric_value(&metrics(&t), "balancer_failover_restores_total"),
+        metric_value(&metrics(&t).unwrap(), "balancer_failover_restores_total"),
         Some(1.0)
     );
 }

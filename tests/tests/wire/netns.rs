@@ -6,12 +6,13 @@
 //! --bins`, or `BALANCER_BIN`). Every test builds its own topology with a unique instance
 //! and unique namespace names, so the tests run in parallel.
 
-use std::{collections::BTreeMap, path::Path, process::Output};
+use std::{collections::BTreeMap, path::Path};
 
 use balancer_tests::{
     daemon::backend_entry,
     harness::root::assert_root,
     http::{self, Conn},
+    netns::stderr,
     topology::{self, service_arg, vip, Topology},
 };
 use serde_json::Value;
@@ -88,10 +89,6 @@ fn open_conn(t: &Topology) -> (Conn, String) {
             (c, name)
         })
         .expect("running in the client namespace")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).trim_end().to_string()
 }
 
 #[test]

@@ -5,12 +5,6 @@ use super::*;
 
 // ---- 2. Daemon configuration files at start -----------------------------------------
 
-/// `text` with the first `from` replaced by `to`; `from` must be there.
-fn edit(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "{from:?} is not in\n{text}");
-    text.replacen(from, to, 1)
-}
-
 /// One bad configuration: its text (`None`: `--config` names the path in `file`), and
 /// what the one-line error must say.
 struct ConfigCase {

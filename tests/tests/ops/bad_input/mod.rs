@@ -39,7 +39,7 @@ use std::{
 use aya::maps::{Array, MapData};
 use balancer_ebpf::{map_names, syncookie::SyncookieKeys};
 use balancer_tests::{
-    daemon::{colliding_tokens, daemon_config, write_with_mode, ConfigOptions, Daemon},
+    daemon::{colliding_tokens, daemon_config, edit, write_with_mode, ConfigOptions, Daemon},
     harness::root::assert_root,
     netns,
     topology::{service_arg, Topology, BPFFS_ROOT},

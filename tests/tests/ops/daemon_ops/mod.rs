@@ -29,10 +29,13 @@ use std::{
 
 use balancer_tests::{
     attack::Rng,
-    daemon::{backend_entry, colliding_tokens, daemon_config, Background, ConfigOptions, Daemon},
+    daemon::{
+        backend_entry, colliding_tokens, daemon_config, edit, Background, ConfigOptions, Daemon,
+    },
     harness::root::assert_root,
     http,
-    load::wait_pair,
+    load::{metrics, wait_pair},
+    netns::stderr,
     topology::{vip, Topology, GATEWAY_SERVER_ADDR},
 };
 use balancer_user::group::{unix_ms, GroupKey, HostMessage, InterfaceInfo, Role, MAGIC};
@@ -67,28 +70,6 @@ fn wait_healthy(d: &Daemon, n: usize) {
         Ok((up >= n).then_some(()))
     })
     .unwrap();
-}
-
-/// `text` with the first `from` replaced by `to`; `from` must be there.
-fn edit(text: &str, from: &str, to: &str) -> String {
-    assert!(text.contains(from), "{from:?} is not in\n{text}");
-    text.replacen(from, to, 1)
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).trim_end().to_string()
-}
-
-/// The gateway's metrics endpoint (127.0.0.1:9469 in its namespace): GET /metrics.
-fn metrics(t: &Topology) -> String {
-    let addr: SocketAddr = "127.0.0.1:9469".parse().unwrap();
-    let r = t
-        .gateway
-        .run(move || http::get(addr, "/metrics"))
-        .unwrap()
-        .unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.text()
 }
 
 /// Value of the sample `name` (no labels) in a Prometheus exposition.

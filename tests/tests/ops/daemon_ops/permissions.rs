@@ -89,7 +89,7 @@ fn control_socket_pins_and_metrics_are_restricted() {
     assert!(!out.status.success(), "nobody reads {}", pin.display());
 
     // Metrics: GET answers, anything that could change something is refused.
-    let text = metrics(&t);
+    let text = metrics(&t).unwrap();
     assert!(text.contains("balancer_backend_up{"), "{text}");
     let addr: SocketAddr = "127.0.0.1:9469".parse().unwrap();
     let (post, put, head) = t

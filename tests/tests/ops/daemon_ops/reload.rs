@@ -167,7 +167,7 @@ fn bad_configuration_on_reload_keeps_the_running_state() {
     );
     assert!(d.is_running());
 
-    let text = metrics(&t);
+    let text = metrics(&t).unwrap();
     assert_eq!(
         metric(&text, "balancer_config_reload_failures_total"),
         Some((cases.len() + 1) as f64),
@@ -228,7 +228,7 @@ fn bad_configuration_on_reload_keeps_the_running_state() {
         assert!(log.contains(&line), "{line:?} not in\n{log}");
     }
     assert_eq!(
-        metric(&metrics(&t), "balancer_config_reloads_total"),
+        metric(&metrics(&t).unwrap(), "balancer_config_reloads_total"),
         Some(1.0)
     );
 }
