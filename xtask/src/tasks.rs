@@ -98,14 +98,23 @@ pub fn test(extra: &[String]) -> Result<()> {
 }
 
 /// `cargo xtask test --unit`: the checks and tests that need no root (formatting,
-/// clippy, the unit tests of the eBPF crate's shared logic, of the control library and
-/// of xtask). Arguments go to the last `cargo test`.
+/// clippy, the unit tests of the eBPF crate's shared logic, of the control library, of
+/// xtask and of the test bed's library and tools). Arguments go to the unit tests.
 pub fn test_unit(extra: &[String]) -> Result<()> {
     setup::ensure()?;
     let mut tally = Tally::default();
     let result = static_and_unit_steps(&mut tally).and_then(|()| {
-        header(4, "unit tests of the control library and xtask");
-        cargo_test(&["-p", "balancer-user", "-p", "xtask"], extra, &mut tally)
+        header(
+            4,
+            "unit tests of the control library, xtask and the test bed",
+        );
+        cargo_test(&["-p", "balancer-user", "-p", "xtask"], extra, &mut tally)?;
+        // The test bed's integration tests need root; its library and tools' own do not.
+        cargo_test(
+            &["-p", "balancer-tests", "--lib", "--bins"],
+            extra,
+            &mut tally,
+        )
     });
     println!("{}", tally.summary());
     result
