@@ -1,4 +1,4 @@
-//! Raw-socket attack tools for the wire-attack tests (`tests/tests/attacks.rs`):
+//! Raw-socket attack tools for the wire-attack tests (`tests/tests/wire/attacks/`):
 //! IPv4/TCP packets built by hand with both checksums ([`build`]), a raw sender
 //! (`IPPROTO_RAW`, so the header is the caller's: spoofed sources, any flags and sequence
 //! numbers) with paced batches ([`flood`]), a packet-socket [`Sniffer`], a stateless
@@ -14,14 +14,17 @@
 
 use std::{
     io::BufReader,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::http::{self, Response};
+use crate::{
+    http::{self, Response},
+    rawsock::{self, set_int_opt, Framing, ETH_P_ALL, ETH_P_IP},
+};
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -202,25 +205,6 @@ fn sockaddr_in(addr: Ipv4Addr) -> libc::sockaddr_in {
     }
 }
 
-fn set_int_opt(fd: &OwnedFd, level: i32, name: i32, value: i32) -> Result<()> {
-    // SAFETY: a valid option value of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            &value as *const i32 as *const libc::c_void,
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    ensure!(
-        rc == 0,
-        "setsockopt({level}, {name}): {}",
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
 /// A raw IPv4 socket (`IPPROTO_RAW`, header included) of the calling thread's namespace.
 pub struct RawSender {
     fd: OwnedFd,
@@ -240,7 +224,13 @@ impl RawSender {
         // SAFETY: a new descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Room for a few batches (root may exceed the sysctl limit).
-        let _ = set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, 4 << 20);
+        let _ = set_int_opt(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            4 << 20,
+            "SO_SNDBUFFORCE",
+        );
         Ok(RawSender { fd })
     }
 
@@ -389,9 +379,6 @@ pub struct Sniffer {
     fd: OwnedFd,
 }
 
-const ETH_P_IP: u16 = libc::ETH_P_IP as u16;
-const ETH_P_ALL: u16 = libc::ETH_P_ALL as u16;
-
 impl Sniffer {
     /// Frames `ifname` receives (not those it sends).
     pub fn incoming(ifname: &str) -> Result<Sniffer> {
@@ -405,43 +392,13 @@ impl Sniffer {
     }
 
     fn open(ifname: &str, proto: u16) -> Result<Sniffer> {
-        let name = std::ffi::CString::new(ifname)?;
-        // SAFETY: name is a valid C string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        ensure!(ifindex != 0, "no interface {ifname}");
-        // SAFETY: plain socket call.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                i32::from(proto.to_be()),
-            )
-        };
-        ensure!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: a new descriptor nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let _ = set_int_opt(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 16 << 20);
-        // SAFETY: an all-zero sockaddr_ll is valid; the fields used are set below.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto.to_be();
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: sll is valid for the size passed.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        ensure!(
-            rc == 0,
-            "binding the packet socket to {ifname}: {}",
-            std::io::Error::last_os_error()
+        let fd = rawsock::packet_socket(ifname, Framing::Network, proto)?;
+        let _ = set_int_opt(
+            &fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            16 << 20,
+            "SO_RCVBUFFORCE",
         );
         Ok(Sniffer { fd })
     }
@@ -890,6 +847,33 @@ impl RawTcp {
         let end = self.snd_max;
         self.send_flags(end, TCP_RST | TCP_ACK, &[])
     }
+}
+
+/// Opens a keep-alive connection to `to` from the calling thread's namespace, whose
+/// interface `ifname` faces it, and reads the connection's ISN from the SYN it sends
+/// (for tests that then forge segments on the connection's own tuple).
+pub fn connect_reading_isn(ifname: &str, to: SocketAddr) -> Result<(http::Conn, u32)> {
+    let sniffer = Sniffer::all(ifname)?;
+    let conn = http::Conn::connect(to)?;
+    let port = conn.local_addr()?.port();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut buf = vec![0u8; 65536];
+    while Instant::now() < deadline {
+        let Some((n, outgoing)) = sniffer.recv(&mut buf, Duration::from_millis(100)) else {
+            continue;
+        };
+        let Some(v) = parse(&buf[..n]) else {
+            continue;
+        };
+        if outgoing
+            && v.sport == port
+            && SocketAddr::from((v.dst, v.dport)) == to
+            && v.flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+        {
+            return Ok((conn, v.seq));
+        }
+    }
+    bail!("did not see the SYN of port {port}")
 }
 
 #[cfg(test)]

@@ -510,3 +510,10 @@ pub fn write_with_mode(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
     Ok(())
 }
+
+/// `text` (a configuration file) with the first `from` replaced by `to`; panics unless
+/// `from` is there, so a test never runs a file that lacks the edit it meant.
+pub fn edit(text: &str, from: &str, to: &str) -> String {
+    assert!(text.contains(from), "{from:?} is not in\n{text}");
+    text.replacen(from, to, 1)
+}

@@ -167,6 +167,19 @@ impl Response {
             .to_string()
     }
 
+    /// The name of the test server that answered: the body of a 200, which must agree
+    /// with its `X-Backend` header.
+    pub fn answering_backend(&self) -> Result<String> {
+        anyhow::ensure!(self.status == 200, "status {}", self.status);
+        anyhow::ensure!(
+            self.header("x-backend") == Some(self.text().as_str()),
+            "body {:?} and X-Backend {:?} disagree",
+            self.text(),
+            self.header("x-backend")
+        );
+        Ok(self.text())
+    }
+
     /// Whether the server will close the connection after this response.
     pub fn closes(&self) -> bool {
         connection_has(&self.headers, "close")

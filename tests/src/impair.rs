@@ -19,8 +19,7 @@
 //! frames are sent first) and closes the sockets.
 
 use std::{
-    ffi::CString,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     sync::{
         atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc,
@@ -29,16 +28,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
-use crate::netns::Netns;
+use crate::{
+    netns::Netns,
+    rawsock::{self, set_int_opt, Framing, ETH_P_ALL},
+};
 
 /// Longest frame relayed: Ethernet header and a 1500-byte MTU, one VLAN tag.
 pub const MAX_FRAME: usize = 1518;
 /// Longest the relay threads block before checking whether to stop.
 pub const POLL_MS: i32 = 20;
 
-const ETH_P_ALL: u16 = libc::ETH_P_ALL as u16;
 const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 
 /// How a relay impairs IPv4 frames. Probabilities are in [0, 1].
@@ -218,72 +219,28 @@ impl Drop for Relay {
 /// An `AF_PACKET` raw socket receiving every frame of interface `ifname` (in the calling
 /// thread's namespace), without our own transmissions, with large buffers.
 fn packet_socket(ifname: &str) -> Result<OwnedFd> {
-    let c = CString::new(ifname)?;
-    // SAFETY: c is a valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no interface {ifname}");
-    }
-    // Protocol 0 until bound: no frame of another interface gets queued in between.
-    // SAFETY: plain socket call.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        bail!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
-    }
-    // SAFETY: a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let set = |level, name, value: libc::c_int, what: &str| -> Result<()> {
-        // SAFETY: value is a valid c_int for the option's size.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                level,
-                name,
-                &value as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            bail!("setsockopt {what}: {}", std::io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    set(
-        libc::SOL_PACKET,
-        libc::PACKET_IGNORE_OUTGOING,
-        1,
-        "PACKET_IGNORE_OUTGOING",
-    )?;
-    set(
-        libc::SOL_SOCKET,
-        libc::SO_RCVBUFFORCE,
-        8 << 20,
-        "SO_RCVBUFFORCE",
-    )?;
-    set(
-        libc::SOL_SOCKET,
-        libc::SO_SNDBUFFORCE,
-        8 << 20,
-        "SO_SNDBUFFORCE",
-    )?;
-    // SAFETY: an all-zero sockaddr_ll is valid; the fields are set below.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ALL.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: sll is a valid sockaddr_ll of the size passed.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &sll as *const libc::sockaddr_ll as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        bail!(
-            "binding a packet socket to {ifname}: {}",
-            std::io::Error::last_os_error()
-        );
+    let fd = rawsock::packet_socket(ifname, Framing::Link, ETH_P_ALL)?;
+    for (level, name, value, what) in [
+        (
+            libc::SOL_PACKET,
+            libc::PACKET_IGNORE_OUTGOING,
+            1,
+            "PACKET_IGNORE_OUTGOING",
+        ),
+        (
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            8 << 20,
+            "SO_RCVBUFFORCE",
+        ),
+        (
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUFFORCE,
+            8 << 20,
+            "SO_SNDBUFFORCE",
+        ),
+    ] {
+        set_int_opt(&fd, level, name, value, what)?;
     }
     Ok(fd)
 }

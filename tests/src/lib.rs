@@ -1,16 +1,22 @@
-//! Test bed of the balancer: network namespaces and topologies, an HTTP client and the
-//! reference HTTP server, and a harness for BPF_PROG_TEST_RUN. Used by the integration
-//! tests in `tests/tests/`, the demo and the benchmark.
+//! Test bed of the balancer, one copy of each helper: the root check ([`harness`]),
+//! network namespaces and topologies with one address plan ([`netns`], [`topology`]), the
+//! daemon and CLI runners ([`daemon`], [`topology::Topology::balancer`]), HTTP clients
+//! and session load ([`http`], [`session`], [`load`]), raw sockets and packet builders
+//! ([`rawsock`], [`attack`], [`impair`]), BPF_PROG_TEST_RUN ([`testrun`], [`fuzz`]) and
+//! the benchmark's beds ([`e2e`], [`haproxy`]). Used by the integration tests in
+//! `tests/tests/`, the demo, the benchmark and the fuzzer; tests/README.md has the rules.
 
 pub mod attack;
 pub mod daemon;
 pub mod e2e;
 pub mod fuzz;
 pub mod haproxy;
+pub mod harness;
 pub mod http;
 pub mod impair;
 pub mod load;
 pub mod netns;
+pub mod rawsock;
 pub mod session;
 pub mod testrun;
 pub mod topology;

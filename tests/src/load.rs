@@ -1,4 +1,4 @@
-//! Session load through the VIP for the failover test (`tests/tests/failover.rs`), the
+//! Session load through the VIP for the failover test (`tests/tests/ops/failover.rs`), the
 //! demo and the benchmark: clients in one namespace, each with its own session of the
 //! replicated app server (`balancer-testsrv --server-id`), each updating its counter in a
 //! loop, one new connection per request.
@@ -660,8 +660,14 @@ pub fn daemon_times(log: &str, endpoint: &str, since: SystemTime) -> DaemonTimes
 /// `GET /metrics` of the daemon in `t`'s gateway (default address 127.0.0.1:9469).
 pub fn metrics(t: &Topology) -> Result<String> {
     let addr: SocketAddr = "127.0.0.1:9469".parse().expect("an address");
-    t.gateway
-        .run(move || http::get(addr, "/metrics").map(|r| r.text()))?
+    let r = t.gateway.run(move || http::get(addr, "/metrics"))??;
+    anyhow::ensure!(
+        r.status == 200,
+        "GET /metrics: status {}: {}",
+        r.status,
+        r.text()
+    );
+    Ok(r.text())
 }
 
 /// The value of the first metric line starting with `line_prefix` (e.g.

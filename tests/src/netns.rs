@@ -22,6 +22,12 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id() % 100_000)
 }
 
+/// A command's stderr as text, trailing whitespace removed (for assertion messages and
+/// comparisons with the one-line errors of the CLI).
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim_end().to_string()
+}
+
 /// Runs a command, failing with its stderr if it exits non-zero.
 pub fn run(program: &str, args: &[&str]) -> Result<Output> {
     let out = Command::new(program)

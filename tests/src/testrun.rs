@@ -168,17 +168,8 @@ pub fn client(sport: u16) -> SocketAddrV4 {
     SocketAddrV4::new(CLIENT, sport)
 }
 
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        panic!(
-            "these tests need root (BPF_PROG_TEST_RUN, bpffs pins and network namespaces); \
-             running as uid {euid}. Run them as root, e.g. `sudo -E cargo test --release -p \
-             balancer-tests --test testrun`"
-        );
-    }
-}
+/// The harness's root check, under the name this module's users know.
+pub use crate::harness::root::assert_root as require_root;
 
 /// The test-only BPF programs (balancer-ebpf/testprogs), built by build.rs.
 pub static TEST_PROGRAMS_OBJECT: &[u8] =

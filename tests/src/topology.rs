@@ -116,26 +116,6 @@ pub fn built_bin(name: &str) -> Result<PathBuf> {
     )
 }
 
-/// Fails with a clear message unless running as root (namespaces, XDP and bpffs need it).
-pub fn require_root() -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    if euid != 0 {
-        bail!(
-            "must run as root (effective uid {euid}): the topology creates network namespaces \
-             and attaches XDP programs"
-        );
-    }
-    Ok(())
-}
-
-/// [`require_root`] for integration tests: panics with the reason.
-pub fn assert_root() {
-    if let Err(e) = require_root() {
-        panic!("these integration tests need root: {e:#}");
-    }
-}
-
 /// Taken shared by the tests of a test binary that can run side by side, exclusively by
 /// those that load the machine (floods), so that their rates and the others' timings do
 /// not disturb each other. Each test binary has its own lock.
@@ -260,7 +240,7 @@ impl Topology {
         wan: Option<Impairment>,
         peer_pass: bool,
     ) -> Result<Topology> {
-        require_root()?;
+        crate::harness::root::require_root()?;
         if wan.is_some() && arms != Arms::Two {
             bail!("an impaired client link needs the two-arm topology");
         }
@@ -453,6 +433,17 @@ impl Topology {
             );
         }
         Ok(out)
+    }
+
+    /// Packets the client's interface dropped on transmit (its peer's queue was full):
+    /// what a flood lost before it reached the balancer.
+    pub fn client_tx_dropped(&self) -> u64 {
+        let out = self
+            .client
+            .ip(&["-s", "-j", "link", "show", "eth0"])
+            .expect("reading the client's link statistics");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("`ip -j link` prints JSON");
+        v[0]["stats64"]["tx"]["dropped"].as_u64().unwrap_or(0)
     }
 
     /// Runs the CLI with `args` (which should include `--json`) and parses its stdout.

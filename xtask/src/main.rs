@@ -39,7 +39,11 @@ enum Task {
     },
     /// The full test suite, as CI runs it: fmt, clippy, unit and integration tests.
     /// Arguments after `--` go to the final `cargo test` (e.g. a test name filter).
+    /// Needs root, except with `--unit`.
     Test {
+        /// Only what needs no root: fmt, clippy and the unit tests.
+        #[arg(long)]
+        unit: bool,
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -93,7 +97,8 @@ fn run_task(task: Task) -> Result<ExitCode> {
         Task::Setup => setup::setup()?,
         Task::Build => tasks::build()?,
         Task::Demo { args } => return tasks::demo(&args),
-        Task::Test { args } => tasks::test(&args)?,
+        Task::Test { unit: true, args } => tasks::test_unit(&args)?,
+        Task::Test { unit: false, args } => tasks::test(&args)?,
         Task::Bench { quick, args } => return tasks::bench(quick, &args),
         Task::Fuzz { packets, seed } => return tasks::fuzz(packets, seed),
         Task::Package { no_build, out } => tasks::package(no_build, out)?,
@@ -111,9 +116,18 @@ mod tests {
     fn passes_trailing_args_verbatim() {
         let cli = Cli::try_parse_from(["xtask", "test", "--", "filter", "--", "--nocapture"])
             .expect("valid command line");
-        let Task::Test { args } = cli.task else {
+        let Task::Test { args, .. } = cli.task else {
             panic!("parsed as another task");
         };
         assert_eq!(args, ["filter", "--", "--nocapture"]);
+    }
+
+    /// `--unit` picks the tier that needs no root; without it, the full run.
+    #[test]
+    fn unit_flag_selects_the_unprivileged_tier() {
+        let unit = Cli::try_parse_from(["xtask", "test", "--unit"]).expect("valid command line");
+        assert!(matches!(unit.task, Task::Test { unit: true, .. }));
+        let full = Cli::try_parse_from(["xtask", "test"]).expect("valid command line");
+        assert!(matches!(full.task, Task::Test { unit: false, .. }));
     }
 }

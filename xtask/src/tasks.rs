@@ -109,8 +109,31 @@ pub fn test(extra: &[String]) -> Result<()> {
     result
 }
 
-/// The steps of `cargo xtask test`, in order; cheap static checks come first.
-fn test_steps(extra: &[String], tally: &mut Tally) -> Result<()> {
+/// `cargo xtask test --unit`: the checks and tests that need no root (formatting,
+/// clippy, the unit tests of the eBPF crate's shared logic, of the control library, of
+/// xtask and of the test bed's library and tools). Arguments go to the unit tests.
+pub fn test_unit(extra: &[String]) -> Result<()> {
+    setup::ensure()?;
+    let mut tally = Tally::default();
+    let result = static_and_unit_steps(&mut tally).and_then(|()| {
+        header(
+            4,
+            "unit tests of the control library, xtask and the test bed",
+        );
+        cargo_test(&["-p", "balancer-user", "-p", "xtask"], extra, &mut tally)?;
+        // The test bed's integration tests need root; its library and tools' own do not.
+        cargo_test(
+            &["-p", "balancer-tests", "--lib", "--bins"],
+            extra,
+            &mut tally,
+        )
+    });
+    println!("{}", tally.summary());
+    result
+}
+
+/// Steps 1-3 of both tiers, none of which needs root; cheap static checks come first.
+fn static_and_unit_steps(tally: &mut Tally) -> Result<()> {
     header(1, "formatting");
     run::run(&mut cargo(["fmt", "--all", "--", "--check"]))
         .context("code is not formatted: run `cargo fmt --all`")?;
@@ -152,7 +175,12 @@ fn test_steps(extra: &[String], tally: &mut Tally) -> Result<()> {
     .context("clippy found problems in the BPF programs (see above)")?;
 
     header(3, "unit and property tests of the shared no_std code");
-    cargo_test(&["-p", "balancer-common"], &[], tally)?;
+    cargo_test(&["-p", "balancer-common"], &[], tally)
+}
+
+/// The steps of `cargo xtask test`, in order.
+fn test_steps(extra: &[String], tally: &mut Tally) -> Result<()> {
+    static_and_unit_steps(tally)?;
 
     // Release: the integration tests push real traffic, which debug builds make slow.
     // They drive the `balancer` binary, which `cargo test` does not build for another

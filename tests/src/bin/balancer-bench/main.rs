@@ -25,7 +25,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use balancer_tests::{e2e::E2eReport, topology};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
@@ -178,10 +178,7 @@ struct Report {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("balancer-bench needs root (BPF_PROG_TEST_RUN, bpffs pins, network namespaces)");
-    }
+    balancer_tests::harness::root::require_root()?;
     let parts: Vec<Part> = Part::value_variants()
         .iter()
         .copied()
