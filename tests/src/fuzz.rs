@@ -142,7 +142,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use balancer_ebpf::{
     backend_state,
     cookie::{scan_payload, token_hash, CookieConfig, CookieOutcome},
-    direction,
+    csum, direction,
     hash::flow_hash,
     map_names,
     parse::parse_slice,
@@ -153,11 +153,17 @@ use balancer_ebpf::{
 };
 use balancer_user::{addr::ip_to_map, CookieSettings, Proto, ServiceAddr};
 
-use crate::testrun::{
-    arp_frame, backend_addr, backend_mac, cookie_window, icmp_echo_frame, ipv6_syn_frame,
-    linux_syn_options, mss_option, request_head, test_run, verdict_name, Frame, Ingress, Programs,
-    TcpFlags, TestBed, BACKEND_IF_MAC, CLIENT, L4, TEST_SECRET, VIP, XDP_DROP, XDP_PASS,
-    XDP_REDIRECT, XDP_TX,
+use crate::{
+    packet::{
+        arp_frame, icmp_echo_frame, ipv6_syn_frame, l4_checksum, linux_syn_options, mss_option,
+        Frame, TcpFlags, L4,
+    },
+    rng::Rng,
+    testrun::{
+        backend_addr, backend_mac, cookie_window, request_head, test_run, verdict_name, Ingress,
+        Programs, TestBed, BACKEND_IF_MAC, CLIENT, TEST_SECRET, VIP, XDP_DROP, XDP_PASS,
+        XDP_REDIRECT, XDP_TX,
+    },
 };
 
 // --- Configuration and report -----------------------------------------------------------
@@ -392,84 +398,6 @@ impl fmt::Display for FuzzReport {
             }
             write!(f, "new findings: {}", self.new_failures())
         }
-    }
-}
-
-// --- PRNG ------------------------------------------------------------------------------
-
-/// xorshift64* seeded through splitmix64.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        Rng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
-    }
-
-    /// The generator of one iteration of a run.
-    pub fn for_iteration(seed: u64, iteration: u64) -> Rng {
-        Rng::new(seed ^ iteration.wrapping_mul(0xd134_2543_de82_ef95))
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub fn u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-
-    pub fn u16(&mut self) -> u16 {
-        (self.next_u64() >> 48) as u16
-    }
-
-    pub fn u8(&mut self) -> u8 {
-        (self.next_u64() >> 56) as u8
-    }
-
-    /// Uniform in `0..n` (0 for `n == 0`).
-    pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next_u64() % n as u64) as usize
-        }
-    }
-
-    /// Uniform in `lo..hi`.
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi.saturating_sub(lo))
-    }
-
-    pub fn one_in(&mut self, n: usize) -> bool {
-        self.below(n) == 0
-    }
-
-    pub fn percent(&mut self, p: usize) -> bool {
-        self.below(100) < p
-    }
-
-    pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len())]
-    }
-
-    pub fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.u8()).collect()
-    }
-
-    /// `lo..hi` random bytes.
-    pub fn bytes_in(&mut self, lo: usize, hi: usize) -> Vec<u8> {
-        let n = self.range(lo, hi);
-        self.bytes(n)
     }
 }
 
@@ -1027,35 +955,16 @@ pub fn parse(f: &[u8]) -> std::result::Result<Pkt, Refused> {
 
 // --- Checksums ---------------------------------------------------------------------------
 
-fn sum16(data: &[u8]) -> u64 {
-    let mut s = 0u64;
-    let mut it = data.chunks_exact(2);
-    for c in &mut it {
-        s += u16::from_be_bytes([c[0], c[1]]) as u64;
-    }
-    if let [b] = it.remainder() {
-        s += (*b as u64) << 8;
-    }
-    s
-}
-
-fn fold(mut s: u64) -> u16 {
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
-}
-
 /// One's-complement sum of the IPv4 header, checksum included: 0xffff when valid.
 fn ip_residual(f: &[u8], p: &Pkt) -> u16 {
-    fold(sum16(&f[p.l3..p.l4]))
+    !csum::checksum(&f[p.l3..p.l4], 0)
 }
 
 /// One's-complement sum of the L4 segment and its pseudo-header (length from the IPv4
 /// header), checksum included: 0xffff when valid.
 fn l4_residual(f: &[u8], p: &Pkt) -> u16 {
-    let pseudo = sum16(&f[p.l3 + 12..p.l3 + 20]) + p.proto as u64 + (p.ip_end - p.l4) as u64;
-    fold(pseudo + sum16(&f[p.l4..p.ip_end]))
+    let (src, dst) = (addr_at(f, p.l3 + 12), addr_at(f, p.l3 + 16));
+    !l4_checksum(src, dst, p.proto, &f[p.l4..p.ip_end])
 }
 
 /// Residuals compared as one's-complement values (0 and 0xffff are both zero).
@@ -1081,7 +990,7 @@ fn fix_ip_checksum(f: &mut [u8]) {
     let ihl = ((f[l3] & 0x0f) as usize * 4).clamp(20, f.len() - l3);
     f[l3 + 10] = 0;
     f[l3 + 11] = 0;
-    let c = !fold(sum16(&f[l3..l3 + ihl]));
+    let c = csum::checksum(&f[l3..l3 + ihl], 0);
     f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
 }
 

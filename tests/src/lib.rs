@@ -11,6 +11,8 @@ pub mod http;
 pub mod impair;
 pub mod load;
 pub mod netns;
+pub mod packet;
+pub mod rng;
 pub mod session;
 pub mod testrun;
 pub mod topology;

@@ -395,8 +395,8 @@ fn ack_flood_with_invalid_syncookies_is_dropped_without_state() {
         attack::flood(TIME, RATE, 0xacf1, |rng, buf| {
             let (src, sport) = spoofed(rng);
             let mut s = Segment::between(src, sport, VIP, SERVICE_PORT);
-            s.seq = rng.next_u32();
-            s.ack = rng.next_u32();
+            s.seq = rng.u32();
+            s.ack = rng.u32();
             s.flags = TCP_ACK;
             if rng.below(4) == 0 {
                 s.flags |= TCP_PSH;
@@ -596,7 +596,7 @@ fn rst_flood_out_of_window_spares_live_spliced_connections() {
                 out
             });
             let flood = attack::flood(TIME, RATE, 0x5e7, |rng, buf| {
-                let (port, isn) = tuples[rng.below(TARGETS as u64) as usize];
+                let (port, isn) = tuples[rng.below(TARGETS)];
                 let mut s = Segment::between(CLIENT_ADDR, port, VIP, SERVICE_PORT);
                 // At least 2^28 from the window on either side.
                 s.seq = isn
@@ -606,7 +606,7 @@ fn rst_flood_out_of_window_spares_live_spliced_connections() {
                 s.flags = TCP_RST;
                 if rng.below(2) == 0 {
                     s.flags |= TCP_ACK;
-                    s.ack = rng.next_u32();
+                    s.ack = rng.u32();
                 }
                 build_into(&s, buf);
             });
@@ -873,13 +873,7 @@ fn binding_scenario(
     let wait = Duration::from_secs(3);
     let mut run = || -> anyhow::Result<http::Response> {
         let sport = 20_000 + rng.below(40_000) as u16;
-        let mut c = RawTcp::connect(
-            "eth0",
-            (src, sport),
-            (VIP, SERVICE_PORT),
-            rng.next_u32(),
-            wait,
-        )?;
+        let mut c = RawTcp::connect("eth0", (src, sport), (VIP, SERVICE_PORT), rng.u32(), wait)?;
         let cut = |on| {
             if while_binding(kind) {
                 link.cut(on);

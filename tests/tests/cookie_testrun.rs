@@ -21,7 +21,7 @@ use balancer_ebpf::{
     syncookie::{decode_mss, encode_mss, CookieSecret},
     Counter, Flow, FlowKey,
 };
-use balancer_tests::testrun::*;
+use balancer_tests::{packet::*, testrun::*};
 use balancer_user::{stats::BackendCountersValues, ServiceAddr};
 
 const FLOWS: u32 = 65_536;

@@ -6,7 +6,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use aya::maps::{HashMap, MapData};
 use balancer_ebpf::{backend_state, map_names, Counter, Flow, FlowKey};
-use balancer_tests::testrun::*;
+use balancer_tests::{packet::*, testrun::*};
 use balancer_user::{flows::split_endpoint, Proto, ServiceAddr};
 
 const FLOWS: u32 = 65_536;

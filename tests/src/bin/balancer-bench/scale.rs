@@ -48,7 +48,7 @@ use balancer_ebpf::{
     Backend, Counter, Flow, FlowKey, DEFAULT_FLOW_CAPACITY, MAX_BACKENDS, NEXT_HOP_TTL_NS,
     RING_SIZE,
 };
-use balancer_tests::testrun::*;
+use balancer_tests::{packet::*, testrun::*};
 use balancer_user::{
     addr::ip_to_map,
     control::DEFAULT_WEIGHT,
