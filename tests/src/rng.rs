@@ -1,7 +1,8 @@
 //! The one pseudo-random generator of the tests and tools: small, seeded, reproducible
 //! (a failure prints its seed and replays from it), with no dependency. The fuzzer
 //! derives one generator per iteration ([`Rng::for_iteration`]) so that any case can be
-//! regenerated on its own; the attack tools draw spoofed sources and sequence numbers.
+//! regenerated on its own; the attack tools draw spoofed sources and sequence numbers; the
+//! impairment relay draws its losses and reorderings.
 
 /// xorshift64* seeded through splitmix64.
 #[derive(Clone, Debug)]
@@ -58,6 +59,11 @@ impl Rng {
 
     pub fn one_in(&mut self, n: usize) -> bool {
         self.below(n) == 0
+    }
+
+    /// True with probability `threshold / 2^32` (never for 0).
+    pub fn chance(&mut self, threshold: u32) -> bool {
+        threshold != 0 && self.u32() < threshold
     }
 
     pub fn percent(&mut self, p: usize) -> bool {
