@@ -164,32 +164,25 @@ fn unexpected_packets_while_binding_are_dropped() {
             }),
         ),
     ];
-    for (what, f) in from_backend {
-        run_counted(
-            &bed,
-            &f.build(),
-            Ingress::Backend,
-            XDP_DROP,
-            &[(Counter::DropWhileBinding, 1)],
-            what,
-        );
-    }
     let later = conn
         .data(b"second segment")
         .seq(conn.isn.wrapping_add(1 + payload.len() as u32));
-    for (what, f) in [
+    let from_client = [
         ("the handshake ACK again", conn.handshake_ack()),
         ("a later client segment", later),
-    ] {
-        run_counted(
-            &bed,
-            &f.build(),
-            Ingress::Client,
-            XDP_DROP,
-            &[(Counter::DropWhileBinding, 1)],
-            what,
-        );
-    }
+    ];
+    let while_binding = |ingress: Ingress| {
+        move |(what, f): (&str, Frame)| Case {
+            output: Output::Unchecked,
+            ..Case::dropped(what, f.build(), ingress, Counter::DropWhileBinding)
+        }
+    };
+    let cases: Vec<Case> = from_backend
+        .into_iter()
+        .map(while_binding(Ingress::Backend))
+        .chain(from_client.into_iter().map(while_binding(Ingress::Client)))
+        .collect();
+    run_cases(&bed, &cases);
     // Still binding; the right SYN-ACK completes it.
     let (fwd, rev) = entries(&bed, &conn, backends[0]);
     assert_eq!((fwd.phase, rev.phase), (phase::BINDING, phase::BINDING));

@@ -94,61 +94,41 @@ fn syn_without_a_secret_is_dropped() {
 fn valid_handshake_acks_are_dropped_without_state() {
     let (bed, _, _) = setup();
     let conn = handshake(&bed, Conn::new(40000, 0x8000_0000, 1460));
-    run_counted(
-        &bed,
-        &conn.handshake_ack().build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesValid, 1)],
-        "handshake ACK",
-    );
-    // A bare FIN with a valid cookie: nothing to bind on either.
-    run_counted(
-        &bed,
-        &conn.handshake_ack().flags(FIN_ACK).build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesValid, 1)],
-        "FIN after the handshake",
-    );
-
+    let valid = |what: &str, f: Frame| Case {
+        output: Output::Unchecked,
+        ..Case::dropped(what, f.build(), Ingress::Client, Counter::SyncookiesValid)
+    };
     // A cookie of the previous 64-second window is still valid.
     let t = cookie_window();
     let mut old = Conn::new(40001, 5, 1460);
     old.cookie = syncookie(&TEST_SECRET, old.client, vip(), old.isn, old.mss, t - 1);
-    run_counted(
+    run_cases(
         &bed,
-        &old.handshake_ack().build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesValid, 1)],
-        "cookie of the previous window",
+        &[
+            valid("handshake ACK", conn.handshake_ack()),
+            // A bare FIN with a valid cookie: nothing to bind on either.
+            valid(
+                "FIN after the handshake",
+                conn.handshake_ack().flags(FIN_ACK),
+            ),
+            valid("cookie of the previous window", old.handshake_ack()),
+        ],
     );
 
     // After one rotation, cookies of the previous secret still validate.
     let earlier = handshake(&bed, Conn::new(40002, 6, 1460));
     bed.rotate_syncookie_secret(CookieSecret { k0: 42, k1: 43 })
         .unwrap();
-    run_counted(
-        &bed,
-        &earlier.handshake_ack().build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesValid, 1)],
-        "cookie of the previous secret",
-    );
-
     // The MSS index is not covered by the hash (as in Linux): a client may claim another
     // table MSS, as it could have in its SYN. Index 6 and 7 are not in the table.
     let mut other = conn;
     other.cookie = (conn.cookie & !7) | ((conn.cookie + 1) % 6);
-    run_counted(
+    run_cases(
         &bed,
-        &other.handshake_ack().build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesValid, 1)],
-        "another table MSS",
+        &[
+            valid("cookie of the previous secret", earlier.handshake_ack()),
+            valid("another table MSS", other.handshake_ack()),
+        ],
     );
     assert_no_state(&bed, "after valid ACKs");
 }
@@ -208,18 +188,13 @@ fn invalid_cookies_are_dropped() {
             ..Default::default()
         }),
     ));
-    for (what, f) in &cases {
-        let input = f.build();
-        let r = run_counted(
-            &bed,
-            &input,
-            Ingress::Client,
-            XDP_DROP,
-            &[(Counter::SyncookiesInvalid, 1)],
-            what,
-        );
-        assert_eq!(r.output, input, "{what}: dropped frame untouched");
-    }
+    let cases: Vec<Case> = cases
+        .into_iter()
+        .map(|(what, f)| {
+            Case::dropped(what, f.build(), Ingress::Client, Counter::SyncookiesInvalid)
+        })
+        .collect();
+    run_cases(&bed, &cases);
 
     // A secret rotated out twice no longer validates its cookies.
     let before = handshake(&bed, Conn::new(40010, 77, 1460));
@@ -227,21 +202,19 @@ fn invalid_cookies_are_dropped() {
         .unwrap();
     bed.rotate_syncookie_secret(CookieSecret { k0: 3, k1: 4 })
         .unwrap();
-    run_counted(
+    let invalid = |what: &str, f: Frame| Case {
+        output: Output::Unchecked,
+        ..Case::dropped(what, f.build(), Ingress::Client, Counter::SyncookiesInvalid)
+    };
+    run_cases(
         &bed,
-        &before.handshake_ack().build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesInvalid, 1)],
-        "secret rotated twice",
-    );
-    run_counted(
-        &bed,
-        &before.data(&http_get("be1")).build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesInvalid, 1)],
-        "first segment under a secret rotated twice",
+        &[
+            invalid("secret rotated twice", before.handshake_ack()),
+            invalid(
+                "first segment under a secret rotated twice",
+                before.data(&http_get("be1")),
+            ),
+        ],
     );
     assert_no_state(&bed, "after invalid cookies");
 }
