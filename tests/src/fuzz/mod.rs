@@ -8,7 +8,7 @@
 //! and the counters that moved.
 //!
 //! Commands:
-//! - `cargo test --release -p balancer-tests --test fuzz_testrun -- --nocapture`: the
+//! - `cargo test --release -p balancer-tests --test program fuzz:: -- --nocapture`: the
 //!   suite's run (a fixed seed and a random one, smaller counts).
 //! - `cargo xtask fuzz --packets 1000000 [--seed S]`: the full run (builds and runs
 //!   `balancer-fuzz`, which prints throughput, the verdict histogram, counter totals

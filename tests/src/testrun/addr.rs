@@ -49,7 +49,7 @@ pub fn require_root() {
         panic!(
             "these tests need root (BPF_PROG_TEST_RUN, bpffs pins and network namespaces); \
              running as uid {euid}. Run them as root, e.g. `sudo -E cargo test --release -p \
-             balancer-tests --test testrun`"
+             balancer-tests --test program`"
         );
     }
 }
