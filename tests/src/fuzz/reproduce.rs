@@ -183,13 +183,3 @@ pub fn reproduce(name: &str) -> Result<Reproduction> {
         explanation,
     })
 }
-
-pub(super) fn tcp_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
-    FlowKey::new(
-        ip_to_map(*src.ip()),
-        ip_to_map(*dst.ip()),
-        src.port().to_be(),
-        dst.port().to_be(),
-        PROTO_TCP,
-    )
-}

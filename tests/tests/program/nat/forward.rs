@@ -259,33 +259,26 @@ fn draining_and_removed_backends() {
     bed.set_backend_state(svc, up[1], backend_state::DOWN)
         .unwrap();
     let syn = Frame::to_vip(50000, SYN).build();
-    run_counted(
-        &bed,
-        &syn,
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::DropNoBackend, 1)],
-        "SYN with no backend up",
-    );
-    for (sport, b) in &existing {
-        assert_eq!(forward_ok(&bed, &Frame::to_vip(*sport, ACK), &backends), *b);
-    }
+    let new_refused_existing_kept = |what: &str| {
+        run_counted(
+            &bed,
+            &syn,
+            Ingress::Client,
+            XDP_DROP,
+            &[(Counter::DropNoBackend, 1)],
+            what,
+        );
+        for (sport, b) in &existing {
+            assert_eq!(forward_ok(&bed, &Frame::to_vip(*sport, ACK), &backends), *b);
+        }
+    };
+    new_refused_existing_kept("SYN with no backend up");
 
     // Removed backends: the same.
     for b in &backends {
         bed.remove_backend(svc, *b).unwrap();
     }
-    run_counted(
-        &bed,
-        &syn,
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::DropNoBackend, 1)],
-        "SYN with every backend removed",
-    );
-    for (sport, b) in &existing {
-        assert_eq!(forward_ok(&bed, &Frame::to_vip(*sport, ACK), &backends), *b);
-    }
+    new_refused_existing_kept("SYN with every backend removed");
     // A backend added again takes the new flows.
     let fresh = SocketAddrV4::new(backend_addr(5), 8080);
     bed.add_backend(svc, fresh).unwrap();

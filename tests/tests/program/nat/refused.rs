@@ -9,6 +9,17 @@ use balancer_tests::{packet::*, testrun::*};
 use super::{edited_syn, forward_ok, fragment, setup};
 use crate::{run, run_cases, Case};
 
+/// A first fragment to the service cannot be translated whole: dropped, and only counted
+/// as that (nothing sent, nothing malformed).
+fn first_fragment() -> Case {
+    Case::dropped(
+        "first fragment",
+        fragment(0x2000),
+        Ingress::Client,
+        Counter::DropFragment,
+    )
+}
+
 // --- Traffic that is not the balancer's --------------------------------------------------
 
 #[test]
@@ -163,14 +174,7 @@ fn fragments() {
                 fragment(0x2000 | 185),
                 Counter::PassFragment,
             ),
-            // A first fragment to a service cannot be translated whole: dropped (and only
-            // counted as that: nothing sent, nothing malformed).
-            Case::dropped(
-                "first fragment",
-                fragment(0x2000),
-                Ingress::Client,
-                Counter::DropFragment,
-            ),
+            first_fragment(),
             Case::passed(
                 "first fragment to another address",
                 other,
@@ -240,12 +244,7 @@ fn refused_service_packets_create_no_flow() {
     run_cases(
         &bed,
         &[
-            Case::dropped(
-                "first fragment",
-                fragment(0x2000),
-                Ingress::Client,
-                Counter::DropFragment,
-            ),
+            first_fragment(),
             Case::passed(
                 "TTL 1",
                 Frame::to_vip(40001, SYN).ttl(1).build(),
