@@ -155,8 +155,8 @@ use balancer_user::{addr::ip_to_map, CookieSettings, Proto, ServiceAddr};
 
 use crate::{
     packet::{
-        arp_frame, icmp_echo_frame, ipv6_syn_frame, l4_checksum, linux_syn_options, mss_option,
-        Frame, TcpFlags, L4,
+        arp_frame, fix_ipv4_checksum, icmp_echo_frame, ipv6_syn_frame, l4_checksum,
+        linux_syn_options, mss_option, Frame, TcpFlags, L4,
     },
     rng::Rng,
     testrun::{

@@ -219,11 +219,7 @@ pub(super) fn fix_ip_checksum(f: &mut [u8]) {
     if f.len() < l3 + 20 {
         return;
     }
-    let ihl = ((f[l3] & 0x0f) as usize * 4).clamp(20, f.len() - l3);
-    f[l3 + 10] = 0;
-    f[l3 + 11] = 0;
-    let c = csum::checksum(&f[l3..l3 + ihl], 0);
-    f[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+    fix_ipv4_checksum(f, l3);
 }
 
 /// Recomputes the TCP/UDP checksum of a parseable frame.
