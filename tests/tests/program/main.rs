@@ -109,6 +109,28 @@ impl Case {
         }
     }
 
+    /// `frame` arriving on `ingress` must be redirected to the other interface as
+    /// exactly `expected`, counted as sent (`tx_redirect`, its length in `tx_bytes`).
+    pub fn redirected(
+        what: impl Into<String>,
+        frame: &Frame,
+        ingress: Ingress,
+        expected: Frame,
+    ) -> Case {
+        let frame = frame.build();
+        Case {
+            what: what.into(),
+            counters: vec![
+                (Counter::TxRedirect, 1),
+                (Counter::TxBytes, frame.len() as u64),
+            ],
+            frame,
+            ingress,
+            verdict: XDP_REDIRECT,
+            output: Output::Frame(expected),
+        }
+    }
+
     /// A frame arriving on `ingress` that must be dropped, counted as `counter`, and
     /// left as it came.
     pub fn dropped(

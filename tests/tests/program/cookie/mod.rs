@@ -29,7 +29,7 @@ use balancer_ebpf::{
 };
 use balancer_tests::{packet::*, testrun::*};
 
-use crate::{run, run_cases, run_counted, tc_counted, Case, Output};
+use crate::{run, run_case, run_cases, run_counted, tc_counted, Case, Output};
 use balancer_user::{stats::BackendCountersValues, ServiceAddr};
 
 const FLOWS: u32 = 65_536;

@@ -49,28 +49,24 @@ fn spliced_traffic_is_translated_both_ways() {
                 .ack(c_next)
                 .window(502)
                 .payload(&body);
-            let input = from_backend.build();
             let before = bed.backend_counters().unwrap();
-            let r = run_counted(
+            run_case(
                 &bed,
-                &input,
-                Ingress::Backend,
-                XDP_REDIRECT,
-                &[
-                    (Counter::TxRedirect, 1),
-                    (Counter::TxBytes, input.len() as u64),
-                ],
-                "spliced backend -> client",
+                &Case::redirected(
+                    format!("B={b:#x} n={n} backend -> client"),
+                    &from_backend,
+                    Ingress::Backend,
+                    conn.forwarded_to_client(&from_backend, b),
+                ),
             );
-            check_frame(&r.output, &conn.forwarded_to_client(&from_backend, b))
-                .unwrap_or_else(|e| panic!("B={b:#x} n={n} backend -> client: {e:#}"));
+            let input_len = from_backend.build().len() as u64;
             assert_eq!(
                 backend_delta(&before, &bed.backend_counters().unwrap()),
                 BTreeMap::from([(
                     backends[1],
                     BackendCountersValues {
                         packets_from: 1,
-                        bytes_from: input.len() as u64,
+                        bytes_from: input_len,
                         ..Default::default()
                     }
                 )])
@@ -83,23 +79,15 @@ fn spliced_traffic_is_translated_both_ways() {
                 .seq(c_next)
                 .ack(k.wrapping_add(1).wrapping_add(acked))
                 .payload(&body);
-            let input = from_client.build();
-            let r = run_counted(
+            run_case(
                 &bed,
-                &input,
-                Ingress::Client,
-                XDP_REDIRECT,
-                &[
-                    (Counter::TxRedirect, 1),
-                    (Counter::TxBytes, input.len() as u64),
-                ],
-                "spliced client -> backend",
+                &Case::redirected(
+                    format!("B={b:#x} n={n} client -> backend"),
+                    &from_client,
+                    Ingress::Client,
+                    conn.forwarded_to_backend(&from_client, backends[1], b),
+                ),
             );
-            check_frame(
-                &r.output,
-                &conn.forwarded_to_backend(&from_client, backends[1], b),
-            )
-            .unwrap_or_else(|e| panic!("B={b:#x} n={n} client -> backend: {e:#}"));
         }
     }
     // The second connection's backend sequence numbers wrapped around 2^32 in the loop.
