@@ -28,13 +28,13 @@ pub(super) const SVC_UDP: usize = 1;
 pub(super) const SVC_DOWN: usize = 2;
 pub(super) const SVC_COOKIE: usize = 3;
 
-pub(super) struct BackendDef {
+struct BackendDef {
     pub(super) addr: SocketAddrV4,
     pub(super) state: u8,
-    pub(super) server_id: Option<&'static str>,
+    server_id: Option<&'static str>,
 }
 
-pub(super) struct ServiceDef {
+struct ServiceDef {
     pub(super) name: &'static str,
     pub(super) addr: SocketAddrV4,
     pub(super) proto: Proto,
@@ -42,7 +42,7 @@ pub(super) struct ServiceDef {
     pub(super) backends: Vec<BackendDef>,
 }
 
-pub(super) fn be_def(n: u8, port: u16, state: u8, server_id: Option<&'static str>) -> BackendDef {
+fn be_def(n: u8, port: u16, state: u8, server_id: Option<&'static str>) -> BackendDef {
     BackendDef {
         addr: SocketAddrV4::new(backend_addr(n), port),
         state,
@@ -50,7 +50,7 @@ pub(super) fn be_def(n: u8, port: u16, state: u8, server_id: Option<&'static str
     }
 }
 
-pub(super) fn service_defs() -> Vec<ServiceDef> {
+fn service_defs() -> Vec<ServiceDef> {
     use backend_state::{DOWN, DRAINING, UP};
     vec![
         ServiceDef {
@@ -301,8 +301,8 @@ impl FuzzBed {
 
 /// Handles on the pinned maps the fuzzer reads (usable from any thread).
 pub(super) struct Maps {
-    pub(super) stats: PerCpuArray<MapData, GlobalStats>,
-    pub(super) backend_stats: PerCpuArray<MapData, BackendStats>,
+    stats: PerCpuArray<MapData, GlobalStats>,
+    backend_stats: PerCpuArray<MapData, BackendStats>,
     pub(super) flows: HashMap<MapData, FlowKey, Flow>,
     pub(super) pending: HashMap<MapData, FlowKey, PendingSegment>,
     pub(super) ring: Array<MapData, u32>,

@@ -9,11 +9,11 @@ pub(super) struct Generator<'a> {
 }
 
 impl Generator<'_> {
-    pub(super) fn svc_addr(&self, svc: usize) -> SocketAddrV4 {
+    fn svc_addr(&self, svc: usize) -> SocketAddrV4 {
         self.layout.svcs[svc].addr
     }
 
-    pub(super) fn random_backend(&self, rng: &mut Rng, svc: usize) -> SocketAddrV4 {
+    fn random_backend(&self, rng: &mut Rng, svc: usize) -> SocketAddrV4 {
         let bes = self.layout.backends_of(svc);
         self.layout.bes[*rng.pick(&bes)].addr
     }

@@ -11,7 +11,7 @@ pub(super) struct Finding {
     pub(super) detail: String,
 }
 
-pub(super) const PASS_TERMINALS: [Counter; 6] = [
+const PASS_TERMINALS: [Counter; 6] = [
     Counter::PassNotService,
     Counter::PassMalformed,
     Counter::PassFragment,
@@ -19,7 +19,7 @@ pub(super) const PASS_TERMINALS: [Counter; 6] = [
     Counter::PassNoNeighbour,
     Counter::PassStaleAckToTc,
 ];
-pub(super) const DROP_TERMINALS: [Counter; 7] = [
+const DROP_TERMINALS: [Counter; 7] = [
     Counter::DropFragment,
     Counter::DropNoBackend,
     Counter::DropNoRoute,
@@ -28,14 +28,14 @@ pub(super) const DROP_TERMINALS: [Counter; 7] = [
     Counter::DropNoSyncookieKey,
     Counter::DropWhileBinding,
 ];
-pub(super) const TX_TERMINALS: [Counter; 5] = [
+const TX_TERMINALS: [Counter; 5] = [
     Counter::TxSameInterface,
     Counter::TxRedirect,
     Counter::SyncookiesSent,
     Counter::BindingsTimedOut,
     Counter::BindStaleAcks,
 ];
-pub(super) const COOKIE_OUTCOMES: [Counter; 6] = [
+const COOKIE_OUTCOMES: [Counter; 6] = [
     Counter::CookieNotHttp,
     Counter::CookieNoHeader,
     Counter::CookieNameAbsent,
@@ -170,7 +170,7 @@ pub(super) const PATH_REFUSED: &str = "backend RST relayed (bind refused)";
 pub(super) const PATH_SYNACK: &str = "syncookie SYN-ACK";
 pub(super) const PATH_RESET_CLIENT: &str = "RST to client (bind timed out)";
 pub(super) const PATH_RESET_BACKEND: &str = "RST to backend (stale ACK)";
-pub(super) const PATH_STALE_ACK_TO_TC: &str = "stale ACK passed to TC (RST and SYN again there)";
+const PATH_STALE_ACK_TO_TC: &str = "stale ACK passed to TC (RST and SYN again there)";
 pub(super) const PATH_BACKEND_SYN: &str = "SYN to backend (binding)";
 pub(super) const PATH_BACKEND_SYN_AGAIN: &str = "SYN to backend (retransmission)";
 pub(super) const PATH_SEGMENT: &str = "kept segment to backend";
@@ -219,12 +219,7 @@ pub(super) struct Oracle {
 }
 
 impl Oracle {
-    pub(super) fn ring_pick(
-        &self,
-        maps: &Maps,
-        svc: usize,
-        key: &FlowKey,
-    ) -> Result<Option<usize>> {
+    fn ring_pick(&self, maps: &Maps, svc: usize, key: &FlowKey) -> Result<Option<usize>> {
         let s = &self.layout.svcs[svc];
         let index = s.id * RING_SIZE + flow_hash(key) % RING_SIZE;
         let slot = maps.ring.get(&index, 0).context("reading RING")?;
@@ -238,7 +233,7 @@ impl Oracle {
     }
 
     /// Valid under the test secret in the window before or after the run (`[t0, t1]`).
-    pub(super) fn cookie_valid(&self, p: &Pkt, t: u32) -> bool {
+    fn cookie_valid(&self, p: &Pkt, t: u32) -> bool {
         let k = p.key();
         check_cookie(
             &self.keys,
@@ -255,7 +250,7 @@ impl Oracle {
 
     /// The backend a first segment must bind to, with the scan's outcome counter and
     /// whether a token pair is reported.
-    pub(super) fn predict_binding(
+    fn predict_binding(
         &self,
         maps: &Maps,
         p: &Pkt,
@@ -562,12 +557,7 @@ impl Oracle {
 
     /// Valid traffic whose outcome is certain must get it: a checker that accepts every
     /// output it sees would not notice a data plane that serves nothing.
-    pub(super) fn check_liveness(
-        &mut self,
-        r: &Run,
-        p: &Pkt,
-        known_flow: bool,
-    ) -> Result<(), Finding> {
+    fn check_liveness(&mut self, r: &Run, p: &Pkt, known_flow: bool) -> Result<(), Finding> {
         use Template::*;
         let Some(t) = r.clean else { return Ok(()) };
         if matches!(

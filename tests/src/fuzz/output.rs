@@ -65,7 +65,7 @@ impl Oracle {
         }
     }
 
-    pub(super) fn check_synack(
+    fn check_synack(
         &mut self,
         r: &Run,
         p: &Pkt,
@@ -130,7 +130,7 @@ impl Oracle {
         Ok(())
     }
 
-    pub(super) fn check_backend_syn(
+    fn check_backend_syn(
         &mut self,
         r: &Run,
         p: &Pkt,
@@ -208,7 +208,7 @@ impl Oracle {
         Ok(())
     }
 
-    pub(super) fn check_segment(&mut self, r: &Run, p: &Pkt, o: &Pkt) -> Result<(), Finding> {
+    fn check_segment(&mut self, r: &Run, p: &Pkt, o: &Pkt) -> Result<(), Finding> {
         let vip = self.layout.svcs[SVC_COOKIE].addr;
         let key = (p.dst, vip, PROTO_TCP);
         let Some(b) = self.shadow.pending.remove(&key) else {

@@ -82,7 +82,7 @@ impl Pkt {
     }
 }
 
-pub(super) fn be16(f: &[u8], o: usize) -> u16 {
+fn be16(f: &[u8], o: usize) -> u16 {
     u16::from_be_bytes([f[o], f[o + 1]])
 }
 
@@ -90,7 +90,7 @@ pub(super) fn be32(f: &[u8], o: usize) -> u32 {
     u32::from_be_bytes([f[o], f[o + 1], f[o + 2], f[o + 3]])
 }
 
-pub(super) fn addr_at(f: &[u8], o: usize) -> Ipv4Addr {
+fn addr_at(f: &[u8], o: usize) -> Ipv4Addr {
     Ipv4Addr::new(f[o], f[o + 1], f[o + 2], f[o + 3])
 }
 

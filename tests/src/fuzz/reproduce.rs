@@ -48,12 +48,7 @@ impl fmt::Display for Reproduction {
     }
 }
 
-pub(super) fn step(
-    bed: &TestBed,
-    what: &'static str,
-    frame: Vec<u8>,
-    ingress: Ingress,
-) -> Result<Step> {
+fn step(bed: &TestBed, what: &'static str, frame: Vec<u8>, ingress: Ingress) -> Result<Step> {
     let before = bed.counters()?;
     let r = bed.run(&frame, ingress)?;
     let counters = bed.counters()?.delta(&before);

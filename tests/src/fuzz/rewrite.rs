@@ -5,7 +5,7 @@ use super::*;
 impl Oracle {
     /// The NAT rewrite rules shared by both directions: TTL - 1, every byte outside the
     /// rewritten fields unchanged, checksum errors preserved.
-    pub(super) fn check_rewrite(
+    fn check_rewrite(
         &mut self,
         r: &Run,
         p: &Pkt,

@@ -3,12 +3,12 @@
 use super::*;
 
 /// The fuzzer: state moved onto the bed's worker thread for each chunk of packets.
-pub(super) struct Fuzzer {
+struct Fuzzer {
     pub(super) cfg: FuzzConfig,
     pub(super) maps: Maps,
     pub(super) oracle: Oracle,
     pub(super) last: GlobalStats,
-    pub(super) start_counters: GlobalStats,
+    start_counters: GlobalStats,
     pub(super) sweep: Vec<Case>,
     pub(super) report: FuzzReport,
     pub(super) iteration: u64,
@@ -48,7 +48,7 @@ impl Fuzzer {
         })
     }
 
-    pub(super) fn next_case(&mut self) -> Case {
+    fn next_case(&mut self) -> Case {
         let i = self.iteration as usize;
         if i < self.sweep.len() {
             return self.sweep[i].clone();
@@ -63,7 +63,7 @@ impl Fuzzer {
         gen.case(&mut rng, t, clean)
     }
 
-    pub(super) fn record(&mut self, f: Failure) {
+    fn record(&mut self, f: Failure) {
         *self.report.failure_counts.entry(f.check).or_default() += 1;
         if let Some(k) = f.known_bug() {
             *self.report.known_bug_hits.entry(k.name).or_default() += 1;
@@ -84,7 +84,7 @@ impl Fuzzer {
     }
 
     /// Runs `n` packets on the worker thread.
-    pub(super) fn run_chunk(&mut self, p: &Programs, n: u64) {
+    fn run_chunk(&mut self, p: &Programs, n: u64) {
         let mut out = Vec::new();
         for _ in 0..n {
             if self.failed() {
@@ -228,7 +228,7 @@ impl Fuzzer {
 
     /// After a packet whose effects the shadow may have missed: empties the flow table
     /// and the shadow, and re-reads the counters.
-    pub(super) fn resync(&mut self) {
+    fn resync(&mut self) {
         self.report.resyncs += 1;
         let flushed = self.maps.flush();
         self.oracle.shadow = Shadow::default();
@@ -262,7 +262,7 @@ impl Fuzzer {
     }
 
     /// End-of-run checks on the accumulated counters.
-    pub(super) fn finish(mut self, elapsed: Duration) -> Result<FuzzReport> {
+    fn finish(mut self, elapsed: Duration) -> Result<FuzzReport> {
         let now = self.maps.counters()?;
         let mut total = [0u64; Counter::COUNT];
         for (i, v) in total.iter_mut().enumerate() {
@@ -410,7 +410,7 @@ impl Fuzzer {
 
 /// Every template (and variants with a VLAN tag, IPv4 and TCP options) cut at every
 /// offset.
-pub(super) fn truncation_sweep(layout: &Layout, seed: u64) -> Vec<Case> {
+fn truncation_sweep(layout: &Layout, seed: u64) -> Vec<Case> {
     let shadow = Shadow::default();
     let gen = Generator {
         layout,
@@ -513,7 +513,7 @@ pub fn run(cfg: &FuzzConfig) -> Result<FuzzReport> {
 }
 
 /// Longer than the data plane's bind timeout (3 s).
-pub(super) const AGING_PAUSE: Duration = Duration::from_millis(3200);
+const AGING_PAUSE: Duration = Duration::from_millis(3200);
 
 /// A seed from the clock and the pid, for runs that want a new one.
 pub fn random_seed() -> u64 {

@@ -3,7 +3,7 @@
 use super::*;
 
 /// Client side of a connection: client, service address, protocol.
-pub(super) type CKey = (SocketAddrV4, SocketAddrV4, u8);
+type CKey = (SocketAddrV4, SocketAddrV4, u8);
 
 /// A cookie-mode binding in progress, as learnt when it started.
 #[derive(Clone, Debug)]
@@ -50,7 +50,7 @@ pub(super) struct Shadow {
     pub(super) tick: usize,
 }
 
-pub(super) const RECENT: usize = 256;
+const RECENT: usize = 256;
 
 pub(super) fn remember<T>(v: &mut Vec<T>, x: T, tick: usize) {
     if v.len() < RECENT {

@@ -7,18 +7,18 @@ use super::*;
 /// `union bpf_attr` as `BPF_MAP_*_BATCH` reads it.
 #[repr(C)]
 #[derive(Default)]
-pub(super) struct BatchAttr {
-    pub(super) in_batch: u64,
-    pub(super) out_batch: u64,
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
     pub(super) keys: u64,
-    pub(super) values: u64,
-    pub(super) count: u32,
-    pub(super) map_fd: u32,
-    pub(super) elem_flags: u64,
-    pub(super) flags: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
 }
 
-pub(super) const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 
 /// Writes `keys[i] -> values[i]` (flag `BPF_ANY`) into the map behind `fd` with
 /// `BPF_MAP_UPDATE_BATCH`: one syscall per 64k entries instead of one per entry (aya 0.14

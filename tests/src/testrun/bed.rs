@@ -401,7 +401,7 @@ impl TestBed {
     }
 }
 
-pub(super) fn fmt_mac(mac: &[u8; 6]) -> String {
+fn fmt_mac(mac: &[u8; 6]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()

@@ -210,7 +210,7 @@ impl Programs {
 
 /// Room the output buffer of a single run leaves for a frame that grows (delayed binding
 /// grows a backend's SYN-ACK into the kept first segment, up to 1,536 TCP bytes).
-pub(super) const OUT_ROOM: usize = 2048;
+const OUT_ROOM: usize = 2048;
 
 pub(super) fn run_one(prog: &Xdp, frame: &[u8], ifindex: Option<u32>) -> Result<RunResult> {
     let mut out = vec![0u8; frame.len() + OUT_ROOM];
@@ -238,10 +238,10 @@ pub(super) fn run_one_tc(
     })
 }
 
-pub(super) type Job = Box<dyn FnOnce(&mut Programs) + Send>;
+type Job = Box<dyn FnOnce(&mut Programs) + Send>;
 
 pub(super) struct Worker {
-    pub(super) tx: Option<mpsc::Sender<Job>>,
+    tx: Option<mpsc::Sender<Job>>,
     pub(super) handle: Option<thread::JoinHandle<()>>,
 }
 
@@ -323,7 +323,7 @@ impl Drop for Worker {
     }
 }
 
-pub(super) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<String>()
         .cloned()
         .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
