@@ -14,7 +14,7 @@
 
 use std::{
     io::BufReader,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
@@ -23,8 +23,11 @@ use anyhow::{bail, ensure, Context, Result};
 
 use crate::{
     http::{self, Response},
+    packet::{mss_option, Frame, TcpFlags},
     rawsock::{self, set_int_opt, Framing, ETH_P_ALL, ETH_P_IP},
 };
+
+pub use crate::rng::Rng;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -34,32 +37,6 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// Packets per `sendmmsg` call.
 const BATCH: usize = 64;
-
-/// A small deterministic generator (xorshift64).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    pub fn next_u32(&mut self) -> u32 {
-        (self.next_u64() >> 32) as u32
-    }
-
-    /// Uniform enough in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
 
 /// One TCP segment to build: addresses, ports, sequence space, flags, and optionally an
 /// MSS option (SYNs) and a payload.
@@ -96,54 +73,36 @@ impl Segment<'static> {
     }
 }
 
-/// One's-complement sum of `data` as big-endian 16-bit words (odd byte padded).
-fn sum16(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
+impl Segment<'_> {
+    /// The segment as a frame of the one packet builder (the link layer is not sent).
+    pub fn frame(&self) -> Frame {
+        let flags = TcpFlags {
+            syn: self.flags & TCP_SYN != 0,
+            ack: self.flags & TCP_ACK != 0,
+            fin: self.flags & TCP_FIN != 0,
+            rst: self.flags & TCP_RST != 0,
+            psh: self.flags & TCP_PSH != 0,
+        };
+        let mut f = Frame::tcp(
+            SocketAddrV4::new(self.src, self.sport),
+            SocketAddrV4::new(self.dst, self.dport),
+            flags,
+        )
+        .seq(self.seq)
+        .ack_field(self.ack)
+        .window(self.window)
+        .payload(self.payload);
+        if let Some(mss) = self.mss {
+            f = f.tcp_options(&mss_option(mss));
+        }
+        f
     }
-    !(sum as u16)
 }
 
 /// Writes the IPv4 packet (20-byte header, DF, TTL 64) carrying `s` into `out`, with
 /// both checksums.
 pub fn build_into(s: &Segment, out: &mut Vec<u8>) {
-    let opt_len = if s.mss.is_some() { 4 } else { 0 };
-    let tcp_len = 20 + opt_len + s.payload.len();
-    let total = 20 + tcp_len;
-    out.clear();
-    out.resize(total, 0);
-    let p = &mut out[..];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-    p[6] = 0x40;
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&s.src.octets());
-    p[16..20].copy_from_slice(&s.dst.octets());
-    let ip_sum = fold(sum16(&p[..20]));
-    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    let t = &mut p[20..];
-    t[0..2].copy_from_slice(&s.sport.to_be_bytes());
-    t[2..4].copy_from_slice(&s.dport.to_be_bytes());
-    t[4..8].copy_from_slice(&s.seq.to_be_bytes());
-    t[8..12].copy_from_slice(&s.ack.to_be_bytes());
-    t[12] = (((20 + opt_len) / 4) as u8) << 4;
-    t[13] = s.flags;
-    t[14..16].copy_from_slice(&s.window.to_be_bytes());
-    if let Some(mss) = s.mss {
-        t[20..22].copy_from_slice(&[2, 4]);
-        t[22..24].copy_from_slice(&mss.to_be_bytes());
-    }
-    t[20 + opt_len..].copy_from_slice(s.payload);
-    let pseudo = sum16(&s.src.octets()) + sum16(&s.dst.octets()) + 6 + tcp_len as u32;
-    let tcp_sum = fold(pseudo + sum16(t));
-    t[16..18].copy_from_slice(&tcp_sum.to_be_bytes());
+    s.frame().write_ipv4(out);
 }
 
 /// [`build_into`] a new buffer.
@@ -538,7 +497,7 @@ fn handshake_flood(
         for p in syns.iter_mut() {
             let (src, sport) = source(&mut rng);
             let mut s = Segment::between(src, sport, dst, dport);
-            s.seq = rng.next_u32();
+            s.seq = rng.u32();
             s.flags = TCP_SYN;
             s.window = 64240;
             s.mss = Some(1460);
@@ -878,7 +837,10 @@ pub fn connect_reading_isn(ifname: &str, to: SocketAddr) -> Result<(http::Conn, 
 
 #[cfg(test)]
 mod tests {
+    use balancer_common::csum;
+
     use super::*;
+    use crate::packet::l4_checksum;
 
     #[test]
     fn built_segments_parse_back_with_valid_checksums() {
@@ -897,10 +859,8 @@ mod tests {
         assert_eq!((v.seq, v.ack, v.flags), (s.seq, s.ack, s.flags));
         assert_eq!(v.payload, s.payload);
         // A packet with correct checksums sums to zero (0xffff before inversion).
-        assert_eq!(fold(sum16(&p[..20])), 0);
-        let tcp_len = (p.len() - 20) as u32;
-        let pseudo = sum16(&p[12..20]) + 6 + tcp_len;
-        assert_eq!(fold(pseudo + sum16(&p[20..])), 0);
+        assert_eq!(csum::checksum(&p[..20], 0), 0);
+        assert_eq!(l4_checksum(s.src, s.dst, 6, &p[20..]), 0);
         // etherparse agrees.
         let h = etherparse::SlicedPacket::from_ip(&p).unwrap();
         match h.transport {
@@ -923,8 +883,12 @@ mod tests {
         let p = build(&s);
         assert_eq!(p.len(), 44);
         assert_eq!(&p[40..44], &[2, 4, 0x05, 0xb4]);
-        let tcp_len = (p.len() - 20) as u32;
-        assert_eq!(fold(sum16(&p[12..20]) + 6 + tcp_len + sum16(&p[20..])), 0);
+        assert_eq!(l4_checksum(s.src, s.dst, 6, &p[20..]), 0);
+        // The header as the hand-written builder made it: DF, TTL 64, no id, no TOS.
+        assert_eq!(
+            &p[..12],
+            &[0x45, 0, 0, 44, 0, 0, 0x40, 0, 64, 6, p[10], p[11]]
+        );
     }
 
     #[test]

@@ -33,6 +33,7 @@ use anyhow::{Context, Result};
 use crate::{
     netns::Netns,
     rawsock::{self, set_int_opt, Framing, ETH_P_ALL},
+    rng::Rng,
 };
 
 /// Longest frame relayed: Ethernet header and a 1500-byte MTU, one VLAN tag.
@@ -245,29 +246,6 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// xorshift64*: small, fast, deterministic for a seed.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn next_u32(&mut self) -> u32 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as u32
-    }
-
-    /// True with probability `threshold / 2^32` (never for 0).
-    fn chance(&mut self, threshold: u32) -> bool {
-        threshold != 0 && self.next_u32() < threshold
-    }
-}
-
 fn send_frame(tx: &OwnedFd, frame: &[u8], stats: &DirectionStats) {
     // SAFETY: frame is a valid buffer of the length passed; tx is bound to an interface.
     let n = unsafe {
@@ -378,6 +356,6 @@ mod tests {
         assert!(!(0..1000).any(|_| r.chance(0)));
         let mut a = Rng::new(7);
         let mut b = Rng::new(7);
-        assert!((0..100).all(|_| a.next_u32() == b.next_u32()));
+        assert!((0..100).all(|_| a.u32() == b.u32()));
     }
 }

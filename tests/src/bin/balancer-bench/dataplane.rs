@@ -41,7 +41,7 @@ use std::{
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{HashMap, Map, MapData};
 use balancer_common::{map_names, Counter, Flow, FlowKey, PendingSegment};
-use balancer_tests::testrun::*;
+use balancer_tests::{packet::*, testrun::*};
 use balancer_user::Proto;
 use serde::Serialize;
 

@@ -14,7 +14,7 @@
 //!
 //! or directly, after `cargo build --release -p balancer-tests`:
 //! `sudo ./target/release/balancer-fuzz --packets 1000000 --seed 42`. The test suite runs
-//! a smaller count (`cargo test --release -p balancer-tests --test fuzz_testrun`).
+//! a smaller count (`cargo test --release -p balancer-tests --test program fuzz::`).
 //!
 //! Prints throughput, the verdict histogram, counter totals and every finding with its
 //! seed, iteration, template, mutations and the frames in hex; exits 1 if there is a

@@ -224,7 +224,7 @@ fn group_membership_trusts_only_signed_fresh_messages() {
     let flood: Vec<Vec<u8>> = (0..20_000u64)
         .map(|i| match i % 4 {
             0 => {
-                let len = 1 + rng.below(1400) as usize;
+                let len = 1 + rng.below(1400);
                 (0..len).map(|_| rng.next_u64() as u8).collect()
             }
             1 => host_message(&format!("flood-{i}"), [198, 18, 1, 11], now, i)

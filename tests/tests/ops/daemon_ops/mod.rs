@@ -28,7 +28,6 @@ use std::{
 };
 
 use balancer_tests::{
-    attack::Rng,
     daemon::{
         backend_entry, colliding_tokens, daemon_config, edit, Background, ConfigOptions, Daemon,
     },
@@ -36,6 +35,7 @@ use balancer_tests::{
     http,
     load::{metrics, wait_pair},
     netns::stderr,
+    rng::Rng,
     topology::{vip, Topology, GATEWAY_SERVER_ADDR},
 };
 use balancer_user::daemon::group::{unix_ms, GroupKey, HostMessage, InterfaceInfo, Role, MAGIC};

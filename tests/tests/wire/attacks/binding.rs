@@ -142,13 +142,7 @@ fn binding_scenario(
     let wait = Duration::from_secs(3);
     let mut run = || -> anyhow::Result<http::Response> {
         let sport = 20_000 + rng.below(40_000) as u16;
-        let mut c = RawTcp::connect(
-            "eth0",
-            (src, sport),
-            (VIP, SERVICE_PORT),
-            rng.next_u32(),
-            wait,
-        )?;
+        let mut c = RawTcp::connect("eth0", (src, sport), (VIP, SERVICE_PORT), rng.u32(), wait)?;
         let cut = |on| {
             if while_binding(kind) {
                 link.cut(on);

@@ -27,8 +27,8 @@ fn ack_flood_with_invalid_syncookies_is_dropped_without_state() {
         attack::flood(TIME, RATE, 0xacf1, |rng, buf| {
             let (src, sport) = spoofed(rng);
             let mut s = Segment::between(src, sport, VIP, SERVICE_PORT);
-            s.seq = rng.next_u32();
-            s.ack = rng.next_u32();
+            s.seq = rng.u32();
+            s.ack = rng.u32();
             s.flags = TCP_ACK;
             if rng.below(4) == 0 {
                 s.flags |= TCP_PSH;

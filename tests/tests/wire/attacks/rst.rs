@@ -121,7 +121,7 @@ fn rst_flood_out_of_window_spares_live_spliced_connections() {
                 out
             });
             let flood = attack::flood(TIME, RATE, 0x5e7, |rng, buf| {
-                let (port, isn) = tuples[rng.below(TARGETS as u64) as usize];
+                let (port, isn) = tuples[rng.below(TARGETS)];
                 let mut s = Segment::between(CLIENT_ADDR, port, VIP, SERVICE_PORT);
                 // At least 2^28 from the window on either side.
                 s.seq = isn
@@ -131,7 +131,7 @@ fn rst_flood_out_of_window_spares_live_spliced_connections() {
                 s.flags = TCP_RST;
                 if rng.below(2) == 0 {
                     s.flags |= TCP_ACK;
-                    s.ack = rng.next_u32();
+                    s.ack = rng.u32();
                 }
                 build_into(&s, buf);
             });

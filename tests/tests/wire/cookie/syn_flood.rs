@@ -15,7 +15,7 @@ struct Flood {
 fn syn_flood(duration: Duration, max: u64, seed: u64) -> anyhow::Result<Flood> {
     const BATCH: usize = 64;
     let tx = RawSender::new()?;
-    let mut rng = attack::Rng::new(seed);
+    let mut rng = balancer_tests::rng::Rng::new(seed);
     let mut packets: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(64)).collect();
     let (mut sent, mut errors) = (0u64, 0u64);
     let started = Instant::now();

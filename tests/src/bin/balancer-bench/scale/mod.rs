@@ -57,7 +57,7 @@ use balancer_common::{
     Backend, Counter, Flow, FlowKey, DEFAULT_FLOW_CAPACITY, MAX_BACKENDS, NEXT_HOP_TTL_NS,
     RING_SIZE,
 };
-use balancer_tests::testrun::*;
+use balancer_tests::{packet::*, testrun::*};
 use balancer_user::{
     control::maglev::{self, Member, NO_BACKEND},
     dataplane::{PROGRAM_PIN, TC_PROGRAM_PIN},

@@ -1,0 +1,328 @@
+//! The oracle's checks of rewritten frames (NAT in both directions) and of built RSTs.
+
+use super::*;
+
+impl Oracle {
+    /// The NAT rewrite rules shared by both directions: TTL - 1, every byte outside the
+    /// rewritten fields unchanged, checksum errors preserved.
+    fn check_rewrite(
+        &mut self,
+        r: &Run,
+        p: &Pkt,
+        o: &Pkt,
+        // The sequence or acknowledgement number, for a splice's shift.
+        shifted: Option<std::ops::Range<usize>>,
+    ) -> Result<(), Finding> {
+        ensure_that!(
+            p.ttl >= 2 && o.ttl == p.ttl - 1,
+            "output.ttl",
+            "forwarded with TTL {} -> {}",
+            p.ttl,
+            o.ttl
+        );
+        let (l3, l4) = (p.l3, p.l4);
+        let csum = if p.tcp() {
+            l4 + 16..l4 + 18
+        } else {
+            l4 + 6..l4 + 8
+        };
+        let mut ranges = vec![0..12, l3 + 8..l3 + 9, l3 + 10..l3 + 20, l4..l4 + 4, csum];
+        ranges.extend(shifted);
+        let diff = same_except(r.input, r.out, &ranges);
+        ensure_that!(
+            diff.is_none(),
+            "output.rewrite",
+            "a byte outside the rewritten fields changed (byte {diff:?})"
+        );
+        let (iv, ov) = (ip_residual(r.input, p), ip_residual(r.out, o));
+        ensure_that!(
+            same_residual(iv, ov),
+            "output.checksum",
+            "IPv4 checksum residual {iv:#06x} in, {ov:#06x} out"
+        );
+        if udp_no_checksum(r.input, p) {
+            ensure_that!(
+                udp_no_checksum(r.out, o),
+                "output.checksum",
+                "UDP without checksum got one"
+            );
+        } else {
+            let (il, ol) = (l4_residual(r.input, p), l4_residual(r.out, o));
+            ensure_that!(
+                same_residual(il, ol),
+                "output.checksum",
+                "L4 checksum residual {il:#06x} in, {ol:#06x} out"
+            );
+            ensure_that!(
+                !udp_no_checksum(r.out, o),
+                "output.checksum",
+                "UDP checksum became 0 (none)"
+            );
+        }
+        if !same_residual(iv, 0xffff) || !l4_valid(r.input, p) {
+            self.forwarded_bad_checksum += 1;
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_nat_forward(
+        &mut self,
+        r: &Run,
+        p: &Pkt,
+        o: &Pkt,
+        svc: Option<usize>,
+    ) -> Result<(), Finding> {
+        let Some(s) = svc else {
+            return Err(Finding {
+                check: "output.nat_forward",
+                detail: format!("rewritten to {} for a packet not to a service", o.dst),
+            });
+        };
+        let be = self.layout.be_by_addr(o.dst, p.proto);
+        ensure_that!(
+            be.is_some_and(|b| self.layout.bes[b].svc == s),
+            "output.nat_forward",
+            "forwarded to {}, not a backend of {}",
+            o.dst,
+            self.layout.svcs[s].name
+        );
+        let key = (p.src, p.dst, p.proto);
+        let bound = self.shadow.bound.get(&key);
+        ensure_that!(
+            bound.is_some_and(|l| l.contains(&o.dst)),
+            "output.nat_forward",
+            "forwarded to {}, but the connection was bound to {:?}",
+            o.dst,
+            bound
+        );
+        ensure_that!(
+            r.out[0..6] == backend_mac(*o.dst.ip()) && r.out[6..12] == BACKEND_IF_MAC,
+            "output.nat_forward",
+            "forwarded with MACs {} -> {}",
+            hex(&r.out[6..12]),
+            hex(&r.out[0..6])
+        );
+        let want = if r.ingress == r.backend_ifindex {
+            XDP_TX
+        } else {
+            XDP_REDIRECT
+        };
+        ensure_that!(
+            r.verdict == want,
+            "output.verdict",
+            "forwarded to a backend with {}, expected {}",
+            verdict_name(r.verdict),
+            verdict_name(want)
+        );
+        if self.layout.svcs[s].cookie {
+            let sp = self.shadow.spliced.get(&key).copied();
+            let Some(sp) = sp.filter(|sp| sp.backend == o.dst) else {
+                return Err(Finding {
+                    check: "output.spliced",
+                    detail: format!("forwarded to {} without a splice to it ({sp:?})", o.dst),
+                });
+            };
+            let shift = sp.cookie.wrapping_sub(sp.bisn);
+            ensure_that!(
+                o.ack == p.ack.wrapping_sub(shift),
+                "output.spliced",
+                "ack {:#x} -> {:#x}, expected the shift by K - B = {shift:#x}",
+                p.ack,
+                o.ack
+            );
+            self.check_rewrite(r, p, o, Some(p.l4 + 8..p.l4 + 12))?;
+            self.count(PATH_SPLICED_FORWARD);
+        } else {
+            self.check_rewrite(r, p, o, None)?;
+            self.count(PATH_NAT_FORWARD);
+        }
+        Ok(())
+    }
+
+    pub(super) fn check_nat_reply(
+        &mut self,
+        r: &Run,
+        p: &Pkt,
+        o: &Pkt,
+        from_be: Option<usize>,
+    ) -> Result<(), Finding> {
+        let Some(b) = from_be else {
+            return Err(Finding {
+                check: "output.nat_reply",
+                detail: format!(
+                    "rewritten {} -> {} for a packet not from a backend",
+                    o.src, o.dst
+                ),
+            });
+        };
+        let s = self.layout.bes[b].svc;
+        let vip = self.layout.svcs[s].addr;
+        ensure_that!(
+            o.src == vip && o.dst == p.dst,
+            "output.nat_reply",
+            "reply of {} rewritten {} -> {}, expected {} -> {}",
+            p.src,
+            o.src,
+            o.dst,
+            vip,
+            p.dst
+        );
+        let key = (p.dst, vip, p.proto);
+        let bound = self.shadow.bound.get(&key);
+        ensure_that!(
+            bound.is_some_and(|l| l.contains(&p.src)),
+            "output.nat_reply",
+            "reply of {} to {} forwarded, but the connection was bound to {:?}",
+            p.src,
+            p.dst,
+            bound
+        );
+        if let Some(c) = self.shadow.created.get(&key).copied() {
+            let want = if r.ingress == c.ingress {
+                XDP_TX
+            } else {
+                XDP_REDIRECT
+            };
+            ensure_that!(
+                r.verdict == want,
+                "output.verdict",
+                "reply with {}, expected {} (received on {}, the client's packet on {})",
+                verdict_name(r.verdict),
+                verdict_name(want),
+                r.ingress,
+                c.ingress
+            );
+            ensure_that!(
+                r.out[0..6] == c.client_mac && r.out[6..12] == c.our_mac,
+                "output.nat_reply",
+                "reply MACs {} -> {}, the client's packet came {} -> {}",
+                hex(&r.out[6..12]),
+                hex(&r.out[0..6]),
+                hex(&c.client_mac),
+                hex(&c.our_mac)
+            );
+        }
+        if self.layout.svcs[s].cookie {
+            if r.c(Counter::BindingsRefused) {
+                let Some(pb) = self.shadow.pending.remove(&key) else {
+                    return Err(Finding {
+                        check: "output.refused",
+                        detail: "bind refusal relayed for no binding in progress".into(),
+                    });
+                };
+                ensure_that!(
+                    pb.backend == p.src
+                        && p.flags & (F_RST | F_ACK | F_SYN) == F_RST | F_ACK
+                        && p.ack == pb.isn.wrapping_add(1)
+                        && o.seq == pb.cookie.wrapping_add(1),
+                    "output.refused",
+                    "refusal RST seq {:#x} (cookie {:#x}), backend's ack {:#x} (ISN {:#x})",
+                    o.seq,
+                    pb.cookie,
+                    p.ack,
+                    pb.isn
+                );
+                self.check_rewrite(r, p, o, Some(p.l4 + 4..p.l4 + 8))?;
+                self.count(PATH_REFUSED);
+            } else {
+                let sp = self.shadow.spliced.get(&key).copied();
+                let Some(sp) = sp.filter(|sp| sp.backend == p.src) else {
+                    return Err(Finding {
+                        check: "output.spliced",
+                        detail: format!("reply of {} forwarded without a splice ({sp:?})", p.src),
+                    });
+                };
+                let shift = sp.cookie.wrapping_sub(sp.bisn);
+                ensure_that!(
+                    o.seq == p.seq.wrapping_add(shift),
+                    "output.spliced",
+                    "seq {:#x} -> {:#x}, expected the shift by K - B = {shift:#x}",
+                    p.seq,
+                    o.seq
+                );
+                self.check_rewrite(r, p, o, Some(p.l4 + 4..p.l4 + 8))?;
+                self.count(PATH_SPLICED_REPLY);
+            }
+        } else {
+            self.check_rewrite(r, p, o, None)?;
+            self.count(PATH_NAT_REPLY);
+        }
+        Ok(())
+    }
+}
+
+/// A frame the data plane built: fresh IPv4 header (IHL 5, TOS 0, id 0, DF, TTL 64),
+/// valid checksums, no padding, from `src` to `dst`, MACs swapped when it goes back.
+pub(super) fn check_built(
+    r: &Run,
+    o: &Pkt,
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    back: bool,
+) -> Result<(), Finding> {
+    ensure_that!(
+        o.src == src && o.dst == dst,
+        "output.built",
+        "built frame {} -> {}, expected {} -> {}",
+        o.src,
+        o.dst,
+        src,
+        dst
+    );
+    ensure_that!(
+        o.l4 == o.l3 + 20 && o.tos == 0 && o.id == 0 && o.frag == 0x4000 && o.ttl == 64,
+        "output.built",
+        "built IPv4 header {}",
+        hex(&r.out[o.l3..o.l4])
+    );
+    ensure_that!(
+        r.out.len() == o.ip_end,
+        "output.built",
+        "built frame of {} bytes for a datagram ending at {}",
+        r.out.len(),
+        o.ip_end
+    );
+    ensure_that!(
+        same_residual(ip_residual(r.out, o), 0xffff) && l4_valid(r.out, o),
+        "output.checksum",
+        "built frame with a bad checksum (IPv4 residual {:#06x}, TCP {:#06x})",
+        ip_residual(r.out, o),
+        l4_residual(r.out, o)
+    );
+    if back {
+        ensure_that!(
+            r.out[0..6] == r.input[6..12] && r.out[6..12] == r.input[0..6],
+            "output.built",
+            "answer MACs not swapped"
+        );
+    }
+    Ok(())
+}
+
+/// A RST built per RFC 9293 3.10.7.1 for the segment `p`, back to its sender.
+pub(super) fn check_rst(r: &Run, p: &Pkt, o: &Pkt) -> Result<(), Finding> {
+    check_built(r, o, p.dst, p.src, true)?;
+    let (seq, ack, fl) = if p.flags & F_ACK != 0 {
+        (p.ack, 0, F_RST)
+    } else {
+        let len =
+            p.payload_len() as u32 + (p.flags & F_SYN != 0) as u32 + (p.flags & F_FIN != 0) as u32;
+        (0, p.seq.wrapping_add(len), F_RST | F_ACK)
+    };
+    ensure_that!(
+        o.flags == fl && o.seq == seq && o.ack == ack && o.window == 0 && o.payload == o.ip_end,
+        "output.rst",
+        "RST flags {:#04x} seq {:#x} ack {:#x} window {}, expected flags {fl:#04x} seq {seq:#x} ack {ack:#x}",
+        o.flags,
+        o.seq,
+        o.ack,
+        o.window
+    );
+    ensure_that!(
+        r.verdict == XDP_TX,
+        "output.verdict",
+        "RST with {}",
+        verdict_name(r.verdict)
+    );
+    Ok(())
+}
