@@ -9,7 +9,12 @@ use std::{
     net::SocketAddrV4,
 };
 
-use crate::{control::BackendInfo, dataplane::Balancer, error::Result, model::ServiceAddr};
+use crate::{
+    control::{BackendInfo, Control},
+    dataplane::MapStore,
+    error::Result,
+    model::ServiceAddr,
+};
 
 use super::{
     config::{DaemonConfig, ServiceConfig},
@@ -17,7 +22,7 @@ use super::{
 };
 
 /// Services and backends as the configuration wants them.
-pub fn reconcile(b: &Balancer, cfg: &DaemonConfig) -> Result<Vec<String>> {
+pub fn reconcile<S: MapStore>(b: &mut Control<S>, cfg: &DaemonConfig) -> Result<Vec<String>> {
     let mut changes = Vec::new();
     let wanted: HashMap<ServiceAddr, &ServiceConfig> =
         cfg.services.iter().map(|s| (s.addr, s)).collect();
@@ -47,7 +52,11 @@ pub fn reconcile(b: &Balancer, cfg: &DaemonConfig) -> Result<Vec<String>> {
     Ok(changes)
 }
 
-fn reconcile_backends(b: &Balancer, s: &ServiceConfig, changes: &mut Vec<String>) -> Result<()> {
+fn reconcile_backends<S: MapStore>(
+    b: &mut Control<S>,
+    s: &ServiceConfig,
+    changes: &mut Vec<String>,
+) -> Result<()> {
     let current = b.backends(Some(s.addr))?;
     let mut present: HashMap<SocketAddrV4, &BackendInfo> = HashMap::new();
     for info in &current {
@@ -98,7 +107,10 @@ pub struct SyncReport {
 /// states, then stale rewrites are removed (their primaries are up again, or nothing
 /// can take their sessions). A primary therefore never goes down without its rewrite in
 /// place, and no cookie naming it falls to the policy in between.
-pub fn sync(b: &Balancer, plan: &HashMap<BackendKey, Desired>) -> Result<SyncReport> {
+pub fn sync<S: MapStore>(
+    b: &mut Control<S>,
+    plan: &HashMap<BackendKey, Desired>,
+) -> Result<SyncReport> {
     let mut report = SyncReport::default();
     let current: Vec<(BackendKey, BackendInfo, &Desired)> = b
         .backends(None)?

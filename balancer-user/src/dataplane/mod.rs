@@ -9,6 +9,11 @@
 //! that attached it exits, and `detach` is the only thing that removes it.
 
 pub(crate) mod mmap_array;
+pub mod pinned;
+pub mod store;
+
+pub use pinned::PinnedMaps;
+pub use store::MapStore;
 
 use std::{
     fs,

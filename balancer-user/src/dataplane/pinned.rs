@@ -1,0 +1,330 @@
+//! [`MapStore`] over an instance's pinned maps, through aya and the shared mappings of
+//! [`MmapArray`].
+//!
+//! Each map is opened the first time an operation needs it and kept for the life of the
+//! store, so an operation opens only the maps it uses, and once each.
+
+use std::{cell::OnceCell, collections::HashMap};
+
+use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use balancer_common::{
+    cookie::CookieConfig, health_state, map_names, syncookie::SyncookieKeys, Backend,
+    BackendHealth, BackendStats, Counter, Failover, Flow, FlowKey, GlobalStats, ServerId,
+    ServerIdKey, Service, ServiceKey, MAX_BACKENDS, RING_SIZE,
+};
+
+use super::{mmap_array::MmapArray, store::MapStore, Balancer};
+use crate::error::{map_ctx, Error, Result};
+
+/// The pinned maps of the instance `balancer` holds open (and locked).
+pub struct PinnedMaps<'a> {
+    balancer: &'a Balancer,
+    services: OnceCell<BpfHashMap<MapData, ServiceKey, Service>>,
+    backends: OnceCell<Array<MapData, Backend>>,
+    /// The same map, mapped: whole-table reads without a syscall per slot.
+    backends_view: OnceCell<MmapArray<Backend>>,
+    cookie_config: OnceCell<Array<MapData, CookieConfig>>,
+    server_ids: OnceCell<BpfHashMap<MapData, ServerIdKey, ServerId>>,
+    failover: OnceCell<Array<MapData, Failover>>,
+    syncookie_keys: OnceCell<Array<MapData, SyncookieKeys>>,
+    health: OnceCell<Array<MapData, BackendHealth>>,
+    health_view: OnceCell<MmapArray<BackendHealth>>,
+    backend_stats: OnceCell<PerCpuArray<MapData, BackendStats>>,
+}
+
+impl<'a> PinnedMaps<'a> {
+    pub fn new(balancer: &'a Balancer) -> Self {
+        PinnedMaps {
+            balancer,
+            services: OnceCell::new(),
+            backends: OnceCell::new(),
+            backends_view: OnceCell::new(),
+            cookie_config: OnceCell::new(),
+            server_ids: OnceCell::new(),
+            failover: OnceCell::new(),
+            syncookie_keys: OnceCell::new(),
+            health: OnceCell::new(),
+            health_view: OnceCell::new(),
+            backend_stats: OnceCell::new(),
+        }
+    }
+
+    /// The service's block of RING, mapped (that part of the map only).
+    fn ring_of(&self, service_id: u32) -> Result<MmapArray<u32>> {
+        MmapArray::open_range(
+            self.balancer.dir(),
+            map_names::RING,
+            service_id * RING_SIZE,
+            RING_SIZE,
+        )
+    }
+}
+
+/// The cell's value, made by `open` if the cell is still empty.
+fn opened<T>(cell: &OnceCell<T>, open: impl FnOnce() -> Result<T>) -> Result<&T> {
+    if cell.get().is_none() {
+        let _ = cell.set(open()?);
+    }
+    Ok(cell.get().expect("set above"))
+}
+
+/// As [`opened`], for writing.
+fn opened_mut<T>(cell: &mut OnceCell<T>, open: impl FnOnce() -> Result<T>) -> Result<&mut T> {
+    if cell.get().is_none() {
+        let _ = cell.set(open()?);
+    }
+    Ok(cell.get_mut().expect("set above"))
+}
+
+/// The pinned map `name` as `T`.
+fn open<T>(balancer: &Balancer, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let short = name.trim_start_matches("BALANCER_");
+    balancer
+        .map(name)?
+        .try_into()
+        .map_err(map_ctx(format!("{short} map")))
+}
+
+fn read_ring(ring: &MmapArray<u32>) -> Vec<u32> {
+    (0..RING_SIZE as usize).map(|i| ring.get(i)).collect()
+}
+
+impl MapStore for PinnedMaps<'_> {
+    fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
+        let services = opened(&self.services, || open(self.balancer, map_names::SERVICES))?;
+        services
+            .iter()
+            .map(|item| item.map_err(map_ctx("reading SERVICES")))
+            .collect()
+    }
+
+    fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
+        let services = opened(&self.services, || open(self.balancer, map_names::SERVICES))?;
+        Ok(services.get(key, 0).ok())
+    }
+
+    fn insert_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
+        opened_mut(&mut self.services, || {
+            open(self.balancer, map_names::SERVICES)
+        })?
+        .insert(key, service, 0)
+        .map_err(map_ctx("writing SERVICES"))
+    }
+
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
+        opened_mut(&mut self.services, || {
+            open(self.balancer, map_names::SERVICES)
+        })?
+        .remove(key)
+        .map_err(map_ctx("removing from SERVICES"))
+    }
+
+    fn backend(&self, slot: u32) -> Result<Backend> {
+        opened(&self.backends, || open(self.balancer, map_names::BACKENDS))?
+            .get(&slot, 0)
+            .map_err(map_ctx("reading BACKENDS"))
+    }
+
+    fn used_backends(&self) -> Result<Vec<(u32, Backend)>> {
+        let view = opened(&self.backends_view, || {
+            MmapArray::open(self.balancer, map_names::BACKENDS, MAX_BACKENDS)
+        })?;
+        Ok((0..MAX_BACKENDS)
+            .map(|slot| (slot, view.get(slot as usize)))
+            .filter(|(_, b)| b.state != balancer_common::backend_state::EMPTY)
+            .collect())
+    }
+
+    fn set_backend(&mut self, slot: u32, backend: Backend) -> Result<()> {
+        let context = if backend == Backend::default() {
+            "clearing BACKENDS"
+        } else {
+            "writing BACKENDS"
+        };
+        opened_mut(&mut self.backends, || {
+            open(self.balancer, map_names::BACKENDS)
+        })?
+        .set(slot, backend, 0)
+        .map_err(map_ctx(context))
+    }
+
+    fn ring(&self, service_id: u32) -> Result<Vec<u32>> {
+        Ok(read_ring(&self.ring_of(service_id)?))
+    }
+
+    fn update_ring(
+        &mut self,
+        service_id: u32,
+        update: impl FnOnce(&[u32]) -> Vec<u32>,
+    ) -> Result<()> {
+        // One mapping for the read and the write.
+        let ring = self.ring_of(service_id)?;
+        let old = read_ring(&ring);
+        let new = update(&old);
+        for (i, (o, n)) in old.iter().zip(&new).enumerate() {
+            if o != n {
+                ring.store(i, *n);
+            }
+        }
+        Ok(())
+    }
+
+    fn cookie_config(&self, service_id: u32) -> Result<CookieConfig> {
+        opened(&self.cookie_config, || {
+            open(self.balancer, map_names::COOKIE_CONFIG)
+        })?
+        .get(&service_id, 0)
+        .map_err(map_ctx("reading COOKIE_CONFIG"))
+    }
+
+    fn set_cookie_config(&mut self, service_id: u32, config: &CookieConfig) -> Result<()> {
+        opened_mut(&mut self.cookie_config, || {
+            open(self.balancer, map_names::COOKIE_CONFIG)
+        })?
+        .set(service_id, config, 0)
+        .map_err(map_ctx("writing COOKIE_CONFIG"))
+    }
+
+    fn server_id(&self, key: &ServerIdKey) -> Result<Option<ServerId>> {
+        let ids = opened(&self.server_ids, || {
+            open(self.balancer, map_names::SERVER_IDS)
+        })?;
+        Ok(ids.get(key, 0).ok())
+    }
+
+    fn server_ids(&self) -> Result<Vec<(ServerIdKey, ServerId)>> {
+        opened(&self.server_ids, || {
+            open(self.balancer, map_names::SERVER_IDS)
+        })?
+        .iter()
+        .map(|item| item.map_err(map_ctx("reading SERVER_IDS")))
+        .collect()
+    }
+
+    fn insert_server_id(&mut self, key: ServerIdKey, value: ServerId) -> Result<()> {
+        opened_mut(&mut self.server_ids, || {
+            open(self.balancer, map_names::SERVER_IDS)
+        })?
+        .insert(key, value, 0)
+        .map_err(map_ctx("writing SERVER_IDS"))
+    }
+
+    fn remove_server_id(&mut self, key: &ServerIdKey) -> Result<()> {
+        opened_mut(&mut self.server_ids, || {
+            open(self.balancer, map_names::SERVER_IDS)
+        })?
+        .remove(key)
+        .map_err(map_ctx("removing from SERVER_IDS"))
+    }
+
+    fn failover(&self, slot: u32) -> Result<Failover> {
+        opened(&self.failover, || open(self.balancer, map_names::FAILOVER))?
+            .get(&slot, 0)
+            .map_err(map_ctx("reading FAILOVER"))
+    }
+
+    fn set_failover(&mut self, slot: u32, value: Failover) -> Result<()> {
+        opened_mut(&mut self.failover, || {
+            open(self.balancer, map_names::FAILOVER)
+        })?
+        .set(slot, value, 0)
+        .map_err(map_ctx("writing FAILOVER"))
+    }
+
+    fn syncookie_keys(&self) -> Result<SyncookieKeys> {
+        opened(&self.syncookie_keys, || {
+            open(self.balancer, map_names::SYNCOOKIE_KEYS)
+        })?
+        .get(&0, 0)
+        .map_err(map_ctx("reading SYNCOOKIE_KEYS"))
+    }
+
+    fn set_syncookie_keys(&mut self, keys: SyncookieKeys) -> Result<()> {
+        opened_mut(&mut self.syncookie_keys, || {
+            open(self.balancer, map_names::SYNCOOKIE_KEYS)
+        })?
+        .set(0, keys, 0)
+        .map_err(map_ctx("writing SYNCOOKIE_KEYS"))
+    }
+
+    fn health(&self, slot: u32) -> Result<BackendHealth> {
+        opened(&self.health, || open(self.balancer, map_names::HEALTH))?
+            .get(&slot, 0)
+            .map_err(map_ctx("reading HEALTH"))
+    }
+
+    fn health_records(&self) -> Result<HashMap<u32, BackendHealth>> {
+        let view = opened(&self.health_view, || {
+            MmapArray::open(self.balancer, map_names::HEALTH, MAX_BACKENDS)
+        })?;
+        Ok((0..MAX_BACKENDS)
+            .map(|slot| (slot, view.get(slot as usize)))
+            .filter(|(_, r)| r.state != health_state::UNKNOWN)
+            .collect())
+    }
+
+    fn set_health(&mut self, slot: u32, record: &BackendHealth) -> Result<()> {
+        opened_mut(&mut self.health, || open(self.balancer, map_names::HEALTH))?
+            .set(slot, record, 0)
+            .map_err(map_ctx("writing HEALTH"))
+    }
+
+    fn global_counters(&self) -> Result<GlobalStats> {
+        // Read once per call (the metrics endpoint, `balancer stats`): not kept.
+        let stats: PerCpuArray<MapData, GlobalStats> = open(self.balancer, map_names::STATS)?;
+        let per_cpu = stats.get(&0, 0).map_err(map_ctx("reading STATS"))?;
+        let mut total = [0u64; Counter::COUNT];
+        for cpu in per_cpu.iter() {
+            for (t, v) in total.iter_mut().zip(cpu.iter()) {
+                *t += v;
+            }
+        }
+        Ok(total)
+    }
+
+    fn backend_stats(&self, slot: u32) -> Result<BackendStats> {
+        let per_cpu = opened(&self.backend_stats, || {
+            open(self.balancer, map_names::BACKEND_STATS)
+        })?
+        .get(&slot, 0)
+        .map_err(map_ctx("reading BACKEND_STATS"))?;
+        let mut sum = BackendStats::default();
+        for cpu in per_cpu.iter() {
+            sum.add(cpu);
+        }
+        Ok(sum)
+    }
+
+    fn zero_backend_stats(&mut self, slot: u32) -> Result<()> {
+        let stats = opened_mut(&mut self.backend_stats, || {
+            open(self.balancer, map_names::BACKEND_STATS)
+        })?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io {
+            context: "counting possible CPUs".into(),
+            source: e,
+        })?;
+        let zeros =
+            PerCpuValues::try_from(vec![BackendStats::default(); cpus]).map_err(|e| Error::Io {
+                context: "building per-CPU values".into(),
+                source: e,
+            })?;
+        stats
+            .set(slot, zeros, 0)
+            .map_err(map_ctx("clearing BACKEND_STATS"))
+    }
+
+    fn visit_flows(&self, mut visit: impl FnMut(&FlowKey, &Flow) -> bool) -> Result<()> {
+        let flows: BpfHashMap<MapData, FlowKey, Flow> = open(self.balancer, map_names::FLOWS)?;
+        for item in flows.iter() {
+            // Entries can be evicted while we walk the table; skip those.
+            let Ok((k, f)) = item else { continue };
+            if !visit(&k, &f) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
