@@ -44,6 +44,8 @@ pub struct MemoryStore {
     services: HashMap<ServiceKey, Service>,
     backends: Vec<Backend>,
     rings: HashMap<u32, Vec<u32>>,
+    /// The slots each written block of RING names, for the check after each write.
+    ring_names: HashMap<u32, BTreeSet<u32>>,
     cookie_configs: HashMap<u32, CookieConfig>,
     server_ids: HashMap<ServerIdKey, ServerId>,
     failover: HashMap<u32, Failover>,
@@ -64,6 +66,7 @@ impl Default for MemoryStore {
             services: HashMap::new(),
             backends: vec![Backend::default(); MAX_BACKENDS as usize],
             rings: HashMap::new(),
+            ring_names: HashMap::new(),
             cookie_configs: HashMap::new(),
             server_ids: HashMap::new(),
             failover: HashMap::new(),
@@ -123,31 +126,31 @@ impl MemoryStore {
     }
 
     fn record(&mut self, write: Write) {
-        let after = format!("{write:?}");
-        self.writes.push(write);
+        let mut wrong = Vec::new();
         for (key, service) in &self.services {
-            let Some(ring) = self.rings.get(&service.id) else {
-                // Never written: all zeros, naming slot 0.
-                self.violations.push(format!(
-                    "after {after}: service {key:?} is visible with an uncleared table"
-                ));
-                continue;
+            let names: Vec<u32> = match self.ring_names.get(&service.id) {
+                Some(names) => names.iter().copied().collect(),
+                // A block never written is all zeros: it names slot 0.
+                None => vec![0],
             };
-            let mut seen = vec![false; MAX_BACKENDS as usize + 1];
-            for &slot in ring.iter().filter(|s| **s != NO_BACKEND) {
-                let index = (slot as usize).min(MAX_BACKENDS as usize);
-                if std::mem::replace(&mut seen[index], true) {
-                    continue;
-                }
-                let b = self.backends.get(index).copied().unwrap_or_default();
+            for slot in names {
+                let b = self
+                    .backends
+                    .get(slot as usize)
+                    .copied()
+                    .unwrap_or_default();
                 if b.state != backend_state::UP || b.service != service.id {
-                    self.violations.push(format!(
-                        "after {after}: the table of service {} names slot {slot} ({b:?})",
+                    wrong.push(format!(
+                        "the table of service {key:?} (id {}) names slot {slot}: {b:?}",
                         service.id
                     ));
                 }
             }
         }
+        for w in wrong {
+            self.violations.push(format!("after {write:?}: {w}"));
+        }
+        self.writes.push(write);
     }
 }
 
@@ -205,8 +208,9 @@ impl MapStore for MemoryStore {
         let old = self.ring_block(service_id);
         let new = update(&old);
         if new != old {
-            let names = new.iter().copied().filter(|s| *s != NO_BACKEND).collect();
+            let names: BTreeSet<u32> = new.iter().copied().filter(|s| *s != NO_BACKEND).collect();
             self.rings.insert(service_id, new);
+            self.ring_names.insert(service_id, names.clone());
             self.record(Write::Ring { service_id, names });
         }
         Ok(())
