@@ -102,6 +102,15 @@ impl MemoryStore {
         &self.writes
     }
 
+    /// Index in [`writes`](Self::writes) of the first write `matches` accepts. Panics,
+    /// naming `what` and listing the writes, when there is none: for tests.
+    pub fn position(&self, what: &str, matches: impl Fn(&Write) -> bool) -> usize {
+        self.writes
+            .iter()
+            .position(matches)
+            .unwrap_or_else(|| panic!("no write {what} in {:#?}", self.writes))
+    }
+
     /// Forgets the writes so far (after setting up a test's starting state).
     pub fn clear_writes(&mut self) {
         self.writes.clear();

@@ -55,15 +55,6 @@ fn assert_no_violations(c: &Control<MemoryStore>) {
     assert_eq!(c.store().violations(), [] as [String; 0]);
 }
 
-/// Position of the first write matching `pred`.
-fn position(c: &Control<MemoryStore>, what: &str, pred: impl Fn(&Write) -> bool) -> usize {
-    c.store()
-        .writes()
-        .iter()
-        .position(pred)
-        .unwrap_or_else(|| panic!("no write {what} in {:#?}", c.store().writes()))
-}
-
 fn ring_names(w: &Write, slot: u32) -> bool {
     matches!(w, Write::Ring { names, .. } if names.contains(&slot))
 }
@@ -181,13 +172,15 @@ fn an_up_backend_is_written_before_the_table_names_it() {
     c.store_mut().clear_writes();
     let info = c.add_backend(svc(NAT), spec("10.0.0.1:80")).unwrap();
     let slot = info.slot;
-    let zeroed = position(&c, "zeroing the counters", |w| {
+    let zeroed = c.store().position("zeroing the counters", |w| {
         *w == Write::ZeroBackendStats(slot)
     });
-    let written = position(&c, "of the backend", |w| {
+    let written = c.store().position("of the backend", |w| {
         backend_write(w, slot, backend_state::UP)
     });
-    let named = position(&c, "naming the backend", |w| ring_names(w, slot));
+    let named = c
+        .store()
+        .position("naming the backend", |w| ring_names(w, slot));
     assert!(
         zeroed < written && written < named,
         "{:#?}",
@@ -200,10 +193,14 @@ fn an_up_backend_is_written_before_the_table_names_it() {
     c.store_mut().clear_writes();
     c.set_backend_state(svc(NAT), ep("10.0.0.1:80"), BackendState::Up)
         .unwrap();
-    let written = position(&c, "of the backend", |w| {
+    let written = c.store().position("of the backend", |w| {
         backend_write(w, slot, backend_state::UP)
     });
-    assert!(written < position(&c, "naming the backend", |w| ring_names(w, slot)));
+    assert!(
+        written
+            < c.store()
+                .position("naming the backend", |w| ring_names(w, slot))
+    );
     assert_no_violations(&c);
 }
 
@@ -221,8 +218,12 @@ fn a_backend_leaving_leaves_the_table_before_its_slot_changes() {
             .set_backend_state(svc(NAT), ep("10.0.0.1:80"), state)
             .unwrap();
         assert_eq!((info.state, info.table_share), (state, 0.0));
-        let left = position(&c, "dropping the backend", |w| ring_without(w, 0, a));
-        let written = position(&c, "of the state", |w| backend_write(w, a, code));
+        let left = c
+            .store()
+            .position("dropping the backend", |w| ring_without(w, 0, a));
+        let written = c
+            .store()
+            .position("of the state", |w| backend_write(w, a, code));
         assert!(left < written, "{state}: {:#?}", c.store().writes());
         let other = c.backends(Some(svc(NAT))).unwrap();
         assert_eq!(other.iter().find(|i| i.slot == b).unwrap().table_share, 1.0);
@@ -247,16 +248,17 @@ fn a_removed_backend_leaves_the_table_before_its_slot_is_cleared() {
     c.write_health(slot, &record).unwrap();
     c.store_mut().clear_writes();
     c.remove_backend(svc(COOKIE), ep("10.0.1.1:80")).unwrap();
-    let token = position(
-        &c,
+    let token = c.store().position(
         "removing the token",
         |w| matches!(w, Write::RemoveServerId(k) if k.token_hash == token_hash(b"app1")),
     );
-    let left = position(&c, "dropping the backend", |w| ring_without(w, 1, slot));
-    let cleared = position(&c, "clearing the slot", |w| {
+    let left = c
+        .store()
+        .position("dropping the backend", |w| ring_without(w, 1, slot));
+    let cleared = c.store().position("clearing the slot", |w| {
         *w == Write::Backend(slot, Backend::default())
     });
-    let health = position(&c, "forgetting its health", |w| {
+    let health = c.store().position("forgetting its health", |w| {
         *w == Write::Health(slot, BackendHealth::default())
     });
     assert!(token < left && left < cleared && cleared < health);
@@ -272,17 +274,16 @@ fn a_new_service_table_is_cleared_before_the_service_is_visible() {
     let mut c = Control::new(MemoryStore::new());
     c.add_service_with(svc(COOKIE), Some(CookieSettings::default()))
         .unwrap();
-    let cleared = position(
-        &c,
+    let cleared = c.store().position(
         "clearing the table",
         |w| matches!(w, Write::Ring { service_id: 0, names } if names.is_empty()),
     );
-    let config = position(&c, "of the cookie settings", |w| {
-        *w == Write::CookieConfig(0)
-    });
-    let visible = position(&c, "of the service", |w| {
-        matches!(w, Write::InsertService(..))
-    });
+    let config = c
+        .store()
+        .position("of the cookie settings", |w| *w == Write::CookieConfig(0));
+    let visible = c
+        .store()
+        .position("of the service", |w| matches!(w, Write::InsertService(..)));
     assert!(cleared < visible && config < visible);
     assert_no_violations(&c);
 }
@@ -293,11 +294,13 @@ fn a_removed_service_is_hidden_before_its_table_and_slots_are_cleared() {
     let slot = c.add_backend(svc(NAT), spec("10.0.0.1:80")).unwrap().slot;
     c.store_mut().clear_writes();
     c.remove_service(svc(NAT)).unwrap();
-    let hidden = position(&c, "removing the service", |w| {
+    let hidden = c.store().position("removing the service", |w| {
         matches!(w, Write::RemoveService(..))
     });
-    let cleared = position(&c, "clearing the table", |w| ring_without(w, 0, slot));
-    let slot_cleared = position(&c, "clearing the slot", |w| {
+    let cleared = c
+        .store()
+        .position("clearing the table", |w| ring_without(w, 0, slot));
+    let slot_cleared = c.store().position("clearing the slot", |w| {
         *w == Write::Backend(slot, Backend::default())
     });
     assert!(hidden < cleared && cleared < slot_cleared);

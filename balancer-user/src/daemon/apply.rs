@@ -294,14 +294,6 @@ mod tests {
         ])
     }
 
-    fn position(c: &Control<MemoryStore>, what: &str, pred: impl Fn(&Write) -> bool) -> usize {
-        c.store()
-            .writes()
-            .iter()
-            .position(pred)
-            .unwrap_or_else(|| panic!("no write {what} in {:#?}", c.store().writes()))
-    }
-
     #[test]
     fn sync_writes_a_new_rewrite_before_the_primary_goes_down() {
         let (mut c, a, b) = pair();
@@ -321,9 +313,10 @@ mod tests {
             replacement: b,
             active: 1,
         };
-        let written = position(&c, "of the rewrite", |w| *w == Write::Failover(a, rewrite));
-        let down = position(
-            &c,
+        let written = c
+            .store()
+            .position("of the rewrite", |w| *w == Write::Failover(a, rewrite));
+        let down = c.store().position(
             "of the state",
             |w| matches!(w, Write::Backend(s, be) if *s == a && be.state == backend_state::DOWN),
         );
@@ -349,12 +342,11 @@ mod tests {
                 format!("service {SVC}: failover rewrite of 198.18.1.2:8080 removed"),
             ]
         );
-        let up = position(
-            &c,
+        let up = c.store().position(
             "of the state",
             |w| matches!(w, Write::Backend(s, be) if *s == a && be.state == backend_state::UP),
         );
-        let removed = position(&c, "removing the rewrite", |w| {
+        let removed = c.store().position("removing the rewrite", |w| {
             *w == Write::Failover(a, Failover::default())
         });
         assert!(up < removed, "{:#?}", c.store().writes());

@@ -8,8 +8,8 @@ use std::{cell::OnceCell, collections::HashMap};
 
 use aya::maps::{Array, HashMap as BpfHashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
 use balancer_common::{
-    cookie::CookieConfig, health_state, map_names, syncookie::SyncookieKeys, Backend,
-    BackendHealth, BackendStats, Counter, Failover, Flow, FlowKey, GlobalStats, ServerId,
+    backend_state, cookie::CookieConfig, health_state, map_names, syncookie::SyncookieKeys,
+    Backend, BackendHealth, BackendStats, Counter, Failover, Flow, FlowKey, GlobalStats, ServerId,
     ServerIdKey, Service, ServiceKey, MAX_BACKENDS, RING_SIZE,
 };
 
@@ -19,33 +19,33 @@ use crate::error::{map_ctx, Error, Result};
 /// The pinned maps of the instance `balancer` holds open (and locked).
 pub struct PinnedMaps<'a> {
     balancer: &'a Balancer,
-    services: OnceCell<BpfHashMap<MapData, ServiceKey, Service>>,
-    backends: OnceCell<Array<MapData, Backend>>,
+    services: Lazy<BpfHashMap<MapData, ServiceKey, Service>>,
+    backends: Lazy<Array<MapData, Backend>>,
     /// The same map, mapped: whole-table reads without a syscall per slot.
     backends_view: OnceCell<MmapArray<Backend>>,
-    cookie_config: OnceCell<Array<MapData, CookieConfig>>,
-    server_ids: OnceCell<BpfHashMap<MapData, ServerIdKey, ServerId>>,
-    failover: OnceCell<Array<MapData, Failover>>,
-    syncookie_keys: OnceCell<Array<MapData, SyncookieKeys>>,
-    health: OnceCell<Array<MapData, BackendHealth>>,
+    cookie_config: Lazy<Array<MapData, CookieConfig>>,
+    server_ids: Lazy<BpfHashMap<MapData, ServerIdKey, ServerId>>,
+    failover: Lazy<Array<MapData, Failover>>,
+    syncookie_keys: Lazy<Array<MapData, SyncookieKeys>>,
+    health: Lazy<Array<MapData, BackendHealth>>,
     health_view: OnceCell<MmapArray<BackendHealth>>,
-    backend_stats: OnceCell<PerCpuArray<MapData, BackendStats>>,
+    backend_stats: Lazy<PerCpuArray<MapData, BackendStats>>,
 }
 
 impl<'a> PinnedMaps<'a> {
     pub fn new(balancer: &'a Balancer) -> Self {
         PinnedMaps {
             balancer,
-            services: OnceCell::new(),
-            backends: OnceCell::new(),
+            services: Lazy::new(map_names::SERVICES),
+            backends: Lazy::new(map_names::BACKENDS),
             backends_view: OnceCell::new(),
-            cookie_config: OnceCell::new(),
-            server_ids: OnceCell::new(),
-            failover: OnceCell::new(),
-            syncookie_keys: OnceCell::new(),
-            health: OnceCell::new(),
+            cookie_config: Lazy::new(map_names::COOKIE_CONFIG),
+            server_ids: Lazy::new(map_names::SERVER_IDS),
+            failover: Lazy::new(map_names::FAILOVER),
+            syncookie_keys: Lazy::new(map_names::SYNCOOKIE_KEYS),
+            health: Lazy::new(map_names::HEALTH),
             health_view: OnceCell::new(),
-            backend_stats: OnceCell::new(),
+            backend_stats: Lazy::new(map_names::BACKEND_STATS),
         }
     }
 
@@ -58,22 +58,51 @@ impl<'a> PinnedMaps<'a> {
             RING_SIZE,
         )
     }
+
+    /// The whole BACKENDS or HEALTH table, mapped once, as (slot, value) of the values
+    /// `used` keeps.
+    fn used_slots<T: Copy, C: FromIterator<(u32, T)>>(
+        &self,
+        view: &OnceCell<MmapArray<T>>,
+        name: &str,
+        used: impl Fn(&T) -> bool,
+    ) -> Result<C> {
+        if view.get().is_none() {
+            let _ = view.set(MmapArray::open(self.balancer, name, MAX_BACKENDS)?);
+        }
+        let view = view.get().expect("set above");
+        Ok((0..MAX_BACKENDS)
+            .map(|slot| (slot, view.get(slot as usize)))
+            .filter(|(_, v)| used(v))
+            .collect())
+    }
 }
 
-/// The cell's value, made by `open` if the cell is still empty.
-fn opened<T>(cell: &OnceCell<T>, open: impl FnOnce() -> Result<T>) -> Result<&T> {
-    if cell.get().is_none() {
-        let _ = cell.set(open()?);
-    }
-    Ok(cell.get().expect("set above"))
+/// A pinned map, opened as `T` on first use.
+struct Lazy<T> {
+    name: &'static str,
+    map: OnceCell<T>,
 }
 
-/// As [`opened`], for writing.
-fn opened_mut<T>(cell: &mut OnceCell<T>, open: impl FnOnce() -> Result<T>) -> Result<&mut T> {
-    if cell.get().is_none() {
-        let _ = cell.set(open()?);
+impl<T: TryFrom<Map, Error = MapError>> Lazy<T> {
+    fn new(name: &'static str) -> Self {
+        Lazy {
+            name,
+            map: OnceCell::new(),
+        }
     }
-    Ok(cell.get_mut().expect("set above"))
+
+    fn get(&self, balancer: &Balancer) -> Result<&T> {
+        if self.map.get().is_none() {
+            let _ = self.map.set(open(balancer, self.name)?);
+        }
+        Ok(self.map.get().expect("set above"))
+    }
+
+    fn get_mut(&mut self, balancer: &Balancer) -> Result<&mut T> {
+        self.get(balancer)?;
+        Ok(self.map.get_mut().expect("opened above"))
+    }
 }
 
 /// The pinned map `name` as `T`.
@@ -94,7 +123,7 @@ fn read_ring(ring: &MmapArray<u32>) -> Vec<u32> {
 
 impl MapStore for PinnedMaps<'_> {
     fn services(&self) -> Result<Vec<(ServiceKey, Service)>> {
-        let services = opened(&self.services, || open(self.balancer, map_names::SERVICES))?;
+        let services = self.services.get(self.balancer)?;
         services
             .iter()
             .map(|item| item.map_err(map_ctx("reading SERVICES")))
@@ -102,40 +131,35 @@ impl MapStore for PinnedMaps<'_> {
     }
 
     fn service(&self, key: &ServiceKey) -> Result<Option<Service>> {
-        let services = opened(&self.services, || open(self.balancer, map_names::SERVICES))?;
+        let services = self.services.get(self.balancer)?;
         Ok(services.get(key, 0).ok())
     }
 
     fn insert_service(&mut self, key: ServiceKey, service: Service) -> Result<()> {
-        opened_mut(&mut self.services, || {
-            open(self.balancer, map_names::SERVICES)
-        })?
-        .insert(key, service, 0)
-        .map_err(map_ctx("writing SERVICES"))
+        self.services
+            .get_mut(self.balancer)?
+            .insert(key, service, 0)
+            .map_err(map_ctx("writing SERVICES"))
     }
 
     fn remove_service(&mut self, key: &ServiceKey) -> Result<()> {
-        opened_mut(&mut self.services, || {
-            open(self.balancer, map_names::SERVICES)
-        })?
-        .remove(key)
-        .map_err(map_ctx("removing from SERVICES"))
+        self.services
+            .get_mut(self.balancer)?
+            .remove(key)
+            .map_err(map_ctx("removing from SERVICES"))
     }
 
     fn backend(&self, slot: u32) -> Result<Backend> {
-        opened(&self.backends, || open(self.balancer, map_names::BACKENDS))?
+        self.backends
+            .get(self.balancer)?
             .get(&slot, 0)
             .map_err(map_ctx("reading BACKENDS"))
     }
 
     fn used_backends(&self) -> Result<Vec<(u32, Backend)>> {
-        let view = opened(&self.backends_view, || {
-            MmapArray::open(self.balancer, map_names::BACKENDS, MAX_BACKENDS)
-        })?;
-        Ok((0..MAX_BACKENDS)
-            .map(|slot| (slot, view.get(slot as usize)))
-            .filter(|(_, b)| b.state != balancer_common::backend_state::EMPTY)
-            .collect())
+        self.used_slots(&self.backends_view, map_names::BACKENDS, |b: &Backend| {
+            b.state != backend_state::EMPTY
+        })
     }
 
     fn set_backend(&mut self, slot: u32, backend: Backend) -> Result<()> {
@@ -144,11 +168,10 @@ impl MapStore for PinnedMaps<'_> {
         } else {
             "writing BACKENDS"
         };
-        opened_mut(&mut self.backends, || {
-            open(self.balancer, map_names::BACKENDS)
-        })?
-        .set(slot, backend, 0)
-        .map_err(map_ctx(context))
+        self.backends
+            .get_mut(self.balancer)?
+            .set(slot, backend, 0)
+            .map_err(map_ctx(context))
     }
 
     fn ring(&self, service_id: u32) -> Result<Vec<u32>> {
@@ -173,101 +196,90 @@ impl MapStore for PinnedMaps<'_> {
     }
 
     fn cookie_config(&self, service_id: u32) -> Result<CookieConfig> {
-        opened(&self.cookie_config, || {
-            open(self.balancer, map_names::COOKIE_CONFIG)
-        })?
-        .get(&service_id, 0)
-        .map_err(map_ctx("reading COOKIE_CONFIG"))
+        self.cookie_config
+            .get(self.balancer)?
+            .get(&service_id, 0)
+            .map_err(map_ctx("reading COOKIE_CONFIG"))
     }
 
     fn set_cookie_config(&mut self, service_id: u32, config: &CookieConfig) -> Result<()> {
-        opened_mut(&mut self.cookie_config, || {
-            open(self.balancer, map_names::COOKIE_CONFIG)
-        })?
-        .set(service_id, config, 0)
-        .map_err(map_ctx("writing COOKIE_CONFIG"))
+        self.cookie_config
+            .get_mut(self.balancer)?
+            .set(service_id, config, 0)
+            .map_err(map_ctx("writing COOKIE_CONFIG"))
     }
 
     fn server_id(&self, key: &ServerIdKey) -> Result<Option<ServerId>> {
-        let ids = opened(&self.server_ids, || {
-            open(self.balancer, map_names::SERVER_IDS)
-        })?;
+        let ids = self.server_ids.get(self.balancer)?;
         Ok(ids.get(key, 0).ok())
     }
 
     fn server_ids(&self) -> Result<Vec<(ServerIdKey, ServerId)>> {
-        opened(&self.server_ids, || {
-            open(self.balancer, map_names::SERVER_IDS)
-        })?
-        .iter()
-        .map(|item| item.map_err(map_ctx("reading SERVER_IDS")))
-        .collect()
+        self.server_ids
+            .get(self.balancer)?
+            .iter()
+            .map(|item| item.map_err(map_ctx("reading SERVER_IDS")))
+            .collect()
     }
 
     fn insert_server_id(&mut self, key: ServerIdKey, value: ServerId) -> Result<()> {
-        opened_mut(&mut self.server_ids, || {
-            open(self.balancer, map_names::SERVER_IDS)
-        })?
-        .insert(key, value, 0)
-        .map_err(map_ctx("writing SERVER_IDS"))
+        self.server_ids
+            .get_mut(self.balancer)?
+            .insert(key, value, 0)
+            .map_err(map_ctx("writing SERVER_IDS"))
     }
 
     fn remove_server_id(&mut self, key: &ServerIdKey) -> Result<()> {
-        opened_mut(&mut self.server_ids, || {
-            open(self.balancer, map_names::SERVER_IDS)
-        })?
-        .remove(key)
-        .map_err(map_ctx("removing from SERVER_IDS"))
+        self.server_ids
+            .get_mut(self.balancer)?
+            .remove(key)
+            .map_err(map_ctx("removing from SERVER_IDS"))
     }
 
     fn failover(&self, slot: u32) -> Result<Failover> {
-        opened(&self.failover, || open(self.balancer, map_names::FAILOVER))?
+        self.failover
+            .get(self.balancer)?
             .get(&slot, 0)
             .map_err(map_ctx("reading FAILOVER"))
     }
 
     fn set_failover(&mut self, slot: u32, value: Failover) -> Result<()> {
-        opened_mut(&mut self.failover, || {
-            open(self.balancer, map_names::FAILOVER)
-        })?
-        .set(slot, value, 0)
-        .map_err(map_ctx("writing FAILOVER"))
+        self.failover
+            .get_mut(self.balancer)?
+            .set(slot, value, 0)
+            .map_err(map_ctx("writing FAILOVER"))
     }
 
     fn syncookie_keys(&self) -> Result<SyncookieKeys> {
-        opened(&self.syncookie_keys, || {
-            open(self.balancer, map_names::SYNCOOKIE_KEYS)
-        })?
-        .get(&0, 0)
-        .map_err(map_ctx("reading SYNCOOKIE_KEYS"))
+        self.syncookie_keys
+            .get(self.balancer)?
+            .get(&0, 0)
+            .map_err(map_ctx("reading SYNCOOKIE_KEYS"))
     }
 
     fn set_syncookie_keys(&mut self, keys: SyncookieKeys) -> Result<()> {
-        opened_mut(&mut self.syncookie_keys, || {
-            open(self.balancer, map_names::SYNCOOKIE_KEYS)
-        })?
-        .set(0, keys, 0)
-        .map_err(map_ctx("writing SYNCOOKIE_KEYS"))
+        self.syncookie_keys
+            .get_mut(self.balancer)?
+            .set(0, keys, 0)
+            .map_err(map_ctx("writing SYNCOOKIE_KEYS"))
     }
 
     fn health(&self, slot: u32) -> Result<BackendHealth> {
-        opened(&self.health, || open(self.balancer, map_names::HEALTH))?
+        self.health
+            .get(self.balancer)?
             .get(&slot, 0)
             .map_err(map_ctx("reading HEALTH"))
     }
 
     fn health_records(&self) -> Result<HashMap<u32, BackendHealth>> {
-        let view = opened(&self.health_view, || {
-            MmapArray::open(self.balancer, map_names::HEALTH, MAX_BACKENDS)
-        })?;
-        Ok((0..MAX_BACKENDS)
-            .map(|slot| (slot, view.get(slot as usize)))
-            .filter(|(_, r)| r.state != health_state::UNKNOWN)
-            .collect())
+        self.used_slots(&self.health_view, map_names::HEALTH, |r: &BackendHealth| {
+            r.state != health_state::UNKNOWN
+        })
     }
 
     fn set_health(&mut self, slot: u32, record: &BackendHealth) -> Result<()> {
-        opened_mut(&mut self.health, || open(self.balancer, map_names::HEALTH))?
+        self.health
+            .get_mut(self.balancer)?
             .set(slot, record, 0)
             .map_err(map_ctx("writing HEALTH"))
     }
@@ -286,11 +298,11 @@ impl MapStore for PinnedMaps<'_> {
     }
 
     fn backend_stats(&self, slot: u32) -> Result<BackendStats> {
-        let per_cpu = opened(&self.backend_stats, || {
-            open(self.balancer, map_names::BACKEND_STATS)
-        })?
-        .get(&slot, 0)
-        .map_err(map_ctx("reading BACKEND_STATS"))?;
+        let per_cpu = self
+            .backend_stats
+            .get(self.balancer)?
+            .get(&slot, 0)
+            .map_err(map_ctx("reading BACKEND_STATS"))?;
         let mut sum = BackendStats::default();
         for cpu in per_cpu.iter() {
             sum.add(cpu);
@@ -299,9 +311,7 @@ impl MapStore for PinnedMaps<'_> {
     }
 
     fn zero_backend_stats(&mut self, slot: u32) -> Result<()> {
-        let stats = opened_mut(&mut self.backend_stats, || {
-            open(self.balancer, map_names::BACKEND_STATS)
-        })?;
+        let stats = self.backend_stats.get_mut(self.balancer)?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io {
             context: "counting possible CPUs".into(),
             source: e,
