@@ -252,7 +252,7 @@ impl<S: MapStore> Control<S> {
             self.forget_slots(&slots)?;
         }
         for (slot, _) in backends {
-            self.store.set_backend(slot, Backend::default())?;
+            self.store.clear_backend(slot)?;
         }
         Ok(())
     }

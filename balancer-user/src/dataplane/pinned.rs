@@ -163,15 +163,17 @@ impl MapStore for PinnedMaps<'_> {
     }
 
     fn set_backend(&mut self, slot: u32, backend: Backend) -> Result<()> {
-        let context = if backend == Backend::default() {
-            "clearing BACKENDS"
-        } else {
-            "writing BACKENDS"
-        };
         self.backends
             .get_mut(self.balancer)?
             .set(slot, backend, 0)
-            .map_err(map_ctx(context))
+            .map_err(map_ctx("writing BACKENDS"))
+    }
+
+    fn clear_backend(&mut self, slot: u32) -> Result<()> {
+        self.backends
+            .get_mut(self.balancer)?
+            .set(slot, Backend::default(), 0)
+            .map_err(map_ctx("clearing BACKENDS"))
     }
 
     fn ring(&self, service_id: u32) -> Result<Vec<u32>> {

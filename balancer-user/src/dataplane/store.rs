@@ -33,6 +33,10 @@ pub trait MapStore {
     /// whole table.
     fn used_backends(&self) -> Result<Vec<(u32, Backend)>>;
     fn set_backend(&mut self, slot: u32, backend: Backend) -> Result<()>;
+    /// Empties a BACKENDS slot (its service is being removed).
+    fn clear_backend(&mut self, slot: u32) -> Result<()> {
+        self.set_backend(slot, Backend::default())
+    }
 
     /// Service `service_id`'s block of RING (`RING_SIZE` entries).
     fn ring(&self, service_id: u32) -> Result<Vec<u32>>;
