@@ -7,8 +7,10 @@
 
 //! The modules are layered, each using only those above it:
 //! - [`model`]: addresses, protocols, backend states, weights, syncookie secrets (values);
-//! - [`dataplane`]: the only user of aya: the compiled object, pins, maps, links;
-//! - [`control`]: services, backends, Maglev, cookie mode, health records, stats, flows;
+//! - [`dataplane`]: the only user of aya: the compiled object, pins, links, and the maps
+//!   behind one trait ([`MapStore`]) with its pinned implementation ([`PinnedMaps`]);
+//! - [`control`]: services, backends, Maglev, cookie mode, health records, stats, flows,
+//!   as [`Control`] operations over any [`MapStore`] (over [`MemoryStore`] in unit tests);
 //! - [`daemon`]: configuration, health checking, group membership, replication pairs,
 //!   failover, metrics and the control socket, on top of `control`;
 //! - the `balancer` CLI (src/bin/balancer/), on top of all of them.
@@ -21,7 +23,9 @@ pub mod dataplane;
 pub mod error;
 pub mod model;
 
-pub use control::{cookie_mode::CookieSettings, BackendInfo, BackendSpec, ServiceInfo};
-pub use dataplane::{AttachOptions, Balancer, Mode};
+pub use control::{
+    cookie_mode::CookieSettings, BackendInfo, BackendSpec, Control, MemoryStore, ServiceInfo,
+};
+pub use dataplane::{AttachOptions, Balancer, MapStore, Mode, PinnedMaps};
 pub use error::{Error, Result};
 pub use model::{BackendState, Proto, ServiceAddr, Weight};

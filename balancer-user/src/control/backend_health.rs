@@ -7,15 +7,10 @@
 
 use std::collections::HashMap;
 
-use aya::maps::{Array, MapData};
-use balancer_common::{health_state, map_names, BackendHealth, MAX_BACKENDS};
+use balancer_common::{health_state, BackendHealth};
 use serde::Serialize;
 
-use crate::{
-    dataplane::mmap_array::MmapArray,
-    dataplane::Balancer,
-    error::{map_ctx, Result},
-};
+use crate::{control::Control, dataplane::MapStore, error::Result};
 
 /// A backend's health as shown by the CLI and the metrics.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -52,39 +47,24 @@ impl HealthInfo {
     }
 }
 
-impl Balancer {
-    fn health_map(&self) -> Result<Array<MapData, BackendHealth>> {
-        self.map(map_names::HEALTH)?
-            .try_into()
-            .map_err(map_ctx("HEALTH map"))
-    }
-
+impl<S: MapStore> Control<S> {
     /// Health records of every slot that has one.
     pub fn health_records(&self) -> Result<HashMap<u32, BackendHealth>> {
-        let view: MmapArray<BackendHealth> =
-            MmapArray::open(self, map_names::HEALTH, MAX_BACKENDS)?;
-        Ok((0..MAX_BACKENDS)
-            .map(|slot| (slot, view.get(slot as usize)))
-            .filter(|(_, r)| r.state != health_state::UNKNOWN)
-            .collect())
+        self.store.health_records()
     }
 
     /// Health record of one slot (`state` UNKNOWN when none was written).
     pub fn health_record(&self, slot: u32) -> Result<BackendHealth> {
-        self.health_map()?
-            .get(&slot, 0)
-            .map_err(map_ctx("reading HEALTH"))
+        self.store.health(slot)
     }
 
     /// Writes a slot's health record (the daemon, after each check).
-    pub fn write_health(&self, slot: u32, record: &BackendHealth) -> Result<()> {
-        self.health_map()?
-            .set(slot, record, 0)
-            .map_err(map_ctx("writing HEALTH"))
+    pub fn write_health(&mut self, slot: u32, record: &BackendHealth) -> Result<()> {
+        self.store.set_health(slot, record)
     }
 
     /// Forgets a slot's health (its backend was removed; a new backend may take the slot).
-    pub fn clear_health(&self, slot: u32) -> Result<()> {
+    pub fn clear_health(&mut self, slot: u32) -> Result<()> {
         self.write_health(slot, &BackendHealth::default())
     }
 }

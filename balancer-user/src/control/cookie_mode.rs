@@ -1,18 +1,17 @@
 //! Cookie mode: per-service cookie settings, per-backend server-ID tokens, failover
 //! replacements and the syncookie secrets (docs/delayed-binding.md).
 
-use aya::maps::{Array, HashMap, MapData};
 use balancer_common::{
     cookie::{token_hash, CookieConfig, CookieConfigError},
-    map_names,
     syncookie::{CookieSecret, SyncookieKeys},
     Failover, ServerId, ServerIdKey, MAX_BACKENDS, MAX_SERVER_ID_LEN,
 };
 use serde::Serialize;
 
 use crate::{
-    dataplane::Balancer,
-    error::{map_ctx, Error, Result},
+    control::Control,
+    dataplane::MapStore,
+    error::{Error, Result},
 };
 
 /// How a cookie-mode service reads the session cookie.
@@ -111,46 +110,14 @@ pub fn validate_server_id(token: &str, settings: &CookieSettings) -> Result<()> 
     Ok(())
 }
 
-/// Typed handles on the cookie-mode maps.
-pub(crate) struct CookieMaps {
-    pub config: Array<MapData, CookieConfig>,
-    pub server_ids: HashMap<MapData, ServerIdKey, ServerId>,
-    pub failover: Array<MapData, Failover>,
-}
-
-impl CookieMaps {
-    pub fn open(b: &Balancer) -> Result<Self> {
-        Ok(CookieMaps {
-            config: b
-                .map(map_names::COOKIE_CONFIG)?
-                .try_into()
-                .map_err(map_ctx("COOKIE_CONFIG map"))?,
-            server_ids: b
-                .map(map_names::SERVER_IDS)?
-                .try_into()
-                .map_err(map_ctx("SERVER_IDS map"))?,
-            failover: b
-                .map(map_names::FAILOVER)?
-                .try_into()
-                .map_err(map_ctx("FAILOVER map"))?,
-        })
+impl<S: MapStore> Control<S> {
+    pub(crate) fn cookie_settings(&self, service_id: u32) -> Result<CookieSettings> {
+        Ok(CookieSettings::from_config(
+            &self.store.cookie_config(service_id)?,
+        ))
     }
 
-    pub fn settings(&self, service_id: u32) -> Result<CookieSettings> {
-        let c = self
-            .config
-            .get(&service_id, 0)
-            .map_err(map_ctx("reading COOKIE_CONFIG"))?;
-        Ok(CookieSettings::from_config(&c))
-    }
-
-    pub fn set_config(&mut self, service_id: u32, config: &CookieConfig) -> Result<()> {
-        self.config
-            .set(service_id, config, 0)
-            .map_err(map_ctx("writing COOKIE_CONFIG"))
-    }
-
-    fn key(service_id: u32, token: &str) -> ServerIdKey {
+    fn server_id_key(service_id: u32, token: &str) -> ServerIdKey {
         ServerIdKey {
             service: service_id,
             _pad: 0,
@@ -159,10 +126,18 @@ impl CookieMaps {
     }
 
     /// Fails if the token (or another token with the same hash) is taken in the service.
-    pub fn check_free(&self, service_id: u32, token: &str, service_name: &str) -> Result<()> {
-        if let Ok(existing) = self.server_ids.get(&Self::key(service_id, token), 0) {
-            let other =
-                String::from_utf8_lossy(&existing.token[..existing.len as usize]).into_owned();
+    pub(crate) fn check_server_id_free(
+        &self,
+        service_id: u32,
+        token: &str,
+        service_name: &str,
+    ) -> Result<()> {
+        if let Some(existing) = self
+            .store
+            .server_id(&Self::server_id_key(service_id, token))?
+        {
+            let len = (existing.len as usize).min(MAX_SERVER_ID_LEN);
+            let other = String::from_utf8_lossy(&existing.token[..len]).into_owned();
             let reason = if other == token {
                 "is already used by another backend of this service".to_string()
             } else {
@@ -177,27 +152,30 @@ impl CookieMaps {
         Ok(())
     }
 
-    pub fn insert(&mut self, service_id: u32, token: &str, slot: u32) -> Result<()> {
+    pub(crate) fn insert_server_id(
+        &mut self,
+        service_id: u32,
+        token: &str,
+        slot: u32,
+    ) -> Result<()> {
         let mut value = ServerId {
             slot,
             len: token.len() as u32,
             token: [0; MAX_SERVER_ID_LEN],
         };
         value.token[..token.len()].copy_from_slice(token.as_bytes());
-        self.server_ids
-            .insert(Self::key(service_id, token), value, 0)
-            .map_err(map_ctx("writing SERVER_IDS"))
+        self.store
+            .insert_server_id(Self::server_id_key(service_id, token), value)
     }
 
-    /// Server-ID entries (key, token) of one backend slot, or of a whole service.
-    pub fn entries(
+    /// Server-ID entries (key, token, slot) of one backend slot, or of a whole service.
+    pub(crate) fn server_id_entries(
         &self,
         service_id: u32,
         slot: Option<u32>,
     ) -> Result<Vec<(ServerIdKey, String, u32)>> {
         let mut out = Vec::new();
-        for item in self.server_ids.iter() {
-            let (k, v) = item.map_err(map_ctx("reading SERVER_IDS"))?;
+        for (k, v) in self.store.server_ids()? {
             if k.service == service_id && slot.is_none_or(|s| s == v.slot) {
                 let len = (v.len as usize).min(MAX_SERVER_ID_LEN);
                 out.push((
@@ -210,14 +188,8 @@ impl CookieMaps {
         Ok(out)
     }
 
-    pub fn remove(&mut self, key: &ServerIdKey) -> Result<()> {
-        self.server_ids
-            .remove(key)
-            .map_err(map_ctx("removing from SERVER_IDS"))
-    }
-
     /// Sets (or clears) the slot that takes over `slot`'s cookie sessions.
-    pub fn set_failover(&mut self, slot: u32, replacement: Option<u32>) -> Result<()> {
+    pub(crate) fn write_failover(&mut self, slot: u32, replacement: Option<u32>) -> Result<()> {
         let value = match replacement {
             Some(r) => Failover {
                 replacement: r,
@@ -225,52 +197,34 @@ impl CookieMaps {
             },
             None => Failover::default(),
         };
-        self.failover
-            .set(slot, value, 0)
-            .map_err(map_ctx("writing FAILOVER"))
+        self.store.set_failover(slot, value)
     }
 
     /// Clears every failover entry that names one of `slots` (as the failed or the
     /// replacement backend), for backends that go away. One pass over the map, however
     /// many slots.
-    pub fn forget_slots(&mut self, slots: &[u32]) -> Result<()> {
+    pub(crate) fn forget_slots(&mut self, slots: &[u32]) -> Result<()> {
         for s in 0..MAX_BACKENDS {
-            let f = self
-                .failover
-                .get(&s, 0)
-                .map_err(map_ctx("reading FAILOVER"))?;
+            let f = self.store.failover(s)?;
             if f.active == 1 && (slots.contains(&s) || slots.contains(&f.replacement)) {
-                self.set_failover(s, None)?;
+                self.write_failover(s, None)?;
             }
         }
         Ok(())
     }
-}
-
-impl Balancer {
-    fn syncookie_keys(&self) -> Result<Array<MapData, SyncookieKeys>> {
-        self.map(map_names::SYNCOOKIE_KEYS)?
-            .try_into()
-            .map_err(map_ctx("SYNCOOKIE_KEYS map"))
-    }
 
     /// Installs `secret` as the current syncookie secret; the current one becomes the
     /// previous one, so cookies handed out just before still validate.
-    pub fn rotate_syncookie_secret(&self, secret: CookieSecret) -> Result<()> {
-        let mut keys = self.syncookie_keys()?;
-        let old = keys.get(&0, 0).map_err(map_ctx("reading SYNCOOKIE_KEYS"))?;
-        let new = SyncookieKeys {
+    pub fn rotate_syncookie_secret(&mut self, secret: CookieSecret) -> Result<()> {
+        let old = self.store.syncookie_keys()?;
+        self.store.set_syncookie_keys(SyncookieKeys {
             current: secret,
             previous: old.current,
-        };
-        keys.set(0, new, 0)
-            .map_err(map_ctx("writing SYNCOOKIE_KEYS"))
+        })
     }
 
     /// Whether a syncookie secret is installed.
     pub fn has_syncookie_secret(&self) -> Result<bool> {
-        let keys = self.syncookie_keys()?;
-        let k = keys.get(&0, 0).map_err(map_ctx("reading SYNCOOKIE_KEYS"))?;
-        Ok(k.current.is_set())
+        Ok(self.store.syncookie_keys()?.current.is_set())
     }
 }

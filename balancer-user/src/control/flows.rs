@@ -3,13 +3,13 @@
 
 use std::net::Ipv4Addr;
 
-use aya::maps::{HashMap, MapData};
-use balancer_common::{direction, flow_state, map_names, phase, Flow, FlowKey};
+use balancer_common::{direction, flow_state, phase};
 use serde::Serialize;
 
 use crate::{
-    dataplane::Balancer,
-    error::{map_ctx, Result},
+    control::Control,
+    dataplane::MapStore,
+    error::Result,
     model::addr::{ip_from_map, Proto},
 };
 
@@ -44,23 +44,17 @@ fn endpoint(addr: u32, port: u16) -> String {
     format!("{}:{}", ip_from_map(addr), u16::from_be(port))
 }
 
-impl Balancer {
+impl<S: MapStore> Control<S> {
     /// Client-side flow entries (at most `limit`), oldest first.
     pub fn flows(&self, limit: usize) -> Result<Vec<FlowInfo>> {
-        let map: HashMap<MapData, FlowKey, Flow> = self
-            .map(map_names::FLOWS)?
-            .try_into()
-            .map_err(map_ctx("FLOWS map"))?;
         let now = monotonic_ns();
         let mut out = Vec::new();
-        for item in map.iter() {
-            // Entries can be evicted while we walk the table; skip those.
-            let Ok((k, f)) = item else { continue };
+        self.store.visit_flows(|k, f| {
             if f.direction != direction::TO_BACKEND {
-                continue;
+                return true;
             }
             let Some(proto) = Proto::from_number(k.proto) else {
-                continue;
+                return true;
             };
             out.push(FlowInfo {
                 proto,
@@ -77,10 +71,8 @@ impl Balancer {
                 age_s: now.saturating_sub(f.created_ns) as f64 / 1e9,
                 idle_s: now.saturating_sub(f.last_seen_ns) as f64 / 1e9,
             });
-            if out.len() >= limit {
-                break;
-            }
-        }
+            out.len() < limit
+        })?;
         out.sort_by(|a, b| b.age_s.total_cmp(&a.age_s));
         Ok(out)
     }

@@ -8,20 +8,18 @@
 
 use std::net::SocketAddrV4;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use balancer_common::{
-    backend_state, map_names, Backend, BackendStats, Service, ServiceKey, MAX_BACKENDS,
-    MAX_SERVICES, RING_SIZE, SERVICE_F_COOKIE,
+    backend_state, Backend, Service, MAX_BACKENDS, MAX_SERVICES, RING_SIZE, SERVICE_F_COOKIE,
 };
 use serde::Serialize;
 
 use crate::{
     control::backend_health::HealthInfo,
-    control::cookie_mode::{validate_server_id, CookieMaps, CookieSettings},
+    control::cookie_mode::{validate_server_id, CookieSettings},
     control::maglev::{self, Member, NO_BACKEND},
-    dataplane::mmap_array::MmapArray,
-    dataplane::Balancer,
-    error::{map_ctx, Error, Result},
+    control::Control,
+    dataplane::MapStore,
+    error::{Error, Result},
     model::{
         addr::{ip_from_map, ip_to_map, Proto, ServiceAddr},
         BackendState, Weight,
@@ -83,61 +81,34 @@ pub struct BackendInfo {
     pub health: Option<HealthInfo>,
 }
 
-/// Typed handles on the maps the operations use.
-struct Maps {
-    services: HashMap<MapData, ServiceKey, Service>,
-    backends: Array<MapData, Backend>,
-    /// The same map, mapped: whole-table reads without a syscall per slot.
-    backends_view: MmapArray<Backend>,
-    /// The pin directory, for mapping one service's part of RING when needed.
-    pins: std::path::PathBuf,
+/// A service's table with no backend in it.
+fn empty_ring() -> Vec<u32> {
+    vec![NO_BACKEND; RING_SIZE as usize]
 }
 
-impl Maps {
-    fn open(b: &Balancer) -> Result<Self> {
-        Ok(Maps {
-            services: b
-                .map(map_names::SERVICES)?
-                .try_into()
-                .map_err(map_ctx("SERVICES map"))?,
-            backends: b
-                .map(map_names::BACKENDS)?
-                .try_into()
-                .map_err(map_ctx("BACKENDS map"))?,
-            backends_view: MmapArray::open(b, map_names::BACKENDS, MAX_BACKENDS)?,
-            pins: b.dir().to_path_buf(),
-        })
-    }
-
-    fn services(&self) -> Result<Vec<(ServiceAddr, Service)>> {
-        let mut out = Vec::new();
-        for item in self.services.iter() {
-            let (k, v) = item.map_err(map_ctx("reading SERVICES"))?;
-            if let Some(addr) = ServiceAddr::from_key(&k) {
-                out.push((addr, v));
-            }
-        }
+impl<S: MapStore> Control<S> {
+    /// Every service, by address.
+    fn service_entries(&self) -> Result<Vec<(ServiceAddr, Service)>> {
+        let mut out: Vec<(ServiceAddr, Service)> = self
+            .store
+            .services()?
+            .into_iter()
+            .filter_map(|(k, v)| Some((ServiceAddr::from_key(&k)?, v)))
+            .collect();
         out.sort_by_key(|(a, _)| *a);
         Ok(out)
     }
 
     fn service(&self, addr: &ServiceAddr) -> Result<Service> {
-        self.services
-            .get(&addr.key(), 0)
-            .map_err(|_| Error::UnknownService(addr.to_string()))
-    }
-
-    /// All used backend slots.
-    fn backends(&self) -> Result<Vec<(u32, Backend)>> {
-        Ok((0..MAX_BACKENDS)
-            .map(|slot| (slot, self.backends_view.get(slot as usize)))
-            .filter(|(_, b)| b.state != backend_state::EMPTY)
-            .collect())
+        self.store
+            .service(&addr.key())?
+            .ok_or_else(|| Error::UnknownService(addr.to_string()))
     }
 
     fn backends_of(&self, service: &Service) -> Result<Vec<(u32, Backend)>> {
         Ok(self
-            .backends()?
+            .store
+            .used_backends()?
             .into_iter()
             .filter(|(_, b)| b.service == service.id)
             .collect())
@@ -158,8 +129,8 @@ impl Maps {
             })
     }
 
-    /// The service's lookup table, mapped (that part of RING only).
-    fn ring_of(&self, service: &Service) -> Result<MmapArray<u32>> {
+    /// The id of the service's block of RING, if the map has one.
+    fn ring_id(service: &Service) -> Result<u32> {
         if service.id >= MAX_SERVICES {
             return Err(Error::invalid(
                 "service id",
@@ -167,23 +138,17 @@ impl Maps {
                 format!("at most {MAX_SERVICES} services"),
             ));
         }
-        MmapArray::open_range(
-            &self.pins,
-            map_names::RING,
-            service.id * RING_SIZE,
-            RING_SIZE,
-        )
+        Ok(service.id)
     }
 
     fn ring_block(&self, service: &Service) -> Result<Vec<u32>> {
-        Ok(read_ring(&self.ring_of(service)?))
+        self.store.ring(Self::ring_id(service)?)
     }
 
-    /// Makes the service's table `new`, writing only the entries that differ.
-    fn write_ring(&mut self, service: &Service, new: &[u32]) -> Result<()> {
-        let ring = self.ring_of(service)?;
-        store_changed(&ring, &read_ring(&ring), new);
-        Ok(())
+    /// Empties the service's table.
+    fn clear_ring(&mut self, service: &Service) -> Result<()> {
+        self.store
+            .update_ring(Self::ring_id(service)?, |_| empty_ring())
     }
 
     /// Recomputes the service's lookup table from its backends' states and weights,
@@ -205,73 +170,30 @@ impl Maps {
                 weight: b.weight,
             })
             .collect();
-        // One mapping for the read and the write.
-        let ring = self.ring_of(service)?;
-        let old = read_ring(&ring);
-        store_changed(&ring, &old, &maglev::update(&old, &members));
-        Ok(())
+        self.store
+            .update_ring(Self::ring_id(service)?, |old| maglev::update(old, &members))
     }
 
     /// Applies a change to a backend slot in the safe order: a backend that gains new
     /// flows is written before the table names it; one that loses them leaves the table
     /// first.
     fn update_backend(&mut self, service: &Service, slot: u32, new: Backend) -> Result<()> {
-        let write = |maps: &mut Maps| {
-            maps.backends
-                .set(slot, new, 0)
-                .map_err(map_ctx("writing BACKENDS"))
-        };
         if new.state == backend_state::UP {
-            write(self)?;
+            self.store.set_backend(slot, new)?;
             self.rebuild_ring(service, None)
         } else {
             self.rebuild_ring(service, Some((slot, new)))?;
-            write(self)
+            self.store.set_backend(slot, new)
         }
     }
-}
 
-/// A service's table as mapped by [`Maps::ring_of`].
-fn read_ring(ring: &MmapArray<u32>) -> Vec<u32> {
-    (0..RING_SIZE as usize).map(|i| ring.get(i)).collect()
-}
-
-/// Stores the entries of `new` that differ from `old` (what `ring` holds).
-fn store_changed(ring: &MmapArray<u32>, old: &[u32], new: &[u32]) {
-    for (i, (o, n)) in old.iter().zip(new).enumerate() {
-        if o != n {
-            ring.store(i, *n);
-        }
-    }
-}
-
-fn zero_backend_stats(b: &Balancer, slot: u32) -> Result<()> {
-    let mut stats: PerCpuArray<MapData, BackendStats> = b
-        .map(map_names::BACKEND_STATS)?
-        .try_into()
-        .map_err(map_ctx("BACKEND_STATS map"))?;
-    let cpus = aya::util::nr_cpus().map_err(|(_, e)| Error::Io {
-        context: "counting possible CPUs".into(),
-        source: e,
-    })?;
-    let zeros =
-        PerCpuValues::try_from(vec![BackendStats::default(); cpus]).map_err(|e| Error::Io {
-            context: "building per-CPU values".into(),
-            source: e,
-        })?;
-    stats
-        .set(slot, zeros, 0)
-        .map_err(map_ctx("clearing BACKEND_STATS"))
-}
-
-impl Balancer {
-    pub fn add_service(&self, addr: ServiceAddr) -> Result<ServiceInfo> {
+    pub fn add_service(&mut self, addr: ServiceAddr) -> Result<ServiceInfo> {
         self.add_service_with(addr, None)
     }
 
     /// Adds a service; with `cookie`, in cookie mode (TCP only).
     pub fn add_service_with(
-        &self,
+        &mut self,
         addr: ServiceAddr,
         cookie: Option<CookieSettings>,
     ) -> Result<ServiceInfo> {
@@ -286,8 +208,7 @@ impl Balancer {
             Some(c) => Some(c.to_config()?),
             None => None,
         };
-        let mut maps = Maps::open(self)?;
-        let existing = maps.services()?;
+        let existing = self.service_entries()?;
         if existing.iter().any(|(a, _)| *a == addr) {
             return Err(Error::DuplicateService(addr.to_string()));
         }
@@ -302,13 +223,11 @@ impl Balancer {
         let service = Service { id, flags };
         // The block may hold entries of a removed service: clear it before the service
         // becomes visible.
-        maps.write_ring(&service, &vec![NO_BACKEND; RING_SIZE as usize])?;
+        self.clear_ring(&service)?;
         if let Some(config) = &cookie_config {
-            CookieMaps::open(self)?.set_config(id, config)?;
+            self.store.set_cookie_config(id, config)?;
         }
-        maps.services
-            .insert(addr.key(), service, 0)
-            .map_err(map_ctx("writing SERVICES"))?;
+        self.store.insert_service(addr.key(), service)?;
         Ok(ServiceInfo {
             service: addr,
             id,
@@ -319,42 +238,33 @@ impl Balancer {
         })
     }
 
-    /// Removes a service and its backends. Established flows keep their translation until
-    /// they end or time out; new connections to the VIP are no longer answered.
-    pub fn remove_service(&self, addr: ServiceAddr) -> Result<()> {
-        let mut maps = Maps::open(self)?;
-        let service = maps.service(&addr)?;
-        let backends = maps.backends_of(&service)?;
-        maps.services
-            .remove(&addr.key())
-            .map_err(map_ctx("removing from SERVICES"))?;
-        maps.write_ring(&service, &vec![NO_BACKEND; RING_SIZE as usize])?;
+    /// Removes a service and its backends.
+    pub fn remove_service(&mut self, addr: ServiceAddr) -> Result<()> {
+        let service = self.service(&addr)?;
+        let backends = self.backends_of(&service)?;
+        self.store.remove_service(&addr.key())?;
+        self.clear_ring(&service)?;
         if service.flags & SERVICE_F_COOKIE != 0 {
-            let mut cookie = CookieMaps::open(self)?;
-            for (key, _, _) in cookie.entries(service.id, None)? {
-                cookie.remove(&key)?;
+            for (key, _, _) in self.server_id_entries(service.id, None)? {
+                self.store.remove_server_id(&key)?;
             }
             let slots: Vec<u32> = backends.iter().map(|(slot, _)| *slot).collect();
-            cookie.forget_slots(&slots)?;
+            self.forget_slots(&slots)?;
         }
         for (slot, _) in backends {
-            maps.backends
-                .set(slot, Backend::default(), 0)
-                .map_err(map_ctx("clearing BACKENDS"))?;
+            self.store.clear_backend(slot)?;
         }
         Ok(())
     }
 
     pub fn services(&self) -> Result<Vec<ServiceInfo>> {
-        let maps = Maps::open(self)?;
-        let cookie_maps = CookieMaps::open(self)?;
-        let backends = maps.backends()?;
-        maps.services()?
+        let backends = self.store.used_backends()?;
+        self.service_entries()?
             .into_iter()
             .map(|(addr, s)| {
                 let mine: Vec<_> = backends.iter().filter(|(_, b)| b.service == s.id).collect();
                 let cookie = if s.flags & SERVICE_F_COOKIE != 0 {
-                    Some(cookie_maps.settings(s.id)?)
+                    Some(self.cookie_settings(s.id)?)
                 } else {
                     None
                 };
@@ -373,10 +283,9 @@ impl Balancer {
             .collect()
     }
 
-    pub fn add_backend(&self, addr: ServiceAddr, spec: BackendSpec) -> Result<BackendInfo> {
-        let mut maps = Maps::open(self)?;
-        let service = maps.service(&addr)?;
-        let all = maps.backends()?;
+    pub fn add_backend(&mut self, addr: ServiceAddr, spec: BackendSpec) -> Result<BackendInfo> {
+        let service = self.service(&addr)?;
+        let all = self.store.used_backends()?;
         let duplicate = all
             .iter()
             .any(|(_, b)| b.service == service.id && endpoint_of(b) == spec.addr);
@@ -386,7 +295,6 @@ impl Balancer {
                 backend: spec.addr.to_string(),
             });
         }
-        let mut cookie_maps = None;
         if let Some(token) = &spec.server_id {
             if service.flags & SERVICE_F_COOKIE == 0 {
                 return Err(Error::invalid(
@@ -395,15 +303,13 @@ impl Balancer {
                     format!("service {addr} is not in cookie mode"),
                 ));
             }
-            let cm = CookieMaps::open(self)?;
-            validate_server_id(token, &cm.settings(service.id)?)?;
-            cm.check_free(service.id, token, &addr.to_string())?;
-            cookie_maps = Some(cm);
+            validate_server_id(token, &self.cookie_settings(service.id)?)?;
+            self.check_server_id_free(service.id, token, &addr.to_string())?;
         }
         let slot = (0..MAX_BACKENDS)
             .find(|s| all.iter().all(|(used, _)| used != s))
             .ok_or(Error::BackendsFull(MAX_BACKENDS))?;
-        zero_backend_stats(self, slot)?;
+        self.store.zero_backend_stats(slot)?;
         let backend = Backend {
             addr: ip_to_map(*spec.addr.ip()),
             port: spec.addr.port().to_be(),
@@ -412,44 +318,38 @@ impl Balancer {
             service: service.id,
             weight: spec.weight.get(),
         };
-        if let (Some(cm), Some(token)) = (&mut cookie_maps, &spec.server_id) {
+        if let Some(token) = &spec.server_id {
             // A stale failover entry of the slot's previous backend must not apply.
-            cm.forget_slots(&[slot])?;
-            cm.insert(service.id, token, slot)?;
+            self.forget_slots(&[slot])?;
+            self.insert_server_id(service.id, token, slot)?;
         }
-        maps.update_backend(&service, slot, backend)?;
-        self.backend_info(&maps, &addr, &service, slot)
+        self.update_backend(&service, slot, backend)?;
+        self.backend_info(&addr, &service, slot)
     }
 
-    /// Removes a backend: it gets no new flows; flows already bound to it keep their
-    /// translation until they end or time out.
-    pub fn remove_backend(&self, addr: ServiceAddr, endpoint: SocketAddrV4) -> Result<()> {
-        let mut maps = Maps::open(self)?;
-        let service = maps.service(&addr)?;
-        let (slot, _) = maps.find_backend(&addr, &service, endpoint)?;
+    /// Removes a backend; flows already bound to it keep their translation.
+    pub fn remove_backend(&mut self, addr: ServiceAddr, endpoint: SocketAddrV4) -> Result<()> {
+        let service = self.service(&addr)?;
+        let (slot, _) = self.find_backend(&addr, &service, endpoint)?;
         if service.flags & SERVICE_F_COOKIE != 0 {
-            let mut cookie = CookieMaps::open(self)?;
-            for (key, _, _) in cookie.entries(service.id, Some(slot))? {
-                cookie.remove(&key)?;
+            for (key, _, _) in self.server_id_entries(service.id, Some(slot))? {
+                self.store.remove_server_id(&key)?;
             }
-            cookie.forget_slots(&[slot])?;
+            self.forget_slots(&[slot])?;
         }
         // An empty slot is not UP: the table drops it before the slot is cleared.
-        maps.update_backend(&service, slot, Backend::default())?;
+        self.update_backend(&service, slot, Backend::default())?;
         self.clear_health(slot)
     }
 
-    /// Cookie mode: sends the sessions of `failed` (whose cookies name it as primary) to
-    /// `replacement` (the secondary holding their replicated state), or stops doing so
-    /// with `None`. Written by the control plane on failover.
+    /// Cookie mode: sends the sessions of `failed` to `replacement`, or stops with `None`.
     pub fn set_failover(
-        &self,
+        &mut self,
         addr: ServiceAddr,
         failed: SocketAddrV4,
         replacement: Option<SocketAddrV4>,
     ) -> Result<BackendInfo> {
-        let maps = Maps::open(self)?;
-        let service = maps.service(&addr)?;
+        let service = self.service(&addr)?;
         if service.flags & SERVICE_F_COOKIE == 0 {
             return Err(Error::invalid(
                 "service",
@@ -457,10 +357,10 @@ impl Balancer {
                 "failover applies to cookie-mode services",
             ));
         }
-        let (slot, _) = maps.find_backend(&addr, &service, failed)?;
+        let (slot, _) = self.find_backend(&addr, &service, failed)?;
         let target = match replacement {
             Some(r) => {
-                let (rslot, _) = maps.find_backend(&addr, &service, r)?;
+                let (rslot, _) = self.find_backend(&addr, &service, r)?;
                 if rslot == slot {
                     return Err(Error::invalid(
                         "failover",
@@ -472,47 +372,44 @@ impl Balancer {
             }
             None => None,
         };
-        CookieMaps::open(self)?.set_failover(slot, target)?;
-        self.backend_info(&maps, &addr, &service, slot)
+        self.write_failover(slot, target)?;
+        self.backend_info(&addr, &service, slot)
     }
 
     pub fn set_backend_state(
-        &self,
+        &mut self,
         addr: ServiceAddr,
         endpoint: SocketAddrV4,
         state: BackendState,
     ) -> Result<BackendInfo> {
-        let mut maps = Maps::open(self)?;
-        let service = maps.service(&addr)?;
-        let (slot, mut backend) = maps.find_backend(&addr, &service, endpoint)?;
+        let service = self.service(&addr)?;
+        let (slot, mut backend) = self.find_backend(&addr, &service, endpoint)?;
         if backend.state != state.code() {
             backend.state = state.code();
-            maps.update_backend(&service, slot, backend)?;
+            self.update_backend(&service, slot, backend)?;
         }
-        self.backend_info(&maps, &addr, &service, slot)
+        self.backend_info(&addr, &service, slot)
     }
 
     pub fn set_backend_weight(
-        &self,
+        &mut self,
         addr: ServiceAddr,
         endpoint: SocketAddrV4,
         weight: Weight,
     ) -> Result<BackendInfo> {
-        let mut maps = Maps::open(self)?;
-        let service = maps.service(&addr)?;
-        let (slot, mut backend) = maps.find_backend(&addr, &service, endpoint)?;
+        let service = self.service(&addr)?;
+        let (slot, mut backend) = self.find_backend(&addr, &service, endpoint)?;
         if backend.weight != weight.get() {
             backend.weight = weight.get();
-            maps.update_backend(&service, slot, backend)?;
+            self.update_backend(&service, slot, backend)?;
         }
-        self.backend_info(&maps, &addr, &service, slot)
+        self.backend_info(&addr, &service, slot)
     }
 
     /// Backends of one service, or of all services.
     pub fn backends(&self, filter: Option<ServiceAddr>) -> Result<Vec<BackendInfo>> {
-        let maps = Maps::open(self)?;
         let health = self.health_records()?;
-        let services = maps.services()?;
+        let services = self.service_entries()?;
         if let Some(f) = filter {
             if !services.iter().any(|(a, _)| *a == f) {
                 return Err(Error::UnknownService(f.to_string()));
@@ -523,9 +420,9 @@ impl Balancer {
             if filter.is_some_and(|f| f != addr) {
                 continue;
             }
-            let shares = maglev::shares(&maps.ring_block(&service)?);
-            let cookie = CookieDetails::read(self, &maps, &service)?;
-            for (slot, b) in maps.backends_of(&service)? {
+            let shares = maglev::shares(&self.ring_block(&service)?);
+            let cookie = self.cookie_details(&service)?;
+            for (slot, b) in self.backends_of(&service)? {
                 let health = health.get(&slot).and_then(HealthInfo::from_record);
                 out.push(describe(&addr, slot, &b, &shares, &cookie, health));
             }
@@ -535,17 +432,13 @@ impl Balancer {
 
     fn backend_info(
         &self,
-        maps: &Maps,
         addr: &ServiceAddr,
         service: &Service,
         slot: u32,
     ) -> Result<BackendInfo> {
-        let b = maps
-            .backends
-            .get(&slot, 0)
-            .map_err(map_ctx("reading BACKENDS"))?;
-        let shares = maglev::shares(&maps.ring_block(service)?);
-        let cookie = CookieDetails::read(self, maps, service)?;
+        let b = self.store.backend(slot)?;
+        let shares = maglev::shares(&self.ring_block(service)?);
+        let cookie = self.cookie_details(service)?;
         let health = HealthInfo::from_record(&self.health_record(slot)?);
         Ok(describe(addr, slot, &b, &shares, &cookie, health))
     }
@@ -554,10 +447,9 @@ impl Balancer {
     pub(crate) fn slot_names(
         &self,
     ) -> Result<std::collections::HashMap<u32, (String, SocketAddrV4, &'static str)>> {
-        let maps = Maps::open(self)?;
-        let services = maps.services()?;
+        let services = self.service_entries()?;
         let mut out = std::collections::HashMap::new();
-        for (slot, b) in maps.backends()? {
+        for (slot, b) in self.store.used_backends()? {
             let service = services
                 .iter()
                 .find(|(_, s)| s.id == b.service)
@@ -567,6 +459,26 @@ impl Balancer {
             out.insert(slot, (service, endpoint_of(&b), state));
         }
         Ok(out)
+    }
+
+    /// Server-ID tokens and failover targets of a cookie-mode service's backends.
+    fn cookie_details(&self, service: &Service) -> Result<CookieDetails> {
+        let mut d = CookieDetails::default();
+        if service.flags & SERVICE_F_COOKIE == 0 {
+            return Ok(d);
+        }
+        for (_, token, slot) in self.server_id_entries(service.id, None)? {
+            d.tokens.insert(slot, token);
+        }
+        for (slot, _) in self.backends_of(service)? {
+            let f = self.store.failover(slot)?;
+            if f.active == 1 {
+                if let Ok(r) = self.store.backend(f.replacement) {
+                    d.failover.insert(slot, endpoint_of(&r));
+                }
+            }
+        }
+        Ok(d)
     }
 }
 
@@ -579,31 +491,6 @@ fn endpoint_of(b: &Backend) -> SocketAddrV4 {
 struct CookieDetails {
     tokens: std::collections::HashMap<u32, String>,
     failover: std::collections::HashMap<u32, SocketAddrV4>,
-}
-
-impl CookieDetails {
-    fn read(b: &Balancer, maps: &Maps, service: &Service) -> Result<Self> {
-        let mut d = CookieDetails::default();
-        if service.flags & SERVICE_F_COOKIE == 0 {
-            return Ok(d);
-        }
-        let cm = CookieMaps::open(b)?;
-        for (_, token, slot) in cm.entries(service.id, None)? {
-            d.tokens.insert(slot, token);
-        }
-        for (slot, _) in maps.backends_of(service)? {
-            let f = cm
-                .failover
-                .get(&slot, 0)
-                .map_err(map_ctx("reading FAILOVER"))?;
-            if f.active == 1 {
-                if let Ok(r) = maps.backends.get(&f.replacement, 0) {
-                    d.failover.insert(slot, endpoint_of(&r));
-                }
-            }
-        }
-        Ok(d)
-    }
 }
 
 fn describe(

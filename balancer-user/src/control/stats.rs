@@ -1,13 +1,10 @@
 //! Counters read from the per-CPU maps, summed over CPUs.
 
-use aya::maps::{MapData, PerCpuArray};
-use balancer_common::{map_names, BackendStats, Counter, GlobalStats};
+use balancer_common::{BackendStats, Counter, GlobalStats};
 use serde::Serialize;
 
 use crate::{
-    control::backend_health::HealthInfo,
-    dataplane::Balancer,
-    error::{map_ctx, Result},
+    control::backend_health::HealthInfo, control::Control, dataplane::MapStore, error::Result,
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -67,21 +64,10 @@ impl Stats {
     }
 }
 
-impl Balancer {
+impl<S: MapStore> Control<S> {
     /// Global counters summed over CPUs, in `Counter` order.
     pub fn global_counters(&self) -> Result<GlobalStats> {
-        let stats: PerCpuArray<MapData, GlobalStats> = self
-            .map(map_names::STATS)?
-            .try_into()
-            .map_err(map_ctx("STATS map"))?;
-        let per_cpu = stats.get(&0, 0).map_err(map_ctx("reading STATS"))?;
-        let mut total = [0u64; Counter::COUNT];
-        for cpu in per_cpu.iter() {
-            for (t, v) in total.iter_mut().zip(cpu.iter()) {
-                *t += v;
-            }
-        }
-        Ok(total)
+        self.store.global_counters()
     }
 
     pub fn stats(&self) -> Result<Stats> {
@@ -90,28 +76,17 @@ impl Balancer {
         for c in Counter::ALL {
             global.insert(c.label().to_string(), total[c as usize].into());
         }
-        let per_backend: PerCpuArray<MapData, BackendStats> = self
-            .map(map_names::BACKEND_STATS)?
-            .try_into()
-            .map_err(map_ctx("BACKEND_STATS map"))?;
         let mut names: Vec<_> = self.slot_names()?.into_iter().collect();
         names.sort_by(|a, b| (&a.1 .0, &a.1 .1).cmp(&(&b.1 .0, &b.1 .1)));
         let health = self.health_records()?;
         let mut backends = Vec::new();
         for (slot, (service, backend, state)) in names {
-            let per_cpu = per_backend
-                .get(&slot, 0)
-                .map_err(map_ctx("reading BACKEND_STATS"))?;
-            let mut sum = BackendStats::default();
-            for cpu in per_cpu.iter() {
-                sum.add(cpu);
-            }
             backends.push(BackendCounters {
                 service,
                 backend,
                 slot,
                 state,
-                counters: sum.into(),
+                counters: self.store.backend_stats(slot)?.into(),
                 health: health.get(&slot).and_then(HealthInfo::from_record),
             });
         }

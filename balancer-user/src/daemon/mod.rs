@@ -340,7 +340,7 @@ impl Daemon {
         let mut dp = self.cfg.daemon.flow_timeouts;
         dp.pair_sample_mask = self.cfg.daemon.pair_sample - 1;
         b.set_config(&dp)?;
-        for line in apply::reconcile(&b, &self.cfg)? {
+        for line in apply::reconcile(&mut b.control(), &self.cfg)? {
             info!("{line}");
         }
         self.refresh_backends(&b)?;
@@ -556,7 +556,9 @@ impl Daemon {
             })
             .collect();
         let plan = self.planner.plan(Instant::now(), &views, &self.pairs);
-        let report = self.balancer().and_then(|b| apply::sync(&b, &plan));
+        let report = self
+            .balancer()
+            .and_then(|b| apply::sync(&mut b.control(), &plan));
         match report {
             Ok(r) => {
                 DaemonCounters::add(&self.counters.failover_rewrites, r.rewrites);

@@ -9,7 +9,12 @@
 //! that attached it exits, and `detach` is the only thing that removes it.
 
 pub(crate) mod mmap_array;
+pub mod pinned;
+pub mod store;
 pub mod veth;
+
+pub use pinned::PinnedMaps;
+pub use store::MapStore;
 
 use std::{
     fs,
