@@ -9,6 +9,7 @@
 //! that attached it exits, and `detach` is the only thing that removes it.
 
 pub(crate) mod mmap_array;
+pub mod pair_ring;
 pub mod pinned;
 pub mod store;
 pub mod veth;
