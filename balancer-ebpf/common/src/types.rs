@@ -483,6 +483,10 @@ counters! {
         SyncookiesValid = "syncookies_valid",
         /// Cookie mode: ACKs without a flow whose syncookie is invalid or expired: dropped.
         SyncookiesInvalid = "syncookies_invalid",
+        /// Cookie mode: RSTs without a flow (e.g. a client resetting a late SYN-ACK of a socket it has closed): dropped, nothing to reset.
+        RstNoFlow = "rst_no_flow",
+        /// Cookie mode: segments without a flow that are neither a SYN, an ACK nor a RST (SYN+ACK, SYN+FIN, no ACK flag): dropped.
+        DropOddNoFlow = "drop_odd_no_flow",
         /// Cookie mode: SYNs dropped because no syncookie secret is set.
         DropNoSyncookieKey = "drop_no_syncookie_key",
         /// Cookie mode: connections whose first segment chose a backend (SYN sent to it).

@@ -60,9 +60,14 @@ pub fn new_connection(
     if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN {
         return answer_syn(ctx, pkt, stats);
     }
-    if flags & (TCP_SYN | TCP_RST) != 0 || flags & TCP_ACK == 0 {
-        // Nothing to answer: a RST or an odd segment for a connection we do not know.
-        stats.inc(Counter::SyncookiesInvalid);
+    // Nothing to answer for a connection we do not know: a RST (counted apart: a client
+    // resetting a late SYN-ACK is not an invalid syncookie), or an odd segment.
+    if flags & TCP_RST != 0 {
+        stats.inc(Counter::RstNoFlow);
+        return xdp_action::XDP_DROP;
+    }
+    if flags & TCP_SYN != 0 || flags & TCP_ACK == 0 {
+        stats.inc(Counter::DropOddNoFlow);
         return xdp_action::XDP_DROP;
     }
     let start = ctx.data();

@@ -70,7 +70,8 @@
 //!   and the "terminal" counters (the ones that end a packet's path) match the verdict:
 //!   `PASS` <-> exactly one of `pass_*`; `REDIRECT` <-> `tx_redirect`; `TX` <->
 //!   `tx_same_interface`, `syncookies_sent` (SYN-ACK) or `bindings_timed_out` (RST);
-//!   `DROP` <-> exactly one of `drop_*`, `syncookies_invalid`, `drop_while_binding`, or
+//!   `DROP` <-> exactly one of `drop_*`, `syncookies_invalid`, `rst_no_flow`,
+//!   `drop_while_binding`, or
 //!   none with `syncookies_valid` (a handshake ACK, nothing to bind yet), or
 //!   `bindings_timed_out` when the retransmission that timed out was itself a RST (not
 //!   answered), or a transmit counter plus `drop_flow_table_full` (the entry insert after
@@ -124,7 +125,9 @@
 //!   a 5-tuple without a flow is dropped with exactly `syncookies_valid`.
 //! - Syncookies: a segment counted `syncookies_valid` carries a cookie valid under the
 //!   test secret, and one counted `syncookies_invalid` (an ACK without SYN or RST) does
-//!   not carry one valid in both the window before and after the run.
+//!   not carry one valid in both the window before and after the run. Without a flow,
+//!   a cookie service's RSTs count `rst_no_flow` and other segments that are not an ACK
+//!   `drop_odd_no_flow`, nothing else.
 //!
 //! The checks that depend on state (which backend a connection is bound to) use a shadow
 //! of the flows learnt from the program's own outputs and, for flows it creates, the

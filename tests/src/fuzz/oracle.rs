@@ -19,12 +19,14 @@ const PASS_TERMINALS: [Counter; 6] = [
     Counter::PassNoNeighbour,
     Counter::PassStaleAckToTc,
 ];
-const DROP_TERMINALS: [Counter; 7] = [
+const DROP_TERMINALS: [Counter; 9] = [
     Counter::DropFragment,
     Counter::DropNoBackend,
     Counter::DropNoRoute,
     Counter::DropFlowTableFull,
     Counter::SyncookiesInvalid,
+    Counter::RstNoFlow,
+    Counter::DropOddNoFlow,
     Counter::DropNoSyncookieKey,
     Counter::DropWhileBinding,
 ];
@@ -411,6 +413,30 @@ impl Oracle {
                 "syncookies_valid but the cookie {:#010x} is invalid under the test secret",
                 p.ack.wrapping_sub(1)
             );
+        }
+        // What a cookie service drops without a flow, by the segment's flags.
+        let rst = p.tcp() && p.flags & F_RST != 0;
+        for (counter, fits, what) in [
+            (
+                Counter::SyncookiesInvalid,
+                ack_only,
+                "an ACK without SYN or RST",
+            ),
+            (Counter::RstNoFlow, rst, "a RST"),
+            (
+                Counter::DropOddNoFlow,
+                p.tcp() && !rst && !ack_only,
+                "a segment with SYN or without ACK (and no RST)",
+            ),
+        ] {
+            if r.c(counter) {
+                ensure_that!(
+                    fits && svc == Some(SVC_COOKIE),
+                    "syncookie.no_flow",
+                    "{} for a packet that is not {what} to the cookie service",
+                    counter.label()
+                );
+            }
         }
         if r.c(Counter::SyncookiesInvalid) && ack_only {
             ensure_that!(

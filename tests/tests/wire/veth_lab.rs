@@ -81,6 +81,8 @@ fn bare_veth_lab_is_flagged_and_veth_peer_pass_fixes_it() {
         .expect("starting servers");
     t.add_cookie_service_with_backends()
         .expect("adding the cookie service");
+    let counter = |t: &Topology, c: &str| t.counter(c).expect("reading a counter");
+    let rst_before = counter(&t, "rst_no_flow");
     let started = std::time::Instant::now();
     let before: Vec<bool> = t
         .client
@@ -91,9 +93,12 @@ fn bare_veth_lab_is_flagged_and_veth_peer_pass_fixes_it() {
         })
         .expect("client namespace");
     eprintln!(
-        "before the fix: {} of {BEFORE_FIX} sequential connections completed in {:.1} s",
+        "before the fix: {} of {BEFORE_FIX} sequential connections completed in {:.1} s; \
+         rst_no_flow +{}, syncookies_invalid {}",
         before.iter().filter(|ok| **ok).count(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        counter(&t, "rst_no_flow") - rst_before,
+        counter(&t, "syncookies_invalid"),
     );
 
     // The documented fix: attach again with --veth-peer-pass (and add the service again:
@@ -163,6 +168,8 @@ fn bare_veth_lab_is_flagged_and_veth_peer_pass_fixes_it() {
         CONNECTIONS - failures.len(),
         started.elapsed().as_secs_f64()
     );
+    // No handshake ACK was refused: the syncookie SYN-ACKs arrived in time.
+    assert_eq!(counter(&t, "syncookies_invalid"), 0);
     assert!(
         failures.is_empty(),
         "{} of {CONNECTIONS} connections failed through {}: {:?}",

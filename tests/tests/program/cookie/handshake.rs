@@ -172,28 +172,43 @@ fn invalid_cookies_are_dropped() {
         "first segment with a wrong cookie".into(),
         c.data(&http_get("be1")),
     ));
-    // Nothing to answer without a flow: a RST, a segment without ACK.
-    cases.push(("RST".into(), conn.handshake_ack().flags(RST)));
-    cases.push((
-        "FIN without ACK".into(),
-        conn.handshake_ack().flags(TcpFlags {
-            fin: true,
-            ..Default::default()
-        }),
-    ));
-    cases.push((
-        "PSH without ACK".into(),
-        conn.data(b"GET / HTTP/1.1\r\n\r\n").flags(TcpFlags {
-            psh: true,
-            ..Default::default()
-        }),
-    ));
     let cases: Vec<Case> = cases
         .into_iter()
         .map(|(what, f)| {
             Case::dropped(what, f.build(), Ingress::Client, Counter::SyncookiesInvalid)
         })
         .collect();
+    run_cases(&bed, &cases);
+
+    // Nothing to answer without a flow: a RST (counted apart from invalid syncookies),
+    // a segment without ACK or with SYN.
+    let mut cases = vec![Case::dropped(
+        "RST",
+        conn.handshake_ack().flags(RST).build(),
+        Ingress::Client,
+        Counter::RstNoFlow,
+    )];
+    let mut odd: Vec<(String, Frame)> = Vec::new();
+    odd.push(("SYN+ACK".into(), conn.handshake_ack().flags(SYN_ACK)));
+    odd.push((
+        "FIN without ACK".into(),
+        conn.handshake_ack().flags(TcpFlags {
+            fin: true,
+            ..Default::default()
+        }),
+    ));
+    odd.push((
+        "PSH without ACK".into(),
+        conn.data(b"GET / HTTP/1.1\r\n\r\n").flags(TcpFlags {
+            psh: true,
+            ..Default::default()
+        }),
+    ));
+    cases.extend(
+        odd.into_iter().map(|(what, f)| {
+            Case::dropped(what, f.build(), Ingress::Client, Counter::DropOddNoFlow)
+        }),
+    );
     run_cases(&bed, &cases);
 
     // A secret rotated out twice no longer validates its cookies.
