@@ -155,32 +155,14 @@ pub fn new_entries_into(
         dport: backend.port,
         ..client_to_vip
     };
-    let (ip_fwd, l4_fwd) = rewrite_delta(client_to_vip, client_to_backend);
-    out.forward = Flow {
-        new_src: k.src,
-        new_dst: backend.addr,
-        new_sport: k.sport,
-        new_dport: backend.port,
-        ip_csum_delta: ip_fwd,
-        l4_csum_delta: l4_fwd,
-        backend: slot,
-        ifindex: 0,
-        dmac: [0; 6],
-        smac: [0; 6],
-        direction: direction::TO_BACKEND,
+    out.forward = nat_flow(
+        client_to_vip,
+        client_to_backend,
+        slot,
+        direction::TO_BACKEND,
         state,
-        l2_valid: 0,
-        phase: phase::NAT,
-        seq_delta: 0,
-        created_ns: now,
-        last_seen_ns: now,
-        client_isn: 0,
-        cookie_isn: 0,
-        mss: 0,
-        reuse_pending: 0,
-        stale_ack_resent: 0,
-        reuse_isn: 0,
-    };
+        now,
+    );
     out.reply_key = FlowKey::new(backend.addr, k.src, backend.port, k.sport, k.proto);
     let backend_to_client = Endpoints {
         src: backend.addr,
@@ -193,21 +175,42 @@ pub fn new_entries_into(
         sport: k.dport,
         ..backend_to_client
     };
-    let (ip_rev, l4_rev) = rewrite_delta(backend_to_client, vip_to_client);
-    out.reply = Flow {
-        new_src: k.dst,
-        new_dst: k.src,
-        new_sport: k.dport,
-        new_dport: k.sport,
-        ip_csum_delta: ip_rev,
-        l4_csum_delta: l4_rev,
+    out.reply = nat_flow(
+        backend_to_client,
+        vip_to_client,
+        slot,
+        direction::TO_CLIENT,
+        reply_state,
+        now,
+    );
+    // Replies leave by the interface the client's packet came in on, to the MAC it came
+    // from: known now, so the reply entry's next hop is valid from the start.
+    out.reply.ifindex = ingress_ifindex;
+    out.reply.dmac = eth.src;
+    out.reply.smac = eth.dst;
+    out.reply.l2_valid = 1;
+    out.key = k;
+}
+
+/// A NAT entry rewriting packets seen as `from` into `to`, in `state`, with no next hop
+/// resolved yet and nothing of delayed binding.
+#[inline(always)]
+fn nat_flow(from: Endpoints, to: Endpoints, slot: u32, dir: u8, state: u8, now: u64) -> Flow {
+    let (ip_csum_delta, l4_csum_delta) = rewrite_delta(from, to);
+    Flow {
+        new_src: to.src,
+        new_dst: to.dst,
+        new_sport: to.sport,
+        new_dport: to.dport,
+        ip_csum_delta,
+        l4_csum_delta,
         backend: slot,
-        ifindex: ingress_ifindex,
-        dmac: eth.src,
-        smac: eth.dst,
-        direction: direction::TO_CLIENT,
-        state: reply_state,
-        l2_valid: 1,
+        ifindex: 0,
+        dmac: [0; 6],
+        smac: [0; 6],
+        direction: dir,
+        state,
+        l2_valid: 0,
         phase: phase::NAT,
         seq_delta: 0,
         created_ns: now,
@@ -218,8 +221,7 @@ pub fn new_entries_into(
         reuse_pending: 0,
         stale_ack_resent: 0,
         reuse_isn: 0,
-    };
-    out.key = k;
+    }
 }
 
 #[cfg(test)]

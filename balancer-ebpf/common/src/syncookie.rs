@@ -284,27 +284,19 @@ struct CookieInput {
 #[inline(always)]
 fn valid_under(secret: &CookieSecret, m: &CookieInput, cookie: u32, t: u32, prev_t: u32) -> bool {
     let index = cookie & MSS_INDEX_MASK;
-    secret.is_set()
-        && (make_cookie(
+    let made_in = |window: u32| {
+        make_cookie(
             secret,
             m.saddr,
             m.daddr,
             m.sport,
             m.dport,
             m.client_isn,
-            t,
+            window,
             index,
         ) == cookie
-            || make_cookie(
-                secret,
-                m.saddr,
-                m.daddr,
-                m.sport,
-                m.dport,
-                m.client_isn,
-                prev_t,
-                index,
-            ) == cookie)
+    };
+    secret.is_set() && (made_in(t) || made_in(prev_t))
 }
 
 #[cfg(test)]

@@ -277,19 +277,7 @@ fn build_in_place(start: usize, end: usize, pkt: &Packet, r: Reply, route: Route
         Route::Back => (key.dst, key.src, key.dport, key.sport),
         Route::Onwards { dst, dport } => (key.src, dst, key.sport, dport),
     };
-    let mut ip = Ipv4Hdr {
-        version_ihl: 0x45,
-        tos: 0,
-        tot_len: ((IPV4_LEN + tcp_len) as u16).to_be(),
-        id: 0,
-        frag_off: IP_DF.to_be(),
-        ttl: REPLY_TTL,
-        proto: PROTO_TCP,
-        check: 0,
-        src,
-        dst,
-    };
-    ip.check = ipv4_checksum(&ip);
+    let ip = reply_ip_header(IPV4_LEN + tcp_len, src, dst);
     let option = match r.mss {
         Some(mss) => {
             let m = mss.to_be_bytes();
@@ -416,19 +404,7 @@ pub fn synack_to_segment_headers(
     }
     // SAFETY: bounds-checked by ptr_at.
     let eth = unsafe { read(ptr_at::<EthHdr>(start, end, 0)?) };
-    let mut ip = Ipv4Hdr {
-        version_ihl: 0x45,
-        tos: 0,
-        tot_len: ((IPV4_LEN + segment_len) as u16).to_be(),
-        id: 0,
-        frag_off: IP_DF.to_be(),
-        ttl: REPLY_TTL,
-        proto: PROTO_TCP,
-        check: 0,
-        src: pkt.key.dst,
-        dst: pkt.key.src,
-    };
-    ip.check = ipv4_checksum(&ip);
+    let ip = reply_ip_header(IPV4_LEN + segment_len, pkt.key.dst, pkt.key.src);
     swap_macs(start, end, &eth)?;
     let p = ptr_at_mut::<Ipv4Hdr>(start, end, pkt.l3_off)?;
     // SAFETY: bounds-checked by ptr_at_mut.
@@ -512,6 +488,26 @@ fn tcp_checksum(ip: &Ipv4Hdr, t: &TcpHdr, tcp_len: u16, option: u32) -> u16 {
         + t.urg_ptr as u32
         + halves(option);
     !fold(sum)
+}
+
+/// The IPv4 header of a segment the balancer sends itself: no options, DF, the reply
+/// TTL, `tot_len` bytes in all, checksum filled in.
+#[inline(always)]
+fn reply_ip_header(tot_len: usize, src: u32, dst: u32) -> Ipv4Hdr {
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: 0,
+        tot_len: (tot_len as u16).to_be(),
+        id: 0,
+        frag_off: IP_DF.to_be(),
+        ttl: REPLY_TTL,
+        proto: PROTO_TCP,
+        check: 0,
+        src,
+        dst,
+    };
+    ip.check = ipv4_checksum(&ip);
+    ip
 }
 
 #[cfg(test)]
