@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use balancer_common::Counter;
+use balancer_common::{BackendCounter, Counter};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::TcpListener,
@@ -181,48 +181,12 @@ const SERVICE_GAUGES: [Family<ServiceMetrics>; 2] = [
     ),
 ];
 
-/// Help texts as in `balancer_common::BackendStats`.
-const BACKEND_FAMILIES: [Family<BackendMetrics>; 9] = [
-    counter("balancer_backend_packets_to_total", "Packets forwarded to the backend.", |b| {
-        b.counters.packets_to.into()
-    }),
-    counter("balancer_backend_bytes_to_total", "Bytes forwarded to the backend.", |b| {
-        b.counters.bytes_to.into()
-    }),
-    counter(
-        "balancer_backend_packets_from_total",
-        "Packets forwarded from the backend to clients.",
-        |b| b.counters.packets_from.into(),
-    ),
-    counter(
-        "balancer_backend_bytes_from_total",
-        "Bytes forwarded from the backend to clients.",
-        |b| b.counters.bytes_from.into(),
-    ),
-    counter("balancer_backend_new_flows_total", "Flows assigned to the backend.", |b| {
-        b.counters.new_flows.into()
-    }),
-    counter(
-        "balancer_backend_cookie_hits_total",
-        "Cookie mode: connections bound here because the cookie named this backend.",
-        |b| b.counters.cookie_hits.into(),
-    ),
-    counter(
-        "balancer_backend_cookie_misses_total",
-        "Cookie mode: connections bound here by the policy (no usable cookie).",
-        |b| b.counters.cookie_misses.into(),
-    ),
-    counter(
-        "balancer_backend_failover_redirects_total",
-        "Cookie mode: connections bound here because the cookie named a failed primary whose sessions this backend took over.",
-        |b| b.counters.failover_redirects.into(),
-    ),
-    gauge(
-        "balancer_backend_weight",
-        "Relative share of new flows configured for the backend.",
-        |b| b.weight.into(),
-    ),
-];
+/// Per-backend gauges besides the counters (which come from `BackendCounter`'s table).
+const BACKEND_GAUGES: [Family<BackendMetrics>; 1] = [gauge(
+    "balancer_backend_weight",
+    "Relative share of new flows configured for the backend.",
+    |b| b.weight.into(),
+)];
 
 const HEALTH_FAMILIES: [Family<HealthInfo>; 6] = [
     gauge(
@@ -311,7 +275,17 @@ fn render_services(out: &mut Exposition, services: &[ServiceMetrics]) {
 fn render_backends(out: &mut Exposition, backends: &[BackendMetrics]) {
     let items: Vec<(Labels, &BackendMetrics)> =
         backends.iter().map(|b| (backend_labels(b), b)).collect();
-    out.families(&BACKEND_FAMILIES, &items);
+    if !items.is_empty() {
+        for counter in BackendCounter::ALL {
+            let name = format!("balancer_backend_{}_total", counter.label());
+            if out.family(&name, counter.help(), Kind::Counter) {
+                for (labels, b) in &items {
+                    out.sample(&name, labels, b.counters.get(counter));
+                }
+            }
+        }
+    }
+    out.families(&BACKEND_GAUGES, &items);
     let name = "balancer_backend_state";
     if !items.is_empty()
         && out.family(
@@ -872,6 +846,53 @@ mod tests {
         }
         assert!(text.contains("} 0.0015\n"));
         assert!(text.contains("} 1700000000.5\n"));
+    }
+
+    /// The per-backend counter families as dashboards know them: names, help, type.
+    #[test]
+    fn backend_counter_families_keep_names_and_help() {
+        let text = render(&sample_snapshot());
+        for (name, help) in [
+            ("packets_to", "Packets forwarded to the backend."),
+            ("bytes_to", "Bytes forwarded to the backend."),
+            (
+                "packets_from",
+                "Packets forwarded from the backend to clients.",
+            ),
+            ("bytes_from", "Bytes forwarded from the backend to clients."),
+            ("new_flows", "Flows assigned to the backend."),
+            (
+                "cookie_hits",
+                "Cookie mode: connections bound here because the cookie named this backend.",
+            ),
+            (
+                "cookie_misses",
+                "Cookie mode: connections bound here by the policy (no usable cookie).",
+            ),
+            (
+                "failover_redirects",
+                "Cookie mode: connections bound here because the cookie named a failed \
+                 primary whose sessions this backend took over.",
+            ),
+        ] {
+            let name = format!("balancer_backend_{name}_total");
+            assert!(
+                text.contains(&format!("# HELP {name} {help}\n# TYPE {name} counter\n")),
+                "{name}"
+            );
+        }
+        assert!(text.contains(
+            "# HELP balancer_backend_weight Relative share of new flows configured for the backend.\n"
+        ));
+        // The counters come first, then the weight, as before the table drove them.
+        let first = text
+            .find("# HELP balancer_backend_packets_to_total")
+            .unwrap();
+        let last = text
+            .find("# HELP balancer_backend_failover_redirects_total")
+            .unwrap();
+        let weight = text.find("# HELP balancer_backend_weight").unwrap();
+        assert!(first < last && last < weight);
     }
 
     #[test]
