@@ -11,7 +11,7 @@ use super::snapshot::{BackendMetrics, MetricsSnapshot, ServiceMetrics};
 use crate::control::backend_health::HealthInfo;
 
 /// A metric family with one sample per item (a service, a backend).
-pub(super) struct Family<T> {
+struct Family<T> {
     name: &'static str,
     help: &'static str,
     kind: Kind,
