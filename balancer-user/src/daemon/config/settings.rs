@@ -55,7 +55,7 @@ pub struct DaemonSettings {
 }
 
 impl DaemonSettings {
-    /// Pin directory of the instance under `root` (normally [`DEFAULT_BPFFS_ROOT`]).
+    /// Pin directory of the instance under `root` (normally [`DEFAULT_BPFFS_ROOT`](crate::dataplane::DEFAULT_BPFFS_ROOT)).
     pub fn pin_dir(&self, root: &Path) -> PathBuf {
         root.join(&self.instance)
     }

@@ -1,10 +1,6 @@
 //! Errors of group membership.
 
-use std::{
-    io,
-    net::SocketAddr,
-    path::PathBuf,
-};
+use std::{io, net::SocketAddr, path::PathBuf};
 
 use super::*;
 

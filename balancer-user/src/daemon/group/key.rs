@@ -57,10 +57,7 @@ impl GroupKey {
         Self::new(bytes)
     }
 
-    fn from_text(
-        text: &str,
-        what: impl FnOnce() -> String,
-    ) -> Result<GroupKey, GroupError> {
+    fn from_text(text: &str, what: impl FnOnce() -> String) -> Result<GroupKey, GroupError> {
         let len = text.chars().count();
         if len < MIN_KEY_LEN {
             return Err(GroupError::KeyTooShort { what: what(), len });

@@ -108,7 +108,7 @@ pub struct Tracker {
 
 impl Tracker {
     /// A tracker with no history and the default rise and fall (2 and 2);
-    /// [`spawn_checker`] applies its settings' counts.
+    /// [`spawn_checker`](super::spawn_checker) applies its settings' counts.
     pub fn new(initial: Health) -> Tracker {
         let defaults = CheckSettings::default();
         Tracker {
