@@ -10,6 +10,7 @@
 //! usr/share/zsh/vendor-completions/_balancer
 //! usr/share/fish/vendor_completions.d/balancer.fish
 //! usr/share/doc/balancer/copyright
+//! usr/share/balancer/grafana-dashboard.json      Grafana dashboard over the metrics
 //! ```
 //!
 //! The unit is installed but neither enabled nor started: the example configuration
@@ -58,6 +59,14 @@ pub fn build_deb(out_dir: &Path) -> Result<PathBuf> {
     install(
         &packaging.join("balancer.toml"),
         &stage.join("etc/balancer/balancer.toml"),
+        0o644,
+    )?;
+    install(
+        &packaging.join("grafana-dashboard.json"),
+        &stage
+            .join("usr/share")
+            .join(NAME)
+            .join("grafana-dashboard.json"),
         0o644,
     )?;
     install(

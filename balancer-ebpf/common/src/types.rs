@@ -531,39 +531,77 @@ counters! {
 /// Per-CPU global counter block (value of the STATS map).
 pub type GlobalStats = [u64; Counter::COUNT];
 
-/// Per-backend counters (value of the per-CPU BACKEND_STATS array, indexed by backend slot).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct BackendStats {
-    /// Packets forwarded to the backend.
-    pub packets_to: u64,
-    /// Bytes forwarded to the backend.
-    pub bytes_to: u64,
-    /// Packets forwarded from the backend to clients.
-    pub packets_from: u64,
-    /// Bytes forwarded from the backend to clients.
-    pub bytes_from: u64,
-    /// Flows assigned to the backend.
-    pub new_flows: u64,
-    /// Cookie mode: connections bound here because the cookie named this backend.
-    pub cookie_hits: u64,
-    /// Cookie mode: connections bound here by the policy (no usable cookie).
-    pub cookie_misses: u64,
-    /// Cookie mode: connections bound here because the cookie named a failed primary
-    /// whose sessions this backend took over.
-    pub failover_redirects: u64,
+/// Declares a per-backend counter set from one table: the `#[repr(C)]` struct of `u64`
+/// fields the data plane increments (one field per row, in row order, so the map layout
+/// is the table's order), and an enum naming each field with its label (the field's name,
+/// used as JSON key and in metric names) and its help text (the row's doc comment).
+macro_rules! backend_counters {
+    (
+        $(#[$struct_meta:meta])* $svis:vis struct $stats:ident;
+        $(#[$enum_meta:meta])* $evis:vis enum $name:ident {
+            $($(#[doc = $doc:literal])* $variant:ident = $field:ident,)*
+        }
+    ) => {
+        $(#[$struct_meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+        $svis struct $stats { $($(#[doc = $doc])* pub $field: u64,)* }
+
+        $(#[$enum_meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $evis enum $name { $($(#[doc = $doc])* $variant,)* }
+
+        impl $name {
+            pub const COUNT: usize = [$($name::$variant),*].len();
+            pub const ALL: [$name; Self::COUNT] = [$($name::$variant),*];
+            /// Stable name (the field's) used in CLI tables, JSON and metrics.
+            pub const fn label(self) -> &'static str {
+                match self { $($name::$variant => stringify!($field),)* }
+            }
+            /// One-line meaning (with the doc comment's leading space).
+            pub const fn help(self) -> &'static str {
+                match self { $($name::$variant => concat!($($doc),*),)* }
+            }
+        }
+
+        impl $stats {
+            /// The value of one counter.
+            #[inline(always)]
+            pub const fn get(&self, counter: $name) -> u64 {
+                match counter { $($name::$variant => self.$field,)* }
+            }
+
+            /// Adds `other` counter by counter (summing the per-CPU values).
+            pub fn add(&mut self, other: &$stats) {
+                $(self.$field += other.$field;)*
+            }
+        }
+    };
 }
 
-impl BackendStats {
-    pub fn add(&mut self, other: &BackendStats) {
-        self.packets_to += other.packets_to;
-        self.bytes_to += other.bytes_to;
-        self.packets_from += other.packets_from;
-        self.bytes_from += other.bytes_from;
-        self.new_flows += other.new_flows;
-        self.cookie_hits += other.cookie_hits;
-        self.cookie_misses += other.cookie_misses;
-        self.failover_redirects += other.failover_redirects;
+backend_counters! {
+    /// Per-backend counters (value of the per-CPU BACKEND_STATS array, indexed by backend
+    /// slot).
+    pub struct BackendStats;
+    /// One field of [`BackendStats`].
+    pub enum BackendCounter {
+        /// Packets forwarded to the backend.
+        PacketsTo = packets_to,
+        /// Bytes forwarded to the backend.
+        BytesTo = bytes_to,
+        /// Packets forwarded from the backend to clients.
+        PacketsFrom = packets_from,
+        /// Bytes forwarded from the backend to clients.
+        BytesFrom = bytes_from,
+        /// Flows assigned to the backend.
+        NewFlows = new_flows,
+        /// Cookie mode: connections bound here because the cookie named this backend.
+        CookieHits = cookie_hits,
+        /// Cookie mode: connections bound here by the policy (no usable cookie).
+        CookieMisses = cookie_misses,
+        /// Cookie mode: connections bound here because the cookie named a failed primary
+        /// whose sessions this backend took over.
+        FailoverRedirects = failover_redirects,
     }
 }
 
@@ -584,6 +622,7 @@ const _: () = {
     assert!(core::mem::size_of::<BackendHealth>() == 40);
     assert!(core::mem::size_of::<CachedNextHop>() == 32);
     assert!(core::mem::size_of::<BackendStats>() == 64);
+    assert!(core::mem::size_of::<BackendStats>() == 8 * BackendCounter::COUNT);
 };
 
 #[cfg(feature = "user")]
@@ -618,6 +657,43 @@ mod tests {
                 assert_ne!(a.label(), b.label());
             }
         }
+    }
+
+    #[test]
+    fn backend_counter_labels_are_unique_documented_and_read_their_field() {
+        let stats = BackendStats {
+            packets_to: 1,
+            bytes_to: 2,
+            packets_from: 3,
+            bytes_from: 4,
+            new_flows: 5,
+            cookie_hits: 6,
+            cookie_misses: 7,
+            failover_redirects: 8,
+        };
+        let labels = [
+            "packets_to",
+            "bytes_to",
+            "packets_from",
+            "bytes_from",
+            "new_flows",
+            "cookie_hits",
+            "cookie_misses",
+            "failover_redirects",
+        ];
+        assert_eq!(BackendCounter::ALL.map(BackendCounter::label), labels);
+        for (i, c) in BackendCounter::ALL.iter().enumerate() {
+            assert_eq!(stats.get(*c), i as u64 + 1, "{c:?}");
+            assert!(!c.help().trim().is_empty(), "{c:?} has no doc");
+        }
+        assert_eq!(
+            BackendCounter::FailoverRedirects.help().trim(),
+            "Cookie mode: connections bound here because the cookie named a failed \
+             primary whose sessions this backend took over."
+        );
+        let mut sum = stats;
+        sum.add(&stats);
+        assert_eq!(sum.get(BackendCounter::FailoverRedirects), 16);
     }
 
     #[test]

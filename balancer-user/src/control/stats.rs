@@ -1,6 +1,6 @@
 //! Counters read from the per-CPU maps, summed over CPUs.
 
-use balancer_common::{BackendStats, Counter, GlobalStats};
+use balancer_common::{BackendCounter, BackendStats, Counter, GlobalStats};
 use serde::Serialize;
 
 use crate::{
@@ -13,38 +13,29 @@ pub struct BackendCounters {
     pub backend: std::net::SocketAddrV4,
     pub slot: u32,
     pub state: &'static str,
-    #[serde(flatten)]
+    /// One JSON key per counter, named by its label.
+    #[serde(flatten, serialize_with = "serialize_counters")]
     pub counters: BackendCountersValues,
     /// What the daemon's health checks found (absent: never checked).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthInfo>,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct BackendCountersValues {
-    pub packets_to: u64,
-    pub bytes_to: u64,
-    pub packets_from: u64,
-    pub bytes_from: u64,
-    pub new_flows: u64,
-    pub cookie_hits: u64,
-    pub cookie_misses: u64,
-    pub failover_redirects: u64,
-}
+/// A backend's counters summed over CPUs: the map's own value type, whose fields, labels
+/// and help texts come from one table (`balancer_common::BackendCounter`).
+pub type BackendCountersValues = BackendStats;
 
-impl From<BackendStats> for BackendCountersValues {
-    fn from(s: BackendStats) -> Self {
-        BackendCountersValues {
-            packets_to: s.packets_to,
-            bytes_to: s.bytes_to,
-            packets_from: s.packets_from,
-            bytes_from: s.bytes_from,
-            new_flows: s.new_flows,
-            cookie_hits: s.cookie_hits,
-            cookie_misses: s.cookie_misses,
-            failover_redirects: s.failover_redirects,
-        }
+/// The counters as a map from label to value, in table order.
+fn serialize_counters<S: serde::Serializer>(
+    counters: &BackendCountersValues,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap as _;
+    let mut map = serializer.serialize_map(Some(BackendCounter::COUNT))?;
+    for c in BackendCounter::ALL {
+        map.serialize_entry(c.label(), &counters.get(c))?;
     }
+    map.end()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -86,10 +77,46 @@ impl<S: MapStore> Control<S> {
                 backend,
                 slot,
                 state,
-                counters: self.store.backend_stats(slot)?.into(),
+                counters: self.store.backend_stats(slot)?,
                 health: health.get(&slot).and_then(HealthInfo::from_record),
             });
         }
         Ok(Stats { global, backends })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_counters_json_has_one_key_per_counter() {
+        let counters = BackendCounters {
+            service: "198.18.0.10:80/tcp".into(),
+            backend: "198.18.1.2:8080".parse().unwrap(),
+            slot: 3,
+            state: "up",
+            counters: BackendCountersValues {
+                packets_to: 1,
+                bytes_to: 2,
+                packets_from: 3,
+                bytes_from: 4,
+                new_flows: 5,
+                cookie_hits: 6,
+                cookie_misses: 7,
+                failover_redirects: u64::MAX,
+            },
+            health: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&counters).unwrap(),
+            format!(
+                "{{\"service\":\"198.18.0.10:80/tcp\",\"backend\":\"198.18.1.2:8080\",\
+                 \"slot\":3,\"state\":\"up\",\"packets_to\":1,\"bytes_to\":2,\
+                 \"packets_from\":3,\"bytes_from\":4,\"new_flows\":5,\"cookie_hits\":6,\
+                 \"cookie_misses\":7,\"failover_redirects\":{}}}",
+                u64::MAX
+            )
+        );
     }
 }

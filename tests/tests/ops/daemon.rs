@@ -134,6 +134,7 @@ fn failover_rewrite_sends_a_dead_primarys_sessions_to_its_secondary() {
         metric_value(&text, "balancer_failover_rewrites_total"),
         Some(1.0)
     );
+    crate::dashboard::assert_queries_exported(&text);
     assert!(
         text.contains(&format!(
             "balancer_backend_up{{service=\"198.18.100.1:80/tcp\",backend=\"{victim_ep}\""

@@ -12,5 +12,6 @@ const TESTSRV: &str = env!("CARGO_BIN_EXE_balancer-testsrv");
 mod bad_input;
 mod daemon;
 mod daemon_ops;
+mod dashboard;
 mod failover;
 mod package;

@@ -85,6 +85,7 @@ fn deb_installs_runs_and_purges_cleanly() {
         "/usr/share/bash-completion/completions/balancer",
         "/usr/share/zsh/vendor-completions/_balancer",
         "/usr/share/fish/vendor_completions.d/balancer.fish",
+        "/usr/share/balancer/grafana-dashboard.json",
     ] {
         assert!(
             files.contains(&PathBuf::from(wanted)),
