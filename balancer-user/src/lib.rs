@@ -28,4 +28,4 @@ pub use control::{
 };
 pub use dataplane::{AttachOptions, Balancer, MapStore, Mode, PinnedMaps};
 pub use error::{Error, Result};
-pub use model::{BackendState, Proto, ServiceAddr, Weight};
+pub use model::{BackendState, Persistence, Proto, ServiceAddr, Weight};

@@ -216,6 +216,11 @@ impl Conn {
     pub fn connect_timeout(addr: SocketAddr, timeout: Duration) -> Result<Conn> {
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .with_context(|| format!("connecting to {addr}"))?;
+        Self::from_stream(addr, stream)
+    }
+
+    /// A connected stream with the read and write timeouts, as a connection.
+    fn from_stream(addr: SocketAddr, stream: TcpStream) -> Result<Conn> {
         stream.set_read_timeout(Some(READ_TIMEOUT))?;
         stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
         stream.set_nodelay(true)?;
@@ -224,6 +229,23 @@ impl Conn {
             reader: BufReader::with_capacity(64 * 1024, stream),
             closed: false,
         })
+    }
+
+    /// [`Conn::connect_timeout`] from the local address `local` (port chosen by the
+    /// kernel): for tests that play several clients from one namespace.
+    pub fn connect_from(
+        local: std::net::Ipv4Addr,
+        addr: SocketAddr,
+        timeout: Duration,
+    ) -> Result<Conn> {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        socket
+            .bind(&SocketAddr::from((local, 0)).into())
+            .with_context(|| format!("binding to {local}"))?;
+        socket
+            .connect_timeout(&addr.into(), timeout)
+            .with_context(|| format!("connecting to {addr} from {local}"))?;
+        Self::from_stream(addr, socket.into())
     }
 
     pub fn peer(&self) -> SocketAddr {

@@ -84,6 +84,15 @@ pub struct ServiceKey {
 
 /// Service flag: delayed binding on the session cookie (see docs/delayed-binding.md).
 pub const SERVICE_F_COOKIE: u32 = 1;
+/// Service flag: source-address persistence. New flows (and, in cookie mode, the
+/// connections the policy binds) pick their backend by the client's address alone,
+/// masked to the prefix length in [`SERVICE_PREFIX_SHIFT`], so every connection of a
+/// client lands on the same backend while it takes new flows.
+pub const SERVICE_F_SOURCE: u32 = 1 << 1;
+/// Where a source-persistent service keeps its prefix length (1..=32) in `flags`.
+pub const SERVICE_PREFIX_SHIFT: u32 = 8;
+/// Mask of the prefix length once shifted down.
+pub const SERVICE_PREFIX_MASK: u32 = 0x3f;
 
 /// Value of the services map.
 #[repr(C)]

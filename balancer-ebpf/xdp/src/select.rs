@@ -1,6 +1,6 @@
 //! Backend selection for new flows: the service's Maglev table, filled by the control plane.
 
-use balancer_common::{backend_state, hash::flow_hash, Backend, FlowKey, Service, RING_SIZE};
+use balancer_common::{backend_state, hash::new_flow_hash, Backend, FlowKey, Service, RING_SIZE};
 
 use crate::maps::{BACKENDS, RING};
 
@@ -11,7 +11,7 @@ const NO_BACKEND: u32 = u32::MAX;
 /// backend it names can no longer take new flows.
 #[inline(always)]
 pub fn pick(service: &Service, key: &FlowKey) -> Option<(u32, Backend)> {
-    let index = service.id * RING_SIZE + flow_hash(key) % RING_SIZE;
+    let index = service.id * RING_SIZE + new_flow_hash(service, key) % RING_SIZE;
     let slot = *RING.get(index)?;
     if slot == NO_BACKEND {
         return None;

@@ -12,7 +12,7 @@ use crate::{
     },
     dataplane::{Balancer, PinnedMaps},
     error::Result,
-    model::{BackendState, ServiceAddr, Weight},
+    model::{BackendState, Persistence, ServiceAddr, Weight},
 };
 
 impl Balancer {
@@ -33,6 +33,21 @@ impl Balancer {
         cookie: Option<CookieSettings>,
     ) -> Result<ServiceInfo> {
         self.control().add_service_with(addr, cookie)
+    }
+
+    /// Adds a service in NAT or cookie mode, with source-address persistence or without.
+    pub fn add_service_opts(
+        &self,
+        addr: ServiceAddr,
+        cookie: Option<CookieSettings>,
+        persistence: Persistence,
+    ) -> Result<ServiceInfo> {
+        self.control().add_service_opts(addr, cookie, persistence)
+    }
+
+    /// Changes a service's persistence in place (see [`Control::set_persistence`]).
+    pub fn set_persistence(&self, addr: ServiceAddr, persistence: Persistence) -> Result<()> {
+        self.control().set_persistence(addr, persistence)
     }
 
     /// Removes a service and its backends. Established flows keep their translation until

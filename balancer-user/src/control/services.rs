@@ -22,7 +22,7 @@ use crate::{
     error::{Error, Result},
     model::{
         addr::{ip_from_map, ip_to_map, Proto, ServiceAddr},
-        BackendState, Weight,
+        BackendState, Persistence, Weight,
     },
 };
 
@@ -39,6 +39,13 @@ pub struct ServiceInfo {
     /// Cookie-mode settings.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cookie: Option<CookieSettings>,
+    /// How new connections (cookie mode: those the policy binds) pick their backend.
+    #[serde(skip_serializing_if = "is_no_persistence")]
+    pub persistence: Persistence,
+}
+
+fn is_no_persistence(p: &Persistence) -> bool {
+    *p == Persistence::None
 }
 
 /// A backend to add.
@@ -197,6 +204,16 @@ impl<S: MapStore> Control<S> {
         addr: ServiceAddr,
         cookie: Option<CookieSettings>,
     ) -> Result<ServiceInfo> {
+        self.add_service_opts(addr, cookie, Persistence::None)
+    }
+
+    /// [`Control::add_service_with`], with source-address persistence or without.
+    pub fn add_service_opts(
+        &mut self,
+        addr: ServiceAddr,
+        cookie: Option<CookieSettings>,
+        persistence: Persistence,
+    ) -> Result<ServiceInfo> {
         let cookie_config = match &cookie {
             Some(c) if addr.proto != Proto::Tcp => {
                 return Err(Error::invalid(
@@ -219,7 +236,7 @@ impl<S: MapStore> Control<S> {
             SERVICE_F_COOKIE
         } else {
             0
-        };
+        } | persistence.flags();
         let service = Service { id, flags };
         // The block may hold entries of a removed service: clear it before the service
         // becomes visible.
@@ -235,7 +252,21 @@ impl<S: MapStore> Control<S> {
             active_backends: 0,
             mode: if cookie.is_some() { "cookie" } else { "nat" },
             cookie,
+            persistence,
         })
+    }
+
+    /// Changes how a service's new connections pick their backend. One write of the
+    /// service's entry: a packet sees the old way or the new one, and connections already
+    /// bound keep their backend either way.
+    pub fn set_persistence(&mut self, addr: ServiceAddr, persistence: Persistence) -> Result<()> {
+        let service = self.service(&addr)?;
+        let flags = service.flags & !Persistence::FLAG_BITS | persistence.flags();
+        if flags != service.flags {
+            self.store
+                .insert_service(addr.key(), Service { flags, ..service })?;
+        }
+        Ok(())
     }
 
     /// Removes a service and its backends.
@@ -278,6 +309,7 @@ impl<S: MapStore> Control<S> {
                         .count(),
                     mode: if cookie.is_some() { "cookie" } else { "nat" },
                     cookie,
+                    persistence: Persistence::from_flags(s.flags),
                 })
             })
             .collect()

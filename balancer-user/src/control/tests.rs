@@ -6,7 +6,8 @@ use std::net::SocketAddrV4;
 
 use balancer_common::{
     backend_state, cookie::token_hash, health_state, syncookie::CookieSecret, Backend,
-    BackendHealth, BackendStats, Counter, Failover, MAX_BACKENDS, MAX_SERVICES,
+    BackendHealth, BackendStats, Counter, Failover, MAX_BACKENDS, MAX_SERVICES, SERVICE_F_COOKIE,
+    SERVICE_F_SOURCE, SERVICE_PREFIX_SHIFT,
 };
 
 use super::{
@@ -16,7 +17,7 @@ use super::{
 };
 use crate::{
     dataplane::MapStore,
-    model::{BackendState, ServiceAddr, Weight},
+    model::{BackendState, Persistence, ServiceAddr, Weight},
 };
 
 fn svc(s: &str) -> ServiceAddr {
@@ -561,4 +562,49 @@ fn rotating_the_syncookie_secret_keeps_the_previous_one() {
     assert!(c.has_syncookie_secret().unwrap());
     let keys = c.store().syncookie_keys().unwrap();
     assert_eq!((keys.current, keys.previous), (two, one));
+}
+
+#[test]
+fn persistence_is_kept_in_the_service_flags_beside_cookie_mode() {
+    let mut c = two_services();
+    let source24 = "source/24".parse::<Persistence>().unwrap();
+    let persistent = svc("198.18.0.30:443/tcp");
+    let info = c
+        .add_service_opts(persistent, None, Persistence::Source { prefix: 32 })
+        .unwrap();
+    assert_eq!(info.persistence, Persistence::Source { prefix: 32 });
+    let flags = |c: &Control<MemoryStore>, s: &str| {
+        c.store().service(&svc(s).key()).unwrap().unwrap().flags
+    };
+    assert_eq!(
+        flags(&c, "198.18.0.30:443/tcp"),
+        SERVICE_F_SOURCE | 32 << SERVICE_PREFIX_SHIFT
+    );
+    // Changed in place: same id, the cookie flag untouched.
+    let before = c.store().service(&svc(COOKIE).key()).unwrap().unwrap();
+    c.set_persistence(svc(COOKIE), source24).unwrap();
+    let after = c.store().service(&svc(COOKIE).key()).unwrap().unwrap();
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.flags, SERVICE_F_COOKIE | source24.flags());
+    let listed: Vec<(String, Persistence)> = c
+        .services()
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.service.to_string(), s.persistence))
+        .collect();
+    assert!(
+        listed.contains(&(COOKIE.to_string(), source24)),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&(NAT.to_string(), Persistence::None)),
+        "{listed:?}"
+    );
+    c.set_persistence(svc(COOKIE), Persistence::None).unwrap();
+    assert_eq!(flags(&c, COOKIE), SERVICE_F_COOKIE);
+    let e = c
+        .set_persistence(svc("198.18.0.99:80/tcp"), source24)
+        .unwrap_err();
+    assert_eq!(e.to_string(), "service 198.18.0.99:80/tcp does not exist");
+    assert_no_violations(&c);
 }

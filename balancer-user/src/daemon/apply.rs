@@ -28,9 +28,16 @@ pub fn reconcile<S: MapStore>(b: &mut Control<S>, cfg: &DaemonConfig) -> Result<
         cfg.services.iter().map(|s| (s.addr, s)).collect();
     let mut present = HashSet::new();
     for s in b.services()? {
-        let keep = wanted.get(&s.service).is_some_and(|w| w.cookie == s.cookie);
-        if keep {
+        let keep = wanted.get(&s.service).filter(|w| w.cookie == s.cookie);
+        if let Some(w) = keep {
             present.insert(s.service);
+            if w.persistence != s.persistence {
+                b.set_persistence(s.service, w.persistence)?;
+                changes.push(format!(
+                    "service {}: persistence {} -> {}",
+                    s.service, s.persistence, w.persistence
+                ));
+            }
             continue;
         }
         b.remove_service(s.service)?;
@@ -44,7 +51,7 @@ pub fn reconcile<S: MapStore>(b: &mut Control<S>, cfg: &DaemonConfig) -> Result<
     }
     for s in &cfg.services {
         if !present.contains(&s.addr) {
-            b.add_service_with(s.addr, s.cookie.clone())?;
+            b.add_service_opts(s.addr, s.cookie.clone(), s.persistence)?;
             changes.push(format!("service {}: added ({})", s.addr, s.mode()));
         }
         reconcile_backends(b, s, &mut changes)?;
@@ -170,7 +177,7 @@ mod tests {
             memory_store::{MemoryStore, Write},
             BackendSpec,
         },
-        model::{BackendState, Weight},
+        model::{BackendState, Persistence, Weight},
         CookieSettings,
     };
 
@@ -200,6 +207,35 @@ mod tests {
 
     fn reconciled(c: &mut Control<MemoryStore>, text: &str) -> Vec<String> {
         reconcile(c, &DaemonConfig::parse(text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn persistence_changes_in_place_on_reload() {
+        let mut c = Control::new(MemoryStore::new());
+        reconciled(&mut c, CONFIG);
+        let id = |c: &Control<MemoryStore>| {
+            c.services()
+                .unwrap()
+                .into_iter()
+                .find(|s| s.service.to_string() == "198.18.0.10:80/tcp")
+                .map(|s| (s.id, s.persistence))
+                .unwrap()
+        };
+        let (before, _) = id(&c);
+        let sticky = CONFIG.replace(
+            "mode = \"cookie\"",
+            "mode = \"cookie\"\n        persistence = \"source/24\"",
+        );
+        assert_eq!(
+            reconciled(&mut c, &sticky),
+            ["service 198.18.0.10:80/tcp: persistence none -> source/24"]
+        );
+        assert_eq!(
+            id(&c),
+            (before, Persistence::Source { prefix: 24 }),
+            "not re-created"
+        );
+        assert!(reconciled(&mut c, &sticky).is_empty());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 
 pub mod addr;
 pub mod backend;
+pub mod persistence;
 pub mod secret;
 
 pub use addr::{Proto, ServiceAddr};
 pub use backend::{BackendState, Weight};
+pub use persistence::Persistence;

@@ -16,4 +16,5 @@ mod attacks;
 mod cookie;
 mod e2e;
 mod netns;
+mod persistence;
 mod veth_lab;

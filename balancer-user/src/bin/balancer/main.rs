@@ -18,8 +18,8 @@ use balancer_user::{
     daemon::control_socket::{self, DEFAULT_RUN_DIR},
     dataplane::{self, DEFAULT_BPFFS_ROOT},
     model::{addr::parse_endpoint, secret},
-    AttachOptions, BackendSpec, BackendState, Balancer, CookieSettings, Mode, Proto, ServiceAddr,
-    Weight,
+    AttachOptions, BackendSpec, BackendState, Balancer, CookieSettings, Mode, Persistence, Proto,
+    ServiceAddr, Weight,
 };
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -175,6 +175,19 @@ enum ServiceCmd {
         service: ServiceRef,
         #[command(flatten)]
         cookie: CookieArgs,
+        /// How new connections (cookie mode: those the policy binds) pick their backend:
+        /// none (by connection), source (by client address) or source/PREFIX (by client
+        /// network, e.g. source/24).
+        #[arg(long, default_value = "none", value_name = "none|source[/PREFIX]")]
+        persistence: String,
+    },
+    /// Change how a service's new connections pick their backend (see `service add
+    /// --persistence`); connections already open keep theirs.
+    Persistence {
+        #[command(flatten)]
+        service: ServiceRef,
+        #[arg(value_name = "none|source[/PREFIX]")]
+        persistence: String,
     },
     /// Remove a service and its backends (open connections keep their translation).
     Remove(ServiceRef),
@@ -489,13 +502,21 @@ fn status(b: &Balancer, instance: &str, json: bool) -> Result<()> {
 
 fn service(dir: &Path, cmd: ServiceCmd) -> Result<()> {
     match cmd {
-        ServiceCmd::Add { service, cookie } => {
+        ServiceCmd::Add {
+            service,
+            cookie,
+            persistence,
+        } => {
             let addr = service.parse()?;
             let settings = cookie.settings();
             if let Some(s) = &settings {
                 s.to_config()?;
             }
-            let info = Balancer::open(dir)?.add_service_with(addr, settings)?;
+            let persistence: Persistence = persistence.parse()?;
+            let info = Balancer::open(dir)?.add_service_opts(addr, settings, persistence)?;
+            if info.persistence != Persistence::None {
+                println!("persistence: {}", info.persistence);
+            }
             match &info.cookie {
                 Some(c) => println!(
                     "added service {} in cookie mode (cookie {}, delimiter '{}', primary segment {}, secondary segment {})",
@@ -503,6 +524,15 @@ fn service(dir: &Path, cmd: ServiceCmd) -> Result<()> {
                 ),
                 None => println!("added service {}", info.service),
             }
+        }
+        ServiceCmd::Persistence {
+            service,
+            persistence,
+        } => {
+            let addr = service.parse()?;
+            let persistence: Persistence = persistence.parse()?;
+            Balancer::open(dir)?.set_persistence(addr, persistence)?;
+            println!("service {addr}: persistence {persistence}");
         }
         ServiceCmd::Remove(s) => {
             let addr = s.parse()?;
@@ -514,7 +544,14 @@ fn service(dir: &Path, cmd: ServiceCmd) -> Result<()> {
             print_list(
                 &services,
                 json,
-                &["SERVICE", "MODE", "BACKENDS", "ACTIVE", "COOKIE"],
+                &[
+                    "SERVICE",
+                    "MODE",
+                    "BACKENDS",
+                    "ACTIVE",
+                    "COOKIE",
+                    "PERSISTENCE",
+                ],
                 |s| {
                     vec![
                         s.service.to_string(),
@@ -530,6 +567,7 @@ fn service(dir: &Path, cmd: ServiceCmd) -> Result<()> {
                                 )
                             })
                             .unwrap_or_else(|| "-".into()),
+                        s.persistence.to_string(),
                     ]
                 },
             )?;

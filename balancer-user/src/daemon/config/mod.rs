@@ -58,6 +58,8 @@
 //! primary_segment = 2
 //! secondary_segment = 3             # 0 = the cookie names no secondary
 //! health = { kind = "http", path = "/health" }   # merged over [health]
+//! persistence = "none"              # none | source | source/PREFIX: every connection
+//!                                   # of a client (network) to one backend
 //!
 //!   [[service.backend]]
 //!   address = "198.18.1.2:8080"     # required

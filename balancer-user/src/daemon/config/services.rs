@@ -17,7 +17,7 @@ use super::{
 use crate::{
     control::cookie_mode::{validate_server_id, CookieSettings},
     model::addr::{parse_endpoint, Proto, ServiceAddr},
-    model::Weight,
+    model::{Persistence, Weight},
 };
 
 #[derive(Deserialize, Default)]
@@ -44,6 +44,7 @@ pub(super) struct RawService {
     primary_segment: Option<u8>,
     secondary_segment: Option<u8>,
     health: Option<RawHealth>,
+    persistence: Option<String>,
     #[serde(default, rename = "backend")]
     pub(super) backends: Vec<RawBackend>,
 }
@@ -109,6 +110,12 @@ impl RawService {
             .map_err(|e| invalid(format!("service #{}", index + 1), e))?;
         let at = format!("service {addr}");
         let cookie = self.cookie_settings(&at, proto)?;
+        let persistence = match &self.persistence {
+            None => Persistence::None,
+            Some(p) => p
+                .parse()
+                .map_err(|e| invalid(format!("{at}, persistence"), e))?,
+        };
         let health = self
             .health
             .as_ref()
@@ -131,6 +138,7 @@ impl RawService {
         Ok(ServiceConfig {
             addr,
             cookie,
+            persistence,
             health,
             backends,
         })

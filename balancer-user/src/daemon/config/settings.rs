@@ -19,7 +19,7 @@ use crate::{
     daemon::health::{CheckKind, CheckSettings},
     dataplane::{AttachOptions, Mode},
     model::addr::ServiceAddr,
-    model::Weight,
+    model::{Persistence, Weight},
 };
 
 /// The whole configuration, validated.
@@ -146,6 +146,8 @@ pub struct ServiceConfig {
     pub addr: ServiceAddr,
     /// Cookie-mode settings; `None` for plain NAT services.
     pub cookie: Option<CookieSettings>,
+    /// How new connections (cookie mode: those the policy binds) pick their backend.
+    pub persistence: Persistence,
     pub health: HealthConfig,
     pub backends: Vec<BackendConfig>,
 }

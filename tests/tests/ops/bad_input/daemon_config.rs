@@ -60,6 +60,9 @@ cookie name too long            | service: cookie_name = "{name32}"       | inva
 delimiter ;                     | service: delimiter = ";"                | invalid cookie delimiter ';'
 delimiter of two characters     | service: delimiter = "!!"               | delimiter "!!" must be exactly one character
 primary segment 0               | service: primary_segment = 0            | invalid cookie segments '0/3'
+persistence prefix 0            | service: persistence = "source/0"       | persistence: invalid persistence 'source/0': the prefix length must be 1 to 32
+persistence unknown             | service: persistence = "sticky"         | invalid persistence 'sticky': expected none, source or source/PREFIX
+persistence not a string        | service: persistence = 24               | invalid type: integer `24`, expected a string
 primary segment = secondary     | service: primary_segment = 3            | invalid cookie segments '3/3'
 segment 256                     | service: primary_segment = 256          | invalid value: integer `256`, expected u8
 secondary naming an unknown id  | be1: secondary = "be9"                  | secondary "be9" is not the server_id of any backend of this service
