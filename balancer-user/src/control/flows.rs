@@ -1,7 +1,7 @@
 //! The flow table as operators see it: one row per connection (the client-side entry),
 //! with the backend it is bound to.
 
-use std::net::Ipv4Addr;
+use std::net::SocketAddrV4;
 
 use balancer_common::{direction, flow_state, phase};
 use serde::Serialize;
@@ -10,15 +10,15 @@ use crate::{
     control::Control,
     dataplane::MapStore,
     error::Result,
-    model::addr::{ip_from_map, Proto},
+    model::addr::{ip_from_map, Proto, ServiceAddr},
 };
 
 #[derive(Clone, Debug, Serialize)]
 pub struct FlowInfo {
     pub proto: Proto,
-    pub client: String,
-    pub service: String,
-    pub backend: String,
+    pub client: SocketAddrV4,
+    pub service: ServiceAddr,
+    pub backend: SocketAddrV4,
     pub backend_slot: u32,
     /// State of the client -> backend direction.
     pub state: &'static str,
@@ -40,8 +40,8 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-fn endpoint(addr: u32, port: u16) -> String {
-    format!("{}:{}", ip_from_map(addr), u16::from_be(port))
+fn endpoint(addr: u32, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip_from_map(addr), u16::from_be(port))
 }
 
 impl<S: MapStore> Control<S> {
@@ -59,7 +59,11 @@ impl<S: MapStore> Control<S> {
             out.push(FlowInfo {
                 proto,
                 client: endpoint(k.src, k.sport),
-                service: format!("{}/{}", endpoint(k.dst, k.dport), proto),
+                service: ServiceAddr {
+                    addr: ip_from_map(k.dst),
+                    port: u16::from_be(k.dport),
+                    proto,
+                },
                 backend: endpoint(f.new_dst, f.new_dport),
                 backend_slot: f.backend,
                 state: flow_state::name(f.state),
@@ -76,10 +80,4 @@ impl<S: MapStore> Control<S> {
         out.sort_by(|a, b| b.age_s.total_cmp(&a.age_s));
         Ok(out)
     }
-}
-
-/// Parses "a.b.c.d:port" back into parts (for tests and tools reading `flows --json`).
-pub fn split_endpoint(s: &str) -> Option<(Ipv4Addr, u16)> {
-    let (a, p) = s.rsplit_once(':')?;
-    Some((a.parse().ok()?, p.parse().ok()?))
 }

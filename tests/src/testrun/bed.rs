@@ -377,12 +377,15 @@ impl TestBed {
         service: SocketAddrV4,
         proto: Proto,
     ) -> Result<Option<FlowInfo>> {
-        let c = client.to_string();
-        let s = format!("{service}/{proto}");
+        let service = ServiceAddr {
+            addr: *service.ip(),
+            port: service.port(),
+            proto,
+        };
         Ok(self
             .flows()?
             .into_iter()
-            .find(|f| f.client == c && f.service == s))
+            .find(|f| f.client == client && f.service == service))
     }
 }
 

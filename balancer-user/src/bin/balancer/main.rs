@@ -415,9 +415,9 @@ fn run(cli: Cli) -> Result<()> {
                 |f| {
                     vec![
                         f.proto.to_string(),
-                        f.client.clone(),
-                        f.service.clone(),
-                        f.backend.clone(),
+                        f.client.to_string(),
+                        f.service.to_string(),
+                        f.backend.to_string(),
                         f.state.to_string(),
                         f.phase.to_string(),
                         format!("{:.1}", f.age_s),

@@ -58,7 +58,7 @@ fn first_segment_binds_to_the_backend_its_cookie_names() {
         .unwrap()
         .expect("flow listed");
     assert_eq!(
-        (info.phase, info.state, info.backend.as_str()),
+        (info.phase, info.state, info.backend.to_string().as_str()),
         ("binding", "syn", "198.18.1.11:8080")
     );
 
