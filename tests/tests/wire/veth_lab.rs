@@ -7,6 +7,7 @@
 use std::{path::Path, time::Duration};
 
 use balancer_tests::{
+    daemon::{daemon_config, ConfigOptions, Daemon},
     harness,
     http::Conn,
     topology::{self, service_arg, vip, Topology},
@@ -188,4 +189,75 @@ fn bare_veth_lab_is_flagged_and_veth_peer_pass_fixes_it() {
         !has_xdp(&t.lan, "gw0"),
         "pass program left on the lan's gw0"
     );
+}
+
+/// The daemon's side: the same bare lab gets one warning line per interface in the log
+/// (and the peers keep no program) without `veth_peer_pass`; with `veth_peer_pass = true`
+/// the daemon puts the pass program on the peers itself and connections go through.
+#[test]
+fn daemon_warns_about_bare_veth_peers_and_fixes_them_when_configured() {
+    harness::root::assert_root();
+    let _machine = topology::machine_shared();
+    let mut t = Topology::two_arm_bare_peers(3).expect("building the lab");
+    t.start_servers(Path::new(crate::TESTSRV))
+        .expect("starting servers");
+    let config = daemon_config(&t, &ConfigOptions::default());
+
+    let mut d = Daemon::start(&mut t, &config).expect("starting the daemon");
+    for i in t.gateway_ifaces.clone() {
+        d.wait_for(
+            &format!("the XDP_TX warning for {i}"),
+            Duration::from_secs(10),
+            || {
+                Ok(d.log()
+                    .lines()
+                    .any(|l| {
+                        l.contains(&format!("{i}: veth whose peer"))
+                            && l.contains("--veth-peer-pass")
+                    })
+                    .then_some(()))
+            },
+        )
+        .unwrap();
+    }
+    assert!(
+        !has_xdp(&t.client, "eth0"),
+        "the daemon changed a peer unasked"
+    );
+    d.stop().expect("stopping the daemon");
+    t.balancer(&["detach"]).expect("detach");
+
+    let fixed = config.replacen("[daemon]\n", "[daemon]\nveth_peer_pass = true\n", 1);
+    let d = Daemon::start(&mut t, &fixed).expect("starting the daemon again");
+    d.wait_for("the service", Duration::from_secs(10), || {
+        Ok((d.backends()?.len() == 3).then_some(()))
+    })
+    .unwrap();
+    assert!(
+        has_xdp(&t.client, "eth0"),
+        "client's eth0 has no XDP program"
+    );
+    assert!(has_xdp(&t.lan, "gw0"), "the lan's gw0 has no XDP program");
+    assert!(!d.log().contains("veth whose peer"), "{}", d.log());
+    let backends = t
+        .backends
+        .iter()
+        .map(|b| b.name.clone())
+        .collect::<Vec<_>>();
+    let failures: Vec<String> = t
+        .client
+        .run(move || {
+            (0..100)
+                .filter_map(|i| {
+                    let primary = &backends[i % backends.len()];
+                    match get_for(primary, i) {
+                        Ok(name) if name == *primary => None,
+                        Ok(name) => Some(format!("#{i}: {name}, not {primary}")),
+                        Err(e) => Some(format!("#{i}: {e:#}")),
+                    }
+                })
+                .collect()
+        })
+        .expect("client namespace");
+    assert!(failures.is_empty(), "{failures:?}\n{}", d.log());
 }
