@@ -62,16 +62,7 @@ impl Generator<'_> {
         let isn = rng.u32();
         let mss = mss_choice(rng);
         let mut t = cookie_window();
-        let mut cookie = make_cookie(
-            &TEST_SECRET,
-            ip_to_map(*client.ip()),
-            ip_to_map(*vip.ip()),
-            client.port().to_be(),
-            vip.port().to_be(),
-            isn,
-            t,
-            encode_mss(mss),
-        );
+        let mut cookie = syncookie(&TEST_SECRET, client, vip, isn, mss, t);
         if odd {
             match rng.below(6) {
                 0 => cookie = (cookie & !7) | rng.below(8) as u32,
@@ -82,16 +73,7 @@ impl Generator<'_> {
                 _ => cookie = rng.u32(),
             }
             if matches!(rng.below(6), 1..=3) {
-                cookie = make_cookie(
-                    &TEST_SECRET,
-                    ip_to_map(*client.ip()),
-                    ip_to_map(*vip.ip()),
-                    client.port().to_be(),
-                    vip.port().to_be(),
-                    isn,
-                    t,
-                    encode_mss(mss),
-                );
+                cookie = syncookie(&TEST_SECRET, client, vip, isn, mss, t);
             }
         }
         tcp_to(client, vip, fl, isn.wrapping_add(1), cookie.wrapping_add(1))

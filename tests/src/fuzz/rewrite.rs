@@ -65,6 +65,24 @@ impl Oracle {
         Ok(())
     }
 
+    /// The shift `K - B` of the splice of `key` to `backend`; a finding described by
+    /// `missing` (given the splice the fuzzer knows, if any) when there is no such splice.
+    fn splice_shift(
+        &self,
+        key: &(SocketAddrV4, SocketAddrV4, u8),
+        backend: SocketAddrV4,
+        missing: impl FnOnce(Option<Spliced>) -> String,
+    ) -> Result<u32, Finding> {
+        let sp = self.shadow.spliced.get(key).copied();
+        match sp.filter(|sp| sp.backend == backend) {
+            Some(sp) => Ok(sp.cookie.wrapping_sub(sp.bisn)),
+            None => Err(Finding {
+                check: "output.spliced",
+                detail: missing(sp),
+            }),
+        }
+    }
+
     pub(super) fn check_nat_forward(
         &mut self,
         r: &Run,
@@ -96,33 +114,17 @@ impl Oracle {
             bound
         );
         ensure_that!(
-            r.out[0..6] == backend_mac(*o.dst.ip()) && r.out[6..12] == BACKEND_IF_MAC,
+            r.sent_to_backend_mac(*o.dst.ip()),
             "output.nat_forward",
             "forwarded with MACs {} -> {}",
             hex(&r.out[6..12]),
             hex(&r.out[0..6])
         );
-        let want = if r.ingress == r.backend_ifindex {
-            XDP_TX
-        } else {
-            XDP_REDIRECT
-        };
-        ensure_that!(
-            r.verdict == want,
-            "output.verdict",
-            "forwarded to a backend with {}, expected {}",
-            verdict_name(r.verdict),
-            verdict_name(want)
-        );
+        check_verdict(r, r.to_backend_verdict(), "forwarded to a backend")?;
         if self.layout.svcs[s].cookie {
-            let sp = self.shadow.spliced.get(&key).copied();
-            let Some(sp) = sp.filter(|sp| sp.backend == o.dst) else {
-                return Err(Finding {
-                    check: "output.spliced",
-                    detail: format!("forwarded to {} without a splice to it ({sp:?})", o.dst),
-                });
-            };
-            let shift = sp.cookie.wrapping_sub(sp.bisn);
+            let shift = self.splice_shift(&key, o.dst, |sp| {
+                format!("forwarded to {} without a splice to it ({sp:?})", o.dst)
+            })?;
             ensure_that!(
                 o.ack == p.ack.wrapping_sub(shift),
                 "output.spliced",
@@ -178,11 +180,7 @@ impl Oracle {
             bound
         );
         if let Some(c) = self.shadow.created.get(&key).copied() {
-            let want = if r.ingress == c.ingress {
-                XDP_TX
-            } else {
-                XDP_REDIRECT
-            };
+            let want = verdict_out_of(r.ingress, c.ingress);
             ensure_that!(
                 r.verdict == want,
                 "output.verdict",
@@ -225,14 +223,9 @@ impl Oracle {
                 self.check_rewrite(r, p, o, Some(p.l4 + 4..p.l4 + 8))?;
                 self.count(PATH_REFUSED);
             } else {
-                let sp = self.shadow.spliced.get(&key).copied();
-                let Some(sp) = sp.filter(|sp| sp.backend == p.src) else {
-                    return Err(Finding {
-                        check: "output.spliced",
-                        detail: format!("reply of {} forwarded without a splice ({sp:?})", p.src),
-                    });
-                };
-                let shift = sp.cookie.wrapping_sub(sp.bisn);
+                let shift = self.splice_shift(&key, p.src, |sp| {
+                    format!("reply of {} forwarded without a splice ({sp:?})", p.src)
+                })?;
                 ensure_that!(
                     o.seq == p.seq.wrapping_add(shift),
                     "output.spliced",
@@ -249,6 +242,28 @@ impl Oracle {
         }
         Ok(())
     }
+}
+
+/// The verdict that sends a frame out of `egress` when it came in on `ingress`: `XDP_TX`
+/// back out of the same interface, `XDP_REDIRECT` to the other one.
+pub(super) fn verdict_out_of(ingress: u32, egress: u32) -> u32 {
+    if ingress == egress {
+        XDP_TX
+    } else {
+        XDP_REDIRECT
+    }
+}
+
+/// The run's verdict is `want`; `what` names the frame in the finding.
+pub(super) fn check_verdict(r: &Run, want: u32, what: &str) -> Result<(), Finding> {
+    ensure_that!(
+        r.verdict == want,
+        "output.verdict",
+        "{what} with {}, expected {}",
+        verdict_name(r.verdict),
+        verdict_name(want)
+    );
+    Ok(())
 }
 
 /// A frame the data plane built: fresh IPv4 header (IHL 5, TOS 0, id 0, DF, TTL 64),

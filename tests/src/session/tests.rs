@@ -28,6 +28,19 @@ fn replica(session: &str, primary: &str, epoch: u64, counter: u64) -> Replica {
     }
 }
 
+/// The answer to a replica from a store that knows `owner` holds the session.
+fn stale(owner: &str) -> Received {
+    Received::Stale {
+        owner: owner.into(),
+    }
+}
+
+/// The version of `session` in `store`.
+fn version_of(store: &Store, session: &str) -> (u64, u64) {
+    let v = &store.get(session).unwrap().version;
+    (v.epoch, v.counter)
+}
+
 fn peers(list: &[&str]) -> Peers {
     let peers = list
         .iter()
@@ -320,17 +333,8 @@ fn replicas_never_go_back() {
         }
     );
     // The old primary of epoch 0 is refused and told the owner.
-    assert_eq!(
-        b.receive(&replica("s1", "a", 0, 9)),
-        Received::Stale { owner: "c".into() }
-    );
-    assert_eq!(
-        b.get("s1").unwrap().version,
-        Version {
-            epoch: 1,
-            counter: 4
-        }
-    );
+    assert_eq!(b.receive(&replica("s1", "a", 0, 9)), stale("c"));
+    assert_eq!(version_of(&b, "s1"), (1, 4), "(epoch, counter)");
     assert_eq!(b.stats.replicas_stored, 3);
     assert_eq!(b.stats.replicas_refused, 1);
     assert_eq!(b.counts(), (0, 1));
@@ -343,22 +347,10 @@ fn replica_of_a_session_held_as_primary() {
     let mut b = Store::new("b");
     b.receive(&replica("s1", "a", 0, 4));
     update(b.begin(Some(&cookie("s1!a!b")), None, ids(&[])));
-    assert_eq!(
-        b.receive(&replica("s1", "a", 0, 9)),
-        Received::Stale { owner: "b".into() }
-    );
+    assert_eq!(b.receive(&replica("s1", "a", 0, 9)), stale("b"));
     // Same epoch, two owners: the holder keeps it.
-    assert_eq!(
-        b.receive(&replica("s1", "c", 1, 9)),
-        Received::Stale { owner: "b".into() }
-    );
-    assert_eq!(
-        b.get("s1").unwrap().version,
-        Version {
-            epoch: 1,
-            counter: 5
-        }
-    );
+    assert_eq!(b.receive(&replica("s1", "c", 1, 9)), stale("b"));
+    assert_eq!(version_of(&b, "s1"), (1, 5), "(epoch, counter)");
 
     let mut a = Store::new("a");
     let u = update(a.begin(None, None, ids(&["s1"])));

@@ -10,9 +10,7 @@ use super::*;
 #[test]
 fn backend_refusal_resets_the_client_at_once() {
     let (bed, _, backends) = setup();
-    let conn = handshake(&bed, Conn::new(40000, 5000, 1460));
-    let payload = http_get("be2");
-    bind(&bed, &conn, &payload, backends[1], Choice::Hit, None);
+    let (conn, payload) = bound(&bed, Conn::new(40000, 5000, 1460), backends[1], "be2");
     let refusal = |ack: u32| {
         Frame::reply(backends[1], conn.client, RST_ACK)
             .seq(0)
@@ -66,9 +64,7 @@ fn backend_refusal_resets_the_client_at_once() {
 #[test]
 fn stale_ack_from_the_backend_is_reset_and_the_syn_sent_again() {
     let (bed, _, backends) = setup();
-    let conn = handshake(&bed, Conn::new(40000, 9000, 1460));
-    let payload = http_get("be1");
-    bind(&bed, &conn, &payload, backends[0], Choice::Hit, None);
+    let (conn, payload) = bound(&bed, Conn::new(40000, 9000, 1460), backends[0], "be1");
     let old_ack = 0x4000_0000;
     let stale = Frame::reply(backends[0], conn.client, ACK)
         .seq(0x1234_5678)
@@ -118,9 +114,7 @@ fn stale_ack_from_the_backend_is_reset_and_the_syn_sent_again() {
 #[test]
 fn retransmission_after_the_backend_failed_binds_again() {
     let (bed, svc, backends) = setup();
-    let conn = handshake(&bed, Conn::new(40000, 77, 1460));
-    let payload = http_get("be2");
-    bind(&bed, &conn, &payload, backends[1], Choice::Hit, None);
+    let (conn, payload) = bound(&bed, Conn::new(40000, 77, 1460), backends[1], "be2");
     bed.set_failover(svc, backends[1], Some(backends[2]))
         .unwrap();
     bed.set_backend_state(svc, backends[1], backend_state::DOWN)

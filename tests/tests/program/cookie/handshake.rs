@@ -188,22 +188,23 @@ fn invalid_cookies_are_dropped() {
         Ingress::Client,
         Counter::RstNoFlow,
     )];
-    let mut odd: Vec<(String, Frame)> = Vec::new();
-    odd.push(("SYN+ACK".into(), conn.handshake_ack().flags(SYN_ACK)));
-    odd.push((
-        "FIN without ACK".into(),
-        conn.handshake_ack().flags(TcpFlags {
-            fin: true,
-            ..Default::default()
-        }),
-    ));
-    odd.push((
-        "PSH without ACK".into(),
-        conn.data(b"GET / HTTP/1.1\r\n\r\n").flags(TcpFlags {
-            psh: true,
-            ..Default::default()
-        }),
-    ));
+    let odd: [(&str, Frame); 3] = [
+        ("SYN+ACK", conn.handshake_ack().flags(SYN_ACK)),
+        (
+            "FIN without ACK",
+            conn.handshake_ack().flags(TcpFlags {
+                fin: true,
+                ..Default::default()
+            }),
+        ),
+        (
+            "PSH without ACK",
+            conn.data(b"GET / HTTP/1.1\r\n\r\n").flags(TcpFlags {
+                psh: true,
+                ..Default::default()
+            }),
+        ),
+    ];
     cases.extend(
         odd.into_iter().map(|(what, f)| {
             Case::dropped(what, f.build(), Ingress::Client, Counter::DropOddNoFlow)

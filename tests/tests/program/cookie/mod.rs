@@ -419,11 +419,19 @@ fn entries(bed: &TestBed, conn: &Conn, backend: SocketAddrV4) -> (Flow, Flow) {
 /// A connection through SYN, first segment (bound to `backend` by its cookie) and the
 /// backend's SYN-ACK with ISN `b`.
 fn spliced(bed: &TestBed, conn: Conn, backend: SocketAddrV4, id: &str, b: u32) -> Conn {
+    let (conn, payload) = bound(bed, conn, backend, id);
+    complete(bed, &conn, &payload, backend, b);
+    conn
+}
+
+/// A connection through SYN and first segment, a GET whose cookie names `id`, bound to
+/// `backend` (a cookie hit): waiting for the backend's SYN-ACK. Returns the connection
+/// and the first segment's payload.
+fn bound(bed: &TestBed, conn: Conn, backend: SocketAddrV4, id: &str) -> (Conn, Vec<u8>) {
     let conn = handshake(bed, conn);
     let payload = http_get(id);
     bind(bed, &conn, &payload, backend, Choice::Hit, None);
-    complete(bed, &conn, &payload, backend, b);
-    conn
+    (conn, payload)
 }
 
 /// A small GET whose session cookie names `primary`.
