@@ -50,6 +50,42 @@ fn be_def(n: u8, port: u16, state: u8, server_id: Option<&'static str>) -> Backe
     }
 }
 
+impl ServiceDef {
+    /// The service as loaded, with service id `id`.
+    fn loaded(&self, id: u32) -> Svc {
+        Svc {
+            name: self.name,
+            addr: self.addr,
+            proto: match self.proto {
+                Proto::Tcp => PROTO_TCP,
+                Proto::Udp => PROTO_UDP,
+            },
+            cookie: self.cookie,
+            id,
+        }
+    }
+}
+
+impl BackendDef {
+    /// The backend as loaded: of service index `svc`, in backend slot `slot`.
+    fn loaded(&self, svc: usize, slot: u32) -> Be {
+        Be {
+            addr: self.addr,
+            svc,
+            slot,
+            state: self.state,
+            server_id: self.server_id,
+        }
+    }
+}
+
+/// The cookie service's failover (its DOWN backend, the fourth, replaced by the second),
+/// as indexes into `bes`.
+fn cookie_failover(cookie: &ServiceDef, bes: &[Be]) -> StdMap<usize, usize> {
+    let idx = |a: SocketAddrV4| bes.iter().position(|b| b.addr == a).unwrap();
+    StdMap::from([(idx(cookie.backends[3].addr), idx(cookie.backends[1].addr))])
+}
+
 /// A service without cookie mode.
 fn service(
     name: &'static str,
@@ -165,29 +201,12 @@ impl Layout {
         let mut svcs = Vec::new();
         let mut bes = Vec::new();
         for (si, def) in defs.iter().enumerate() {
-            svcs.push(Svc {
-                name: def.name,
-                addr: def.addr,
-                proto: match def.proto {
-                    Proto::Tcp => PROTO_TCP,
-                    Proto::Udp => PROTO_UDP,
-                },
-                cookie: def.cookie,
-                id: si as u32,
-            });
+            svcs.push(def.loaded(si as u32));
             for b in &def.backends {
-                bes.push(Be {
-                    addr: b.addr,
-                    svc: si,
-                    slot: bes.len() as u32,
-                    state: b.state,
-                    server_id: b.server_id,
-                });
+                bes.push(b.loaded(si, bes.len() as u32));
             }
         }
-        let idx = |a: SocketAddrV4| bes.iter().position(|b: &Be| b.addr == a).unwrap();
-        let cookie = &defs[SVC_COOKIE];
-        let failover = StdMap::from([(idx(cookie.backends[3].addr), idx(cookie.backends[1].addr))]);
+        let failover = cookie_failover(&defs[SVC_COOKIE], &bes);
         Layout {
             svcs,
             bes,
@@ -252,16 +271,7 @@ impl FuzzBed {
                 .find(|s| s.service.addr == *def.addr.ip() && s.service.port == def.addr.port())
                 .filter(|s| s.service.proto == def.proto)
                 .ok_or_else(|| anyhow!("service {} not loaded", def.name))?;
-            svcs.push(Svc {
-                name: def.name,
-                addr: def.addr,
-                proto: match def.proto {
-                    Proto::Tcp => PROTO_TCP,
-                    Proto::Udp => PROTO_UDP,
-                },
-                cookie: def.cookie,
-                id: info.id,
-            });
+            svcs.push(def.loaded(info.id));
         }
         let binfos = bed.balancer().backends(None)?;
         let mut bes = Vec::new();
@@ -271,17 +281,10 @@ impl FuzzBed {
                     .iter()
                     .find(|i| i.backend == b.addr)
                     .ok_or_else(|| anyhow!("backend {} not loaded", b.addr))?;
-                bes.push(Be {
-                    addr: b.addr,
-                    svc: si,
-                    slot: info.slot,
-                    state: b.state,
-                    server_id: b.server_id,
-                });
+                bes.push(b.loaded(si, info.slot));
             }
         }
-        let idx = |a: SocketAddrV4| bes.iter().position(|b: &Be| b.addr == a).unwrap();
-        let failover = StdMap::from([(idx(cookie.backends[3].addr), idx(cookie.backends[1].addr))]);
+        let failover = cookie_failover(cookie, &bes);
         Ok(FuzzBed {
             bed,
             layout: Layout {

@@ -65,22 +65,41 @@ impl Oracle {
         Ok(())
     }
 
-    /// The shift `K - B` of the splice of `key` to `backend`; a finding described by
-    /// `missing` (given the splice the fuzzer knows, if any) when there is no such splice.
-    fn splice_shift(
-        &self,
+    /// A segment through the splice of `key` to its backend (the output's destination
+    /// to the backend, the input's source from it): `field` shifted by `K - B`, the rest
+    /// as any rewrite. `missing` describes the finding (given the splice the fuzzer knows,
+    /// if any) when there is no such splice.
+    fn check_spliced(
+        &mut self,
+        r: &Run,
+        p: &Pkt,
+        o: &Pkt,
         key: &(SocketAddrV4, SocketAddrV4, u8),
-        backend: SocketAddrV4,
+        field: Shifted,
         missing: impl FnOnce(Option<Spliced>) -> String,
-    ) -> Result<u32, Finding> {
+    ) -> Result<(), Finding> {
+        let backend = match field {
+            Shifted::Ack => o.dst,
+            Shifted::Seq => p.src,
+        };
         let sp = self.shadow.spliced.get(key).copied();
-        match sp.filter(|sp| sp.backend == backend) {
-            Some(sp) => Ok(sp.cookie.wrapping_sub(sp.bisn)),
-            None => Err(Finding {
+        let Some(sp) = sp.filter(|sp| sp.backend == backend) else {
+            return Err(Finding {
                 check: "output.spliced",
                 detail: missing(sp),
-            }),
-        }
+            });
+        };
+        let shift = sp.cookie.wrapping_sub(sp.bisn);
+        let (name, before, after, want, at) = match field {
+            Shifted::Ack => ("ack", p.ack, o.ack, p.ack.wrapping_sub(shift), p.l4 + 8),
+            Shifted::Seq => ("seq", p.seq, o.seq, p.seq.wrapping_add(shift), p.l4 + 4),
+        };
+        ensure_that!(
+            after == want,
+            "output.spliced",
+            "{name} {before:#x} -> {after:#x}, expected the shift by K - B = {shift:#x}"
+        );
+        self.check_rewrite(r, p, o, Some(at..at + 4))
     }
 
     pub(super) fn check_nat_forward(
@@ -122,17 +141,9 @@ impl Oracle {
         );
         check_verdict(r, r.to_backend_verdict(), "forwarded to a backend")?;
         if self.layout.svcs[s].cookie {
-            let shift = self.splice_shift(&key, o.dst, |sp| {
+            self.check_spliced(r, p, o, &key, Shifted::Ack, |sp| {
                 format!("forwarded to {} without a splice to it ({sp:?})", o.dst)
             })?;
-            ensure_that!(
-                o.ack == p.ack.wrapping_sub(shift),
-                "output.spliced",
-                "ack {:#x} -> {:#x}, expected the shift by K - B = {shift:#x}",
-                p.ack,
-                o.ack
-            );
-            self.check_rewrite(r, p, o, Some(p.l4 + 8..p.l4 + 12))?;
             self.count(PATH_SPLICED_FORWARD);
         } else {
             self.check_rewrite(r, p, o, None)?;
@@ -223,17 +234,9 @@ impl Oracle {
                 self.check_rewrite(r, p, o, Some(p.l4 + 4..p.l4 + 8))?;
                 self.count(PATH_REFUSED);
             } else {
-                let shift = self.splice_shift(&key, p.src, |sp| {
+                self.check_spliced(r, p, o, &key, Shifted::Seq, |sp| {
                     format!("reply of {} forwarded without a splice ({sp:?})", p.src)
                 })?;
-                ensure_that!(
-                    o.seq == p.seq.wrapping_add(shift),
-                    "output.spliced",
-                    "seq {:#x} -> {:#x}, expected the shift by K - B = {shift:#x}",
-                    p.seq,
-                    o.seq
-                );
-                self.check_rewrite(r, p, o, Some(p.l4 + 4..p.l4 + 8))?;
                 self.count(PATH_SPLICED_REPLY);
             }
         } else {
@@ -242,6 +245,14 @@ impl Oracle {
         }
         Ok(())
     }
+}
+
+/// The TCP field a splice shifts: the acknowledgement number of the client's segments
+/// (to the backend), the sequence number of the backend's (to the client).
+#[derive(Clone, Copy)]
+enum Shifted {
+    Ack,
+    Seq,
 }
 
 /// The verdict that sends a frame out of `egress` when it came in on `ingress`: `XDP_TX`

@@ -10,7 +10,7 @@ use super::*;
 #[test]
 fn backend_refusal_resets_the_client_at_once() {
     let (bed, _, backends) = setup();
-    let (conn, payload) = bound(&bed, Conn::new(40000, 5000, 1460), backends[1], "be2");
+    let (conn, _) = bound(&bed, Conn::new(40000, 5000, 1460), backends[1], "be2");
     let refusal = |ack: u32| {
         Frame::reply(backends[1], conn.client, RST_ACK)
             .seq(0)
