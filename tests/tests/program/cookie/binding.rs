@@ -135,8 +135,7 @@ fn backend_synack_delivers_the_kept_segment() {
 
 #[test]
 fn unexpected_packets_while_binding_are_dropped() {
-    let (bed, _, backends) = setup();
-    let (conn, payload) = bound(&bed, Conn::new(40000, 500, 1460), backends[0], "be1");
+    let (bed, _, backends, conn, payload) = one_binding(500, 0);
     let b = 123_456;
     let from_backend = [
         (
@@ -191,13 +190,7 @@ fn unexpected_packets_while_binding_are_dropped() {
 
 #[test]
 fn retransmitted_first_segment_resends_the_backend_syn() {
-    let (bed, _, backends) = setup();
-    let (conn, payload) = bound(
-        &bed,
-        Conn::new(40000, 0xffff_fffe, 1460),
-        backends[2],
-        "be3",
-    );
+    let (bed, _, backends, conn, payload) = one_binding(0xffff_fffe, 2);
     for round in 0..2 {
         let before = bed.backend_counters().unwrap();
         let r = run_counted(
@@ -253,8 +246,7 @@ fn retransmitted_first_segment_resends_the_backend_syn() {
 
 #[test]
 fn binding_times_out_with_a_rst_to_the_client() {
-    let (bed, _, backends) = setup();
-    let (conn, payload) = bound(&bed, Conn::new(40000, 31337, 1460), backends[1], "be2");
+    let (bed, _, backends, conn, payload) = one_binding(31337, 1);
     let other = handshake(&bed, Conn::new(40001, 4242, 1460));
     bind(&bed, &other, &payload, backends[1], Choice::Hit, None);
 

@@ -9,8 +9,7 @@ use super::*;
 /// answer our SYN is dropped and changes nothing.
 #[test]
 fn backend_refusal_resets_the_client_at_once() {
-    let (bed, _, backends) = setup();
-    let (conn, _) = bound(&bed, Conn::new(40000, 5000, 1460), backends[1], "be2");
+    let (bed, _, backends, conn, _) = one_binding(5000, 1);
     let refusal = |ack: u32| {
         Frame::reply(backends[1], conn.client, RST_ACK)
             .seq(0)
@@ -63,8 +62,7 @@ fn backend_refusal_resets_the_client_at_once() {
 /// RST alone from XDP; the binding stays for the client's retransmission.
 #[test]
 fn stale_ack_from_the_backend_is_reset_and_the_syn_sent_again() {
-    let (bed, _, backends) = setup();
-    let (conn, payload) = bound(&bed, Conn::new(40000, 9000, 1460), backends[0], "be1");
+    let (bed, _, backends, conn, payload) = one_binding(9000, 0);
     let old_ack = 0x4000_0000;
     let stale = Frame::reply(backends[0], conn.client, ACK)
         .seq(0x1234_5678)
@@ -113,8 +111,7 @@ fn stale_ack_from_the_backend_is_reset_and_the_syn_sent_again() {
 /// binding waited) is bound again: to the replacement the control plane wrote.
 #[test]
 fn retransmission_after_the_backend_failed_binds_again() {
-    let (bed, svc, backends) = setup();
-    let (conn, payload) = bound(&bed, Conn::new(40000, 77, 1460), backends[1], "be2");
+    let (bed, svc, backends, conn, payload) = one_binding(77, 1);
     bed.set_failover(svc, backends[1], Some(backends[2]))
         .unwrap();
     bed.set_backend_state(svc, backends[1], backend_state::DOWN)

@@ -424,6 +424,16 @@ fn spliced(bed: &TestBed, conn: Conn, backend: SocketAddrV4, id: &str, b: u32) -
     conn
 }
 
+/// A bed ([`setup`]) with one connection, from client port 40000 with ISN `isn`, whose
+/// first segment is bound to `backends[i]` by its cookie ([`bound`]): the bed, the
+/// service, the backends, the connection and the first segment's payload.
+fn one_binding(isn: u32, i: usize) -> (TestBed, ServiceAddr, Vec<SocketAddrV4>, Conn, Vec<u8>) {
+    let (bed, svc, backends) = setup();
+    let id = format!("be{}", i + 1);
+    let (conn, payload) = bound(&bed, Conn::new(40000, isn, 1460), backends[i], &id);
+    (bed, svc, backends, conn, payload)
+}
+
 /// A connection through SYN and first segment, a GET whose cookie names `id`, bound to
 /// `backend` (a cookie hit): waiting for the backend's SYN-ACK. Returns the connection
 /// and the first segment's payload.
