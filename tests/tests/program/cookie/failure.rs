@@ -116,25 +116,17 @@ fn retransmission_after_the_backend_failed_binds_again() {
         .unwrap();
     bed.set_backend_state(svc, backends[1], backend_state::DOWN)
         .unwrap();
-    let before = bed.backend_counters().unwrap();
-    let r = run_counted(
-        &bed,
-        &conn.data(&payload).build(),
-        Ingress::Client,
-        XDP_REDIRECT,
-        &[
-            (Counter::BindsRedone, 1),
-            (Counter::SyncookiesValid, 1),
-            (Counter::CookiePairsReported, 1),
-            (Counter::NewFlows, 1),
-            (Counter::BindingsStarted, 1),
-            (Counter::TxRedirect, 1),
-            (Counter::TxBytes, BUILT_SYN_LEN),
-        ],
-        "retransmission to a failed backend",
-    );
-    check_frame(&r.output, &conn.expected_backend_syn(backends[2])).expect("SYN to be3");
-    let delta = backend_delta(&before, &bed.backend_counters().unwrap());
+    let counters = [
+        (Counter::BindsRedone, 1),
+        (Counter::SyncookiesValid, 1),
+        (Counter::CookiePairsReported, 1),
+        (Counter::NewFlows, 1),
+        (Counter::BindingsStarted, 1),
+        (Counter::TxRedirect, 1),
+        (Counter::TxBytes, BUILT_SYN_LEN),
+    ];
+    let what = "retransmission to a failed backend (SYN to be3)";
+    let delta = first_segment_again(&bed, &conn, &payload, backends[2], &counters, what);
     assert_eq!(delta[&backends[2]].failover_redirects, 1, "{delta:?}");
     assert_eq!(
         bed.flow_entries().unwrap().len(),

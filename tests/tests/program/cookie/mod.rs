@@ -365,6 +365,25 @@ fn bind(
     r
 }
 
+/// Runs the first data segment of `conn` again (a retransmission) and checks it became
+/// the SYN to `backend`, with exactly the counter changes `counters`. Returns the
+/// per-backend counter changes.
+fn first_segment_again(
+    bed: &TestBed,
+    conn: &Conn,
+    payload: &[u8],
+    backend: SocketAddrV4,
+    counters: &[(Counter, u64)],
+    what: &str,
+) -> BTreeMap<SocketAddrV4, BackendCountersValues> {
+    let before = bed.backend_counters().unwrap();
+    let input = conn.data(payload).build();
+    let r = run_counted(bed, &input, Ingress::Client, XDP_REDIRECT, counters, what);
+    check_frame(&r.output, &conn.expected_backend_syn(backend))
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    backend_delta(&before, &bed.backend_counters().unwrap())
+}
+
 /// Runs the backend's SYN-ACK (ISN `b`) through XDP and checks it became the kept
 /// segment, sent back to the backend (`XDP_TX`), and that the flow is spliced.
 fn complete(bed: &TestBed, conn: &Conn, payload: &[u8], backend: SocketAddrV4, b: u32) {
