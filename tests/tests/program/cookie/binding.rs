@@ -217,22 +217,13 @@ fn retransmitted_first_segment_resends_the_backend_syn() {
     );
     complete(&bed, &conn, &payload, backends[2], 77);
     // Once spliced, the same segment is an ordinary retransmission for the backend.
-    let r = run_counted(
+    let again = conn.data(&payload);
+    let forwarded = conn.forwarded_to_backend(&again, backends[2], 77);
+    let what = "first segment again, spliced";
+    run_case(
         &bed,
-        &conn.data(&payload).build(),
-        Ingress::Client,
-        XDP_REDIRECT,
-        &[
-            (Counter::TxRedirect, 1),
-            (Counter::TxBytes, conn.data(&payload).build().len() as u64),
-        ],
-        "first segment again, spliced",
+        &Case::redirected(what, &again, Ingress::Client, forwarded),
     );
-    check_frame(
-        &r.output,
-        &conn.forwarded_to_backend(&conn.data(&payload), backends[2], 77),
-    )
-    .unwrap();
 }
 
 #[test]
@@ -292,20 +283,12 @@ fn repeated_backend_synack_after_splice_reaches_the_client() {
     let b = 0x4000_0000;
     let conn = spliced(&bed, Conn::new(40000, 9, 1460), backends[0], "be1", b);
     let synack = conn.backend_synack(backends[0], b);
-    let input = synack.build();
-    let r = run_counted(
+    let forwarded = conn.forwarded_to_client(&synack, b);
+    let what = "repeated backend SYN-ACK, forwarded to the client";
+    run_case(
         &bed,
-        &input,
-        Ingress::Backend,
-        XDP_REDIRECT,
-        &[
-            (Counter::TxRedirect, 1),
-            (Counter::TxBytes, input.len() as u64),
-        ],
-        "repeated backend SYN-ACK",
+        &Case::redirected(what, &synack, Ingress::Backend, forwarded),
     );
-    check_frame(&r.output, &conn.forwarded_to_client(&synack, b))
-        .expect("SYN-ACK forwarded to the client");
     // The client's duplicate ACK and its retransmitted first segment go to the backend,
     // acknowledging the backend's ISN.
     let (dup, again) = (conn.handshake_ack(), conn.data(&payload));
