@@ -28,6 +28,20 @@ fn replica(session: &str, primary: &str, epoch: u64, counter: u64) -> Replica {
     }
 }
 
+/// A replica whose update answered request `request`.
+fn replica_of_request(
+    session: &str,
+    primary: &str,
+    epoch: u64,
+    counter: u64,
+    request: &str,
+) -> Replica {
+    Replica {
+        last_request: Some(request.into()),
+        ..replica(session, primary, epoch, counter)
+    }
+}
+
 /// The answer to a replica from a store that knows `owner` holds the session.
 fn stale(owner: &str) -> Received {
     Received::Stale {
@@ -248,9 +262,10 @@ fn request_ids_make_retries_idempotent() {
 #[test]
 fn takeover_only_by_the_named_secondary() {
     let mut b = Store::new("b");
-    let mut r = replica("s1", "a", 0, 7);
-    r.last_request = Some("r7".into());
-    assert_eq!(b.receive(&r), Received::Stored);
+    assert_eq!(
+        b.receive(&replica_of_request("s1", "a", 0, 7, "r7")),
+        Received::Stored
+    );
     // Cookie names another secondary: this replica may be behind the real one.
     let u = update(b.begin(Some(&cookie("s1!a!c")), None, ids(&["n1"])));
     assert!(matches!(u.event, Event::Lost { .. }));
@@ -279,9 +294,7 @@ fn takeover_replays_the_request_the_old_primary_replicated() {
     // The primary replicated r8 and died before answering; the client retries r8 at
     // the secondary, which answers counter 8 again instead of 9.
     let mut b = Store::new("b");
-    let mut r = replica("s1", "a", 0, 8);
-    r.last_request = Some("r8".into());
-    b.receive(&r);
+    b.receive(&replica_of_request("s1", "a", 0, 8, "r8"));
     let u = update(b.begin(Some(&cookie("s1!a!b")), Some("r8"), ids(&[])));
     assert!(matches!(u.event, Event::Takeover { .. }));
     assert_eq!(

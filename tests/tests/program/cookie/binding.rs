@@ -9,14 +9,7 @@ use super::*;
 fn first_segment_binds_to_the_backend_its_cookie_names() {
     let (bed, _, backends) = setup();
     let conn = handshake(&bed, Conn::new(40000, 0xdead_beef, 1460));
-    run_counted(
-        &bed,
-        &conn.handshake_ack().build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesValid, 1)],
-        "handshake ACK",
-    );
+    handshake_ack_validates(&bed, &conn, "handshake ACK");
     let payload = http_get("be2");
     bind(&bed, &conn, &payload, backends[1], Choice::Hit, None);
 

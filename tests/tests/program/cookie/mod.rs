@@ -305,6 +305,14 @@ fn handshake(bed: &TestBed, mut conn: Conn) -> Conn {
     conn
 }
 
+/// Runs the client's handshake ACK of `conn` and checks its cookie validates: counted
+/// as `syncookies_valid` and dropped (nothing to forward before the first segment).
+fn handshake_ack_validates(bed: &TestBed, conn: &Conn, what: &str) {
+    let input = conn.handshake_ack().build();
+    let valid = [(Counter::SyncookiesValid, 1)];
+    run_counted(bed, &input, Ingress::Client, XDP_DROP, &valid, what);
+}
+
 /// Sends the first data segment and checks it became the SYN to `backend`, with the
 /// counters of a binding chosen by `choice` (`outcome`: the cookie outcome counter).
 fn bind(

@@ -164,14 +164,7 @@ fn new_connection_on_a_closed_spliced_tuple_is_bound_anew() {
     // (here to the backend its cookie names now).
     let again = handshake(&bed, Conn::new(40001, 0x5555_0000, 1460));
     assert_ne!(again.cookie, conn.cookie);
-    run_counted(
-        &bed,
-        &again.handshake_ack().build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesValid, 1)],
-        "handshake ACK of the new connection",
-    );
+    handshake_ack_validates(&bed, &again, "handshake ACK of the new connection");
     let payload = http_get("be3");
     bind(&bed, &again, &payload, backends[2], Choice::Hit, None);
     let (fwd, _) = entries(&bed, &again, backends[2]);
