@@ -130,25 +130,19 @@ pub fn run_end_to_end(o: &E2eOptions, progress: &dyn Fn(String)) -> Result<E2eRe
             get(Setup::Haproxy),
             get(Setup::Direct),
         );
+        // The ratio of a figure of two setups' cells, where both have it.
+        let over = |x: Option<&Cell>, y: Option<&Cell>, figure: fn(&Cell) -> Option<f64>| {
+            ratio(x.and_then(figure), y.and_then(figure))
+        };
         ratios.insert(
             m.name().to_string(),
             Ratios {
-                rps_balancer_over_haproxy: ratio(
-                    b.map(|c| c.requests_per_s),
-                    h.map(|c| c.requests_per_s),
-                ),
-                rps_balancer_over_direct: ratio(
-                    b.map(|c| c.requests_per_s),
-                    d.map(|c| c.requests_per_s),
-                ),
-                cpu_own_balancer_over_haproxy: ratio(
-                    b.map(|c| c.gateway_cpu_ms_per_1k),
-                    h.map(|c| c.gateway_cpu_ms_per_1k),
-                ),
-                cpu_with_softirq_balancer_over_haproxy: ratio(
-                    b.and_then(|c| c.gateway_cpu_with_softirq_ms_per_1k),
-                    h.and_then(|c| c.gateway_cpu_with_softirq_ms_per_1k),
-                ),
+                rps_balancer_over_haproxy: over(b, h, |c| Some(c.requests_per_s)),
+                rps_balancer_over_direct: over(b, d, |c| Some(c.requests_per_s)),
+                cpu_own_balancer_over_haproxy: over(b, h, |c| Some(c.gateway_cpu_ms_per_1k)),
+                cpu_with_softirq_balancer_over_haproxy: over(b, h, |c| {
+                    c.gateway_cpu_with_softirq_ms_per_1k
+                }),
             },
         );
     }

@@ -50,50 +50,80 @@ fn be_def(n: u8, port: u16, state: u8, server_id: Option<&'static str>) -> Backe
     }
 }
 
+impl ServiceDef {
+    /// The service as loaded, with service id `id`.
+    fn loaded(&self, id: u32) -> Svc {
+        Svc {
+            name: self.name,
+            addr: self.addr,
+            proto: match self.proto {
+                Proto::Tcp => PROTO_TCP,
+                Proto::Udp => PROTO_UDP,
+            },
+            cookie: self.cookie,
+            id,
+        }
+    }
+}
+
+impl BackendDef {
+    /// The backend as loaded: of service index `svc`, in backend slot `slot`.
+    fn loaded(&self, svc: usize, slot: u32) -> Be {
+        Be {
+            addr: self.addr,
+            svc,
+            slot,
+            state: self.state,
+            server_id: self.server_id,
+        }
+    }
+}
+
+/// The cookie service's failover (its DOWN backend, the fourth, replaced by the second),
+/// as indexes into `bes`.
+fn cookie_failover(cookie: &ServiceDef, bes: &[Be]) -> StdMap<usize, usize> {
+    let idx = |a: SocketAddrV4| bes.iter().position(|b| b.addr == a).unwrap();
+    StdMap::from([(idx(cookie.backends[3].addr), idx(cookie.backends[1].addr))])
+}
+
+/// A service without cookie mode.
+fn service(
+    name: &'static str,
+    vip: Ipv4Addr,
+    port: u16,
+    proto: Proto,
+    backends: Vec<BackendDef>,
+) -> ServiceDef {
+    ServiceDef {
+        name,
+        addr: SocketAddrV4::new(vip, port),
+        proto,
+        cookie: false,
+        backends,
+    }
+}
+
+/// The services, in the order of the `SVC_*` indexes.
 fn service_defs() -> Vec<ServiceDef> {
     use backend_state::{DOWN, DRAINING, UP};
+    let web = |n: u8, state: u8| be_def(n, 8080, state, None);
+    let dns = |n: u8, state: u8| be_def(n, 5353, state, None);
+    let app = |n: u8, state: u8, id: &'static str| be_def(n, 8080, state, Some(id));
+    let nat_tcp = [web(0, UP), web(1, UP), web(2, DRAINING), web(3, DOWN)];
+    let nat_udp = [dns(10, UP), dns(11, UP), dns(12, DRAINING)];
+    let apps = [
+        app(20, UP, "app1"),
+        app(21, UP, "app2"),
+        app(22, DRAINING, "app3"),
+        app(23, DOWN, "app4"),
+    ];
     vec![
+        service("nat-tcp", VIP, 80, Proto::Tcp, nat_tcp.into()),
+        service("nat-udp", VIP, 53, Proto::Udp, nat_udp.into()),
+        service("nat-tcp-down", VIP, 81, Proto::Tcp, vec![web(30, DOWN)]),
         ServiceDef {
-            name: "nat-tcp",
-            addr: SocketAddrV4::new(VIP, 80),
-            proto: Proto::Tcp,
-            cookie: false,
-            backends: vec![
-                be_def(0, 8080, UP, None),
-                be_def(1, 8080, UP, None),
-                be_def(2, 8080, DRAINING, None),
-                be_def(3, 8080, DOWN, None),
-            ],
-        },
-        ServiceDef {
-            name: "nat-udp",
-            addr: SocketAddrV4::new(VIP, 53),
-            proto: Proto::Udp,
-            cookie: false,
-            backends: vec![
-                be_def(10, 5353, UP, None),
-                be_def(11, 5353, UP, None),
-                be_def(12, 5353, DRAINING, None),
-            ],
-        },
-        ServiceDef {
-            name: "nat-tcp-down",
-            addr: SocketAddrV4::new(VIP, 81),
-            proto: Proto::Tcp,
-            cookie: false,
-            backends: vec![be_def(30, 8080, DOWN, None)],
-        },
-        ServiceDef {
-            name: "cookie",
-            addr: SocketAddrV4::new(VIP_COOKIE, 80),
-            proto: Proto::Tcp,
             cookie: true,
-            backends: vec![
-                be_def(20, 8080, UP, Some("app1")),
-                be_def(21, 8080, UP, Some("app2")),
-                be_def(22, 8080, DRAINING, Some("app3")),
-                be_def(23, 8080, DOWN, Some("app4")),
-            ],
+            ..service("cookie", VIP_COOKIE, 80, Proto::Tcp, apps.into())
         },
     ]
 }
@@ -171,29 +201,12 @@ impl Layout {
         let mut svcs = Vec::new();
         let mut bes = Vec::new();
         for (si, def) in defs.iter().enumerate() {
-            svcs.push(Svc {
-                name: def.name,
-                addr: def.addr,
-                proto: match def.proto {
-                    Proto::Tcp => PROTO_TCP,
-                    Proto::Udp => PROTO_UDP,
-                },
-                cookie: def.cookie,
-                id: si as u32,
-            });
+            svcs.push(def.loaded(si as u32));
             for b in &def.backends {
-                bes.push(Be {
-                    addr: b.addr,
-                    svc: si,
-                    slot: bes.len() as u32,
-                    state: b.state,
-                    server_id: b.server_id,
-                });
+                bes.push(b.loaded(si, bes.len() as u32));
             }
         }
-        let idx = |a: SocketAddrV4| bes.iter().position(|b: &Be| b.addr == a).unwrap();
-        let cookie = &defs[SVC_COOKIE];
-        let failover = StdMap::from([(idx(cookie.backends[3].addr), idx(cookie.backends[1].addr))]);
+        let failover = cookie_failover(&defs[SVC_COOKIE], &bes);
         Layout {
             svcs,
             bes,
@@ -258,16 +271,7 @@ impl FuzzBed {
                 .find(|s| s.service.addr == *def.addr.ip() && s.service.port == def.addr.port())
                 .filter(|s| s.service.proto == def.proto)
                 .ok_or_else(|| anyhow!("service {} not loaded", def.name))?;
-            svcs.push(Svc {
-                name: def.name,
-                addr: def.addr,
-                proto: match def.proto {
-                    Proto::Tcp => PROTO_TCP,
-                    Proto::Udp => PROTO_UDP,
-                },
-                cookie: def.cookie,
-                id: info.id,
-            });
+            svcs.push(def.loaded(info.id));
         }
         let binfos = bed.balancer().backends(None)?;
         let mut bes = Vec::new();
@@ -277,17 +281,10 @@ impl FuzzBed {
                     .iter()
                     .find(|i| i.backend == b.addr)
                     .ok_or_else(|| anyhow!("backend {} not loaded", b.addr))?;
-                bes.push(Be {
-                    addr: b.addr,
-                    svc: si,
-                    slot: info.slot,
-                    state: b.state,
-                    server_id: b.server_id,
-                });
+                bes.push(b.loaded(si, info.slot));
             }
         }
-        let idx = |a: SocketAddrV4| bes.iter().position(|b: &Be| b.addr == a).unwrap();
-        let failover = StdMap::from([(idx(cookie.backends[3].addr), idx(cookie.backends[1].addr))]);
+        let failover = cookie_failover(cookie, &bes);
         Ok(FuzzBed {
             bed,
             layout: Layout {

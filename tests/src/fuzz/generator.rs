@@ -29,23 +29,27 @@ impl Generator<'_> {
     }
 
     pub(super) fn pending(&self, rng: &mut Rng) -> Option<(SocketAddrV4, Pending)> {
-        let list = &self.shadow.recent_pending;
-        if list.is_empty() {
-            return None;
-        }
-        let c = *rng.pick(list);
-        let key = (c, self.svc_addr(SVC_COOKIE), PROTO_TCP);
+        let (c, key) = self.recent_cookie_conn(rng, &self.shadow.recent_pending)?;
         self.shadow.pending.get(&key).map(|p| (c, p.clone()))
     }
 
     pub(super) fn spliced(&self, rng: &mut Rng) -> Option<(SocketAddrV4, Spliced)> {
-        let list = &self.shadow.recent_spliced;
+        let (c, key) = self.recent_cookie_conn(rng, &self.shadow.recent_spliced)?;
+        self.shadow.spliced.get(&key).map(|s| (c, *s))
+    }
+
+    /// A client picked from `list` (recent cookie-mode clients) and the key of its
+    /// connection to the cookie service; none from an empty list.
+    fn recent_cookie_conn(
+        &self,
+        rng: &mut Rng,
+        list: &[SocketAddrV4],
+    ) -> Option<(SocketAddrV4, (SocketAddrV4, SocketAddrV4, u8))> {
         if list.is_empty() {
             return None;
         }
         let c = *rng.pick(list);
-        let key = (c, self.svc_addr(SVC_COOKIE), PROTO_TCP);
-        self.shadow.spliced.get(&key).map(|s| (c, *s))
+        Some((c, (c, self.svc_addr(SVC_COOKIE), PROTO_TCP)))
     }
 
     /// A handshake ACK or first segment of a new cookie-mode connection from `client`,
@@ -62,16 +66,7 @@ impl Generator<'_> {
         let isn = rng.u32();
         let mss = mss_choice(rng);
         let mut t = cookie_window();
-        let mut cookie = make_cookie(
-            &TEST_SECRET,
-            ip_to_map(*client.ip()),
-            ip_to_map(*vip.ip()),
-            client.port().to_be(),
-            vip.port().to_be(),
-            isn,
-            t,
-            encode_mss(mss),
-        );
+        let mut cookie = syncookie(&TEST_SECRET, client, vip, isn, mss, t);
         if odd {
             match rng.below(6) {
                 0 => cookie = (cookie & !7) | rng.below(8) as u32,
@@ -82,16 +77,7 @@ impl Generator<'_> {
                 _ => cookie = rng.u32(),
             }
             if matches!(rng.below(6), 1..=3) {
-                cookie = make_cookie(
-                    &TEST_SECRET,
-                    ip_to_map(*client.ip()),
-                    ip_to_map(*vip.ip()),
-                    client.port().to_be(),
-                    vip.port().to_be(),
-                    isn,
-                    t,
-                    encode_mss(mss),
-                );
+                cookie = syncookie(&TEST_SECRET, client, vip, isn, mss, t);
             }
         }
         tcp_to(client, vip, fl, isn.wrapping_add(1), cookie.wrapping_add(1))

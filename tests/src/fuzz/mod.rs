@@ -163,9 +163,9 @@ use crate::{
     },
     rng::Rng,
     testrun::{
-        backend_addr, backend_mac, cookie_window, request_head, tcp_key, test_run, verdict_name,
-        Ingress, Programs, TestBed, BACKEND_IF_MAC, CLIENT, TEST_SECRET, VIP, XDP_DROP, XDP_PASS,
-        XDP_REDIRECT, XDP_TX,
+        backend_addr, backend_mac, cookie_window, request_head, syncookie, tcp_key, test_run,
+        verdict_name, Ingress, Programs, TestBed, BACKEND_IF_MAC, CLIENT, TEST_SECRET, VIP,
+        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
     },
 };
 

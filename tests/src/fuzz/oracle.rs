@@ -195,6 +195,16 @@ impl Run<'_> {
     pub(super) fn c(&self, c: Counter) -> bool {
         d(self.delta, c) != 0
     }
+
+    /// The verdict that sends this run's frame to a backend (out of the backend side).
+    pub(super) fn to_backend_verdict(&self) -> u32 {
+        verdict_out_of(self.ingress, self.backend_ifindex)
+    }
+
+    /// The output is addressed from the balancer's backend-side interface to `backend`'s MAC.
+    pub(super) fn sent_to_backend_mac(&self, backend: Ipv4Addr) -> bool {
+        self.out[0..6] == backend_mac(backend) && self.out[6..12] == BACKEND_IF_MAC
+    }
 }
 
 /// Bytes of `a` and `b` equal outside `skip` (ranges), same lengths.

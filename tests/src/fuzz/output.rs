@@ -29,7 +29,12 @@ impl Oracle {
             "the link header (ethertype, VLAN tag) changed"
         );
         if r.c(Counter::SyncookiesSent) {
-            return self.check_synack(r, p, &o, svc);
+            ensure_that!(
+                svc == Some(SVC_COOKIE) && p.flags & (F_SYN | F_ACK | F_RST | F_FIN) == F_SYN,
+                "output.synack",
+                "syncookie SYN-ACK for a packet that is not a SYN to the cookie service"
+            );
+            return self.check_synack(r, p, &o);
         }
         if r.c(Counter::BindingsTimedOut) {
             ensure_that!(
@@ -56,7 +61,12 @@ impl Oracle {
             return self.check_segment(r, p, &o);
         }
         if r.c(Counter::BindingsStarted) || r.c(Counter::BindRetransmits) {
-            return self.check_backend_syn(r, p, &o, svc);
+            ensure_that!(
+                svc == Some(SVC_COOKIE),
+                "output.backend_syn",
+                "SYN to a backend for a packet not to the cookie service"
+            );
+            return self.check_backend_syn(r, p, &o);
         }
         if o.src == p.src && o.dst != p.dst {
             self.check_nat_forward(r, p, &o, svc)
@@ -65,18 +75,8 @@ impl Oracle {
         }
     }
 
-    fn check_synack(
-        &mut self,
-        r: &Run,
-        p: &Pkt,
-        o: &Pkt,
-        svc: Option<usize>,
-    ) -> Result<(), Finding> {
-        ensure_that!(
-            svc == Some(SVC_COOKIE) && p.flags & (F_SYN | F_ACK | F_RST | F_FIN) == F_SYN,
-            "output.synack",
-            "syncookie SYN-ACK for a packet that is not a SYN to the cookie service"
-        );
+    /// A syncookie SYN-ACK (for a SYN to the cookie service).
+    fn check_synack(&mut self, r: &Run, p: &Pkt, o: &Pkt) -> Result<(), Finding> {
         let start = r.input.as_ptr() as usize;
         let pk = parse_slice(r.input).map_err(|e| Finding {
             check: "output.synack",
@@ -130,18 +130,8 @@ impl Oracle {
         Ok(())
     }
 
-    fn check_backend_syn(
-        &mut self,
-        r: &Run,
-        p: &Pkt,
-        o: &Pkt,
-        svc: Option<usize>,
-    ) -> Result<(), Finding> {
-        ensure_that!(
-            svc == Some(SVC_COOKIE),
-            "output.backend_syn",
-            "SYN to a backend for a packet not to the cookie service"
-        );
+    /// The SYN the data plane sends a backend (for a segment to the cookie service).
+    fn check_backend_syn(&mut self, r: &Run, p: &Pkt, o: &Pkt) -> Result<(), Finding> {
         let key = (p.src, p.dst, p.proto);
         let Some(b) = self.shadow.pending.get(&key).cloned() else {
             return Err(Finding {
@@ -159,7 +149,7 @@ impl Oracle {
         );
         check_built(r, o, p.src, b.backend, false)?;
         ensure_that!(
-            r.out[0..6] == backend_mac(*b.backend.ip()) && r.out[6..12] == BACKEND_IF_MAC,
+            r.sent_to_backend_mac(*b.backend.ip()),
             "output.backend_syn",
             "SYN to {} with MACs {} -> {}",
             b.backend,
@@ -188,18 +178,7 @@ impl Oracle {
             hex(&r.out[o.l4 + 20..o.payload]),
             b.mss
         );
-        let want = if r.ingress == r.backend_ifindex {
-            XDP_TX
-        } else {
-            XDP_REDIRECT
-        };
-        ensure_that!(
-            r.verdict == want,
-            "output.verdict",
-            "SYN to the backend with {}, expected {}",
-            verdict_name(r.verdict),
-            verdict_name(want)
-        );
+        check_verdict(r, r.to_backend_verdict(), "SYN to the backend")?;
         self.count(if r.c(Counter::BindingsStarted) {
             PATH_BACKEND_SYN
         } else {

@@ -76,16 +76,7 @@ pub fn reproduce(name: &str) -> Result<Reproduction> {
         .expect("app1")]
     .addr;
     let isn = 0x1000_0000u32;
-    let cookie = make_cookie(
-        &TEST_SECRET,
-        ip_to_map(*client.ip()),
-        ip_to_map(*vip.ip()),
-        client.port().to_be(),
-        vip.port().to_be(),
-        isn,
-        cookie_window(),
-        encode_mss(1460),
-    );
+    let cookie = syncookie(&TEST_SECRET, client, vip, isn, 1460, cookie_window());
     let first = tcp_to(
         client,
         vip,

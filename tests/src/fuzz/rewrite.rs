@@ -65,6 +65,43 @@ impl Oracle {
         Ok(())
     }
 
+    /// A segment through the splice of `key` to its backend (the output's destination
+    /// to the backend, the input's source from it): `field` shifted by `K - B`, the rest
+    /// as any rewrite. `missing` describes the finding (given the splice the fuzzer knows,
+    /// if any) when there is no such splice.
+    fn check_spliced(
+        &mut self,
+        r: &Run,
+        p: &Pkt,
+        o: &Pkt,
+        key: &(SocketAddrV4, SocketAddrV4, u8),
+        field: Shifted,
+        missing: impl FnOnce(Option<Spliced>) -> String,
+    ) -> Result<(), Finding> {
+        let backend = match field {
+            Shifted::Ack => o.dst,
+            Shifted::Seq => p.src,
+        };
+        let sp = self.shadow.spliced.get(key).copied();
+        let Some(sp) = sp.filter(|sp| sp.backend == backend) else {
+            return Err(Finding {
+                check: "output.spliced",
+                detail: missing(sp),
+            });
+        };
+        let shift = sp.cookie.wrapping_sub(sp.bisn);
+        let (name, before, after, want, at) = match field {
+            Shifted::Ack => ("ack", p.ack, o.ack, p.ack.wrapping_sub(shift), p.l4 + 8),
+            Shifted::Seq => ("seq", p.seq, o.seq, p.seq.wrapping_add(shift), p.l4 + 4),
+        };
+        ensure_that!(
+            after == want,
+            "output.spliced",
+            "{name} {before:#x} -> {after:#x}, expected the shift by K - B = {shift:#x}"
+        );
+        self.check_rewrite(r, p, o, Some(at..at + 4))
+    }
+
     pub(super) fn check_nat_forward(
         &mut self,
         r: &Run,
@@ -96,41 +133,17 @@ impl Oracle {
             bound
         );
         ensure_that!(
-            r.out[0..6] == backend_mac(*o.dst.ip()) && r.out[6..12] == BACKEND_IF_MAC,
+            r.sent_to_backend_mac(*o.dst.ip()),
             "output.nat_forward",
             "forwarded with MACs {} -> {}",
             hex(&r.out[6..12]),
             hex(&r.out[0..6])
         );
-        let want = if r.ingress == r.backend_ifindex {
-            XDP_TX
-        } else {
-            XDP_REDIRECT
-        };
-        ensure_that!(
-            r.verdict == want,
-            "output.verdict",
-            "forwarded to a backend with {}, expected {}",
-            verdict_name(r.verdict),
-            verdict_name(want)
-        );
+        check_verdict(r, r.to_backend_verdict(), "forwarded to a backend")?;
         if self.layout.svcs[s].cookie {
-            let sp = self.shadow.spliced.get(&key).copied();
-            let Some(sp) = sp.filter(|sp| sp.backend == o.dst) else {
-                return Err(Finding {
-                    check: "output.spliced",
-                    detail: format!("forwarded to {} without a splice to it ({sp:?})", o.dst),
-                });
-            };
-            let shift = sp.cookie.wrapping_sub(sp.bisn);
-            ensure_that!(
-                o.ack == p.ack.wrapping_sub(shift),
-                "output.spliced",
-                "ack {:#x} -> {:#x}, expected the shift by K - B = {shift:#x}",
-                p.ack,
-                o.ack
-            );
-            self.check_rewrite(r, p, o, Some(p.l4 + 8..p.l4 + 12))?;
+            self.check_spliced(r, p, o, &key, Shifted::Ack, |sp| {
+                format!("forwarded to {} without a splice to it ({sp:?})", o.dst)
+            })?;
             self.count(PATH_SPLICED_FORWARD);
         } else {
             self.check_rewrite(r, p, o, None)?;
@@ -178,11 +191,7 @@ impl Oracle {
             bound
         );
         if let Some(c) = self.shadow.created.get(&key).copied() {
-            let want = if r.ingress == c.ingress {
-                XDP_TX
-            } else {
-                XDP_REDIRECT
-            };
+            let want = verdict_out_of(r.ingress, c.ingress);
             ensure_that!(
                 r.verdict == want,
                 "output.verdict",
@@ -225,22 +234,9 @@ impl Oracle {
                 self.check_rewrite(r, p, o, Some(p.l4 + 4..p.l4 + 8))?;
                 self.count(PATH_REFUSED);
             } else {
-                let sp = self.shadow.spliced.get(&key).copied();
-                let Some(sp) = sp.filter(|sp| sp.backend == p.src) else {
-                    return Err(Finding {
-                        check: "output.spliced",
-                        detail: format!("reply of {} forwarded without a splice ({sp:?})", p.src),
-                    });
-                };
-                let shift = sp.cookie.wrapping_sub(sp.bisn);
-                ensure_that!(
-                    o.seq == p.seq.wrapping_add(shift),
-                    "output.spliced",
-                    "seq {:#x} -> {:#x}, expected the shift by K - B = {shift:#x}",
-                    p.seq,
-                    o.seq
-                );
-                self.check_rewrite(r, p, o, Some(p.l4 + 4..p.l4 + 8))?;
+                self.check_spliced(r, p, o, &key, Shifted::Seq, |sp| {
+                    format!("reply of {} forwarded without a splice ({sp:?})", p.src)
+                })?;
                 self.count(PATH_SPLICED_REPLY);
             }
         } else {
@@ -249,6 +245,36 @@ impl Oracle {
         }
         Ok(())
     }
+}
+
+/// The TCP field a splice shifts: the acknowledgement number of the client's segments
+/// (to the backend), the sequence number of the backend's (to the client).
+#[derive(Clone, Copy)]
+enum Shifted {
+    Ack,
+    Seq,
+}
+
+/// The verdict that sends a frame out of `egress` when it came in on `ingress`: `XDP_TX`
+/// back out of the same interface, `XDP_REDIRECT` to the other one.
+pub(super) fn verdict_out_of(ingress: u32, egress: u32) -> u32 {
+    if ingress == egress {
+        XDP_TX
+    } else {
+        XDP_REDIRECT
+    }
+}
+
+/// The run's verdict is `want`; `what` names the frame in the finding.
+pub(super) fn check_verdict(r: &Run, want: u32, what: &str) -> Result<(), Finding> {
+    ensure_that!(
+        r.verdict == want,
+        "output.verdict",
+        "{what} with {}, expected {}",
+        verdict_name(r.verdict),
+        verdict_name(want)
+    );
+    Ok(())
 }
 
 /// A frame the data plane built: fresh IPv4 header (IHL 5, TOS 0, id 0, DF, TTL 64),

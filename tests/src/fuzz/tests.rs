@@ -134,11 +134,15 @@ fn the_oracle_catches_bad_rewrites() {
     let input = Frame::tcp(client, svc, flags(false, true, false, false, true))
         .payload(b"hello")
         .build();
-    let good = Frame::tcp(client, backend, flags(false, true, false, false, true))
-        .payload(b"hello")
-        .ttl(63)
-        .macs(BACKEND_IF_MAC, backend_mac(*backend.ip()))
-        .build();
+    // The input as forwarded to `dst` with `ttl`, out of the backend-side interface.
+    let forwarded = |dst: SocketAddrV4, ttl: u8| {
+        Frame::tcp(client, dst, flags(false, true, false, false, true))
+            .payload(b"hello")
+            .ttl(ttl)
+            .macs(BACKEND_IF_MAC, backend_mac(*dst.ip()))
+            .build()
+    };
+    let good = forwarded(backend, 63);
     let mut oracle = Oracle {
         layout: layout.clone(),
         shadow: Shadow::default(),
@@ -190,18 +194,9 @@ fn the_oracle_catches_bad_rewrites() {
     let mut ipsum = good.clone();
     ipsum[14 + 10] ^= 0x01;
     assert_eq!(check(&ipsum, XDP_REDIRECT), Err("output.checksum"));
-    let other = layout.bes[1].addr;
-    let elsewhere = Frame::tcp(client, other, flags(false, true, false, false, true))
-        .payload(b"hello")
-        .ttl(63)
-        .macs(BACKEND_IF_MAC, backend_mac(*other.ip()))
-        .build();
+    let elsewhere = forwarded(layout.bes[1].addr, 63);
     assert_eq!(check(&elsewhere, XDP_REDIRECT), Err("output.nat_forward"));
-    let ttl = Frame::tcp(client, backend, flags(false, true, false, false, true))
-        .payload(b"hello")
-        .ttl(64)
-        .macs(BACKEND_IF_MAC, backend_mac(*backend.ip()))
-        .build();
+    let ttl = forwarded(backend, 64);
     assert_eq!(check(&ttl, XDP_REDIRECT), Err("output.ttl"));
     let mut frag = good.clone();
     frag[14 + 6] |= 0x20;

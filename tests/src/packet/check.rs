@@ -149,24 +149,7 @@ pub fn check_forwarded(
     if want != got {
         bail!("rewrite differs: want (src, dst, smac, dmac, ttl) = {want:?}, got {got:?}");
     }
-    let same = (
-        i.vlan,
-        i.proto,
-        &i.ip_options,
-        i.tcp_flags,
-        (i.seq, i.ack, i.window, &i.tcp_options),
-        (i.ip_id, i.dont_fragment, i.tos),
-        &i.payload,
-    );
-    let o_same = (
-        o.vlan,
-        o.proto,
-        &o.ip_options,
-        o.tcp_flags,
-        (o.seq, o.ack, o.window, &o.tcp_options),
-        (o.ip_id, o.dont_fragment, o.tos),
-        &o.payload,
-    );
+    let (same, o_same) = (unchanged_by_rewrite(&i), unchanged_by_rewrite(&o));
     if same != o_same {
         bail!("fields that must not change changed: {same:?} -> {o_same:?}");
     }
@@ -178,6 +161,30 @@ pub fn check_forwarded(
         );
     }
     Ok(o)
+}
+
+type UnchangedByRewrite<'a> = (
+    Option<u16>,
+    u8,
+    &'a [u8],
+    Option<TcpFlags>,
+    (Option<u32>, Option<u32>, Option<u16>, &'a [u8]),
+    (u16, bool, u8),
+    &'a [u8],
+);
+
+/// The fields a NAT rewrite must leave as they were: VLAN tag, protocol, IP options, TCP
+/// flags, sequence numbers, window and options, IPv4 id, DF and TOS, payload.
+fn unchanged_by_rewrite(d: &Decoded) -> UnchangedByRewrite<'_> {
+    (
+        d.vlan,
+        d.proto,
+        &d.ip_options,
+        d.tcp_flags,
+        (d.seq, d.ack, d.window, &d.tcp_options),
+        (d.ip_id, d.dont_fragment, d.tos),
+        &d.payload,
+    )
 }
 
 /// [`check_forwarded`] for the forward direction: from `client` to `backend`, leaving the

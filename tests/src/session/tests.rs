@@ -28,6 +28,33 @@ fn replica(session: &str, primary: &str, epoch: u64, counter: u64) -> Replica {
     }
 }
 
+/// A replica whose update answered request `request`.
+fn replica_of_request(
+    session: &str,
+    primary: &str,
+    epoch: u64,
+    counter: u64,
+    request: &str,
+) -> Replica {
+    Replica {
+        last_request: Some(request.into()),
+        ..replica(session, primary, epoch, counter)
+    }
+}
+
+/// The answer to a replica from a store that knows `owner` holds the session.
+fn stale(owner: &str) -> Received {
+    Received::Stale {
+        owner: owner.into(),
+    }
+}
+
+/// The version of `session` in `store`.
+fn version_of(store: &Store, session: &str) -> (u64, u64) {
+    let v = &store.get(session).unwrap().version;
+    (v.epoch, v.counter)
+}
+
 fn peers(list: &[&str]) -> Peers {
     let peers = list
         .iter()
@@ -235,9 +262,10 @@ fn request_ids_make_retries_idempotent() {
 #[test]
 fn takeover_only_by_the_named_secondary() {
     let mut b = Store::new("b");
-    let mut r = replica("s1", "a", 0, 7);
-    r.last_request = Some("r7".into());
-    assert_eq!(b.receive(&r), Received::Stored);
+    assert_eq!(
+        b.receive(&replica_of_request("s1", "a", 0, 7, "r7")),
+        Received::Stored
+    );
     // Cookie names another secondary: this replica may be behind the real one.
     let u = update(b.begin(Some(&cookie("s1!a!c")), None, ids(&["n1"])));
     assert!(matches!(u.event, Event::Lost { .. }));
@@ -266,9 +294,7 @@ fn takeover_replays_the_request_the_old_primary_replicated() {
     // The primary replicated r8 and died before answering; the client retries r8 at
     // the secondary, which answers counter 8 again instead of 9.
     let mut b = Store::new("b");
-    let mut r = replica("s1", "a", 0, 8);
-    r.last_request = Some("r8".into());
-    b.receive(&r);
+    b.receive(&replica_of_request("s1", "a", 0, 8, "r8"));
     let u = update(b.begin(Some(&cookie("s1!a!b")), Some("r8"), ids(&[])));
     assert!(matches!(u.event, Event::Takeover { .. }));
     assert_eq!(
@@ -320,17 +346,8 @@ fn replicas_never_go_back() {
         }
     );
     // The old primary of epoch 0 is refused and told the owner.
-    assert_eq!(
-        b.receive(&replica("s1", "a", 0, 9)),
-        Received::Stale { owner: "c".into() }
-    );
-    assert_eq!(
-        b.get("s1").unwrap().version,
-        Version {
-            epoch: 1,
-            counter: 4
-        }
-    );
+    assert_eq!(b.receive(&replica("s1", "a", 0, 9)), stale("c"));
+    assert_eq!(version_of(&b, "s1"), (1, 4), "(epoch, counter)");
     assert_eq!(b.stats.replicas_stored, 3);
     assert_eq!(b.stats.replicas_refused, 1);
     assert_eq!(b.counts(), (0, 1));
@@ -343,22 +360,10 @@ fn replica_of_a_session_held_as_primary() {
     let mut b = Store::new("b");
     b.receive(&replica("s1", "a", 0, 4));
     update(b.begin(Some(&cookie("s1!a!b")), None, ids(&[])));
-    assert_eq!(
-        b.receive(&replica("s1", "a", 0, 9)),
-        Received::Stale { owner: "b".into() }
-    );
+    assert_eq!(b.receive(&replica("s1", "a", 0, 9)), stale("b"));
     // Same epoch, two owners: the holder keeps it.
-    assert_eq!(
-        b.receive(&replica("s1", "c", 1, 9)),
-        Received::Stale { owner: "b".into() }
-    );
-    assert_eq!(
-        b.get("s1").unwrap().version,
-        Version {
-            epoch: 1,
-            counter: 5
-        }
-    );
+    assert_eq!(b.receive(&replica("s1", "c", 1, 9)), stale("b"));
+    assert_eq!(version_of(&b, "s1"), (1, 5), "(epoch, counter)");
 
     let mut a = Store::new("a");
     let u = update(a.begin(None, None, ids(&["s1"])));

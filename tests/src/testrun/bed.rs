@@ -267,13 +267,20 @@ impl TestBed {
         Ok(())
     }
 
+    /// The pinned map `name` as the typed map `M`; `label` names it in errors.
+    fn pinned_map<M>(&self, name: &str, label: &str) -> Result<M>
+    where
+        M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        self.balancer()
+            .map(name)?
+            .try_into()
+            .with_context(|| format!("{label} map"))
+    }
+
     /// Every entry of the flow table (both directions), raw.
     pub fn flow_entries(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        let map: HashMap<MapData, FlowKey, Flow> = self
-            .balancer()
-            .map(map_names::FLOWS)?
-            .try_into()
-            .context("FLOWS map")?;
+        let map: HashMap<MapData, FlowKey, Flow> = self.pinned_map(map_names::FLOWS, "FLOWS")?;
         let mut out = Vec::new();
         for item in map.iter() {
             out.push(item.context("reading FLOWS")?);
@@ -292,11 +299,8 @@ impl TestBed {
 
     /// Keys of the PENDING map (first segments kept while binding).
     pub fn pending_keys(&self) -> Result<Vec<FlowKey>> {
-        let map: HashMap<MapData, FlowKey, PendingSegment> = self
-            .balancer()
-            .map(map_names::PENDING)?
-            .try_into()
-            .context("PENDING map")?;
+        let map: HashMap<MapData, FlowKey, PendingSegment> =
+            self.pinned_map(map_names::PENDING, "PENDING")?;
         let mut out = Vec::new();
         for k in map.keys() {
             out.push(k.context("reading PENDING")?);
@@ -306,11 +310,8 @@ impl TestBed {
 
     /// The kept first segment (TCP header and payload) of `key`, if any.
     pub fn pending_segment(&self, key: &FlowKey) -> Result<Option<Vec<u8>>> {
-        let map: HashMap<MapData, FlowKey, PendingSegment> = self
-            .balancer()
-            .map(map_names::PENDING)?
-            .try_into()
-            .context("PENDING map")?;
+        let map: HashMap<MapData, FlowKey, PendingSegment> =
+            self.pinned_map(map_names::PENDING, "PENDING")?;
         match map.get(key, 0) {
             Ok(seg) => {
                 let len = (seg.len as usize).min(seg.bytes.len());
@@ -341,16 +342,8 @@ impl TestBed {
             .find(|s| s.service == service)
             .with_context(|| format!("no service {service}"))?
             .id;
-        let ring: Array<MapData, u32> = self
-            .balancer()
-            .map(map_names::RING)?
-            .try_into()
-            .context("RING map")?;
-        let backends: Array<MapData, Backend> = self
-            .balancer()
-            .map(map_names::BACKENDS)?
-            .try_into()
-            .context("BACKENDS map")?;
+        let ring: Array<MapData, u32> = self.pinned_map(map_names::RING, "RING")?;
+        let backends: Array<MapData, Backend> = self.pinned_map(map_names::BACKENDS, "BACKENDS")?;
         let index = id * RING_SIZE + balancer_common::hash::flow_hash(key) % RING_SIZE;
         let slot = ring.get(&index, 0).context("reading RING")?;
         let b = backends.get(&slot, 0).context("reading BACKENDS")?;

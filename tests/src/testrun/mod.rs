@@ -78,7 +78,7 @@ use crate::netns::{unique_name, Netns};
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{Array, HashMap, MapData},
-    programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
+    programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp},
 };
 use balancer_common::{
     map_names,

@@ -70,22 +70,33 @@ pub fn test_run(
     out: &mut [u8],
 ) -> Result<TestRunResult> {
     let ctx = ifindex.map(|i| xdp_md(frame.len(), i));
-    prog.test_run(TestRunOptions {
+    let opts = test_run_options(frame, ctx.as_ref().map(|c| &c[..]), repeat, out);
+    prog.test_run(opts)
+        .map_err(|e| test_run_error(e, "BPF_PROG_TEST_RUN", frame.len()))
+}
+
+/// The options of one test run of `frame` (context `ctx`, `repeat` times) into `out`.
+fn test_run_options<'a>(
+    frame: &'a [u8],
+    ctx: Option<&'a [u8]>,
+    repeat: u32,
+    out: &'a mut [u8],
+) -> TestRunOptions<'a> {
+    TestRunOptions {
         data_in: Some(frame),
         data_out: Some(out),
-        ctx_in: ctx.as_ref().map(|c| &c[..]),
+        ctx_in: ctx,
         repeat,
         ..Default::default()
-    })
-    .map_err(|e| {
-        let cause = std::error::Error::source(&e)
-            .map(|s| format!(": {s}"))
-            .unwrap_or_default();
-        anyhow!(
-            "BPF_PROG_TEST_RUN on a {}-byte frame: {e}{cause}",
-            frame.len()
-        )
-    })
+    }
+}
+
+/// A failed test run (`what` of a `len`-byte frame), with the kernel's cause.
+fn test_run_error(e: ProgramError, what: &str, len: usize) -> anyhow::Error {
+    let cause = std::error::Error::source(&e)
+        .map(|s| format!(": {s}"))
+        .unwrap_or_default();
+    anyhow!("{what} on a {len}-byte frame: {e}{cause}")
 }
 
 /// A `struct __sk_buff` (192 bytes) for the `ctx_in` of an skb test run: received on
@@ -111,22 +122,9 @@ pub fn tc_test_run(
     out: &mut [u8],
 ) -> Result<TestRunResult> {
     let ctx = ifindex.map(skb_ctx);
-    prog.test_run(TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(out),
-        ctx_in: ctx.as_ref().map(|c| &c[..]),
-        repeat: 1,
-        ..Default::default()
-    })
-    .map_err(|e| {
-        let cause = std::error::Error::source(&e)
-            .map(|s| format!(": {s}"))
-            .unwrap_or_default();
-        anyhow!(
-            "BPF_PROG_TEST_RUN (skb) on a {}-byte frame: {e}{cause}",
-            frame.len()
-        )
-    })
+    let opts = test_run_options(frame, ctx.as_ref().map(|c| &c[..]), 1, out);
+    prog.test_run(opts)
+        .map_err(|e| test_run_error(e, "BPF_PROG_TEST_RUN (skb)", frame.len()))
 }
 
 /// What one run of the program did.

@@ -231,6 +231,20 @@ fn expected_backend_syn(call: &BindCall, backend: SocketAddrV4) -> Frame {
         .tcp_options(&mss_option(1460))
 }
 
+/// One run of `frame` while setting a flow up: an error naming `what` and the verdict
+/// unless the program answers with `verdict`.
+pub(crate) fn run_expecting(
+    bed: &TestBed,
+    frame: &[u8],
+    ingress: Ingress,
+    verdict: u32,
+    what: &str,
+) -> Result<RunResult> {
+    let r = bed.run(frame, ingress)?;
+    ensure!(r.verdict == verdict, "{what}: {}", r.verdict_name());
+    Ok(r)
+}
+
 /// Sets up one spliced cookie-mode connection (SPLICED_CLIENT, bound to `backend` by its
 /// cookie) and returns the frame of the spliced path: the client's ACK, checked once.
 pub(crate) fn splice_one(bed: &TestBed, backend: SocketAddrV4) -> Result<Vec<u8>> {
@@ -239,12 +253,7 @@ pub(crate) fn splice_one(bed: &TestBed, backend: SocketAddrV4) -> Result<Vec<u8>
         .seq(isn)
         .tcp_options(&mss_option(1460))
         .build();
-    let r = bed.run(&syn, Ingress::Client)?;
-    ensure!(
-        r.verdict == XDP_TX,
-        "spliced flow: SYN answered with {}",
-        r.verdict_name()
-    );
+    let r = run_expecting(bed, &syn, Ingress::Client, XDP_TX, "spliced flow: SYN")?;
     let k = decode_checked(&r.output)?
         .seq
         .context("SYN-ACK sequence number")?;
@@ -266,12 +275,13 @@ pub(crate) fn splice_one(bed: &TestBed, backend: SocketAddrV4) -> Result<Vec<u8>
         .ack(isn.wrapping_add(1))
         .tcp_options(&mss_option(1460))
         .build();
-    let r = bed.run(&synack, Ingress::Backend)?;
-    ensure!(
-        r.verdict == XDP_TX,
-        "spliced flow: backend SYN-ACK: {}",
-        r.verdict_name()
-    );
+    run_expecting(
+        bed,
+        &synack,
+        Ingress::Backend,
+        XDP_TX,
+        "spliced flow: backend SYN-ACK",
+    )?;
     let flow = bed
         .flow_of(SPLICED_CLIENT, COOKIE_VIP, Proto::Tcp)?
         .context("spliced flow missing")?;
@@ -285,12 +295,13 @@ pub(crate) fn splice_one(bed: &TestBed, backend: SocketAddrV4) -> Result<Vec<u8>
         .seq(isn.wrapping_add(1 + HEAD_LEN as u32))
         .ack(k.wrapping_add(201));
     let frame = ack.build();
-    let r = bed.run(&frame, Ingress::Client)?;
-    ensure!(
-        r.verdict == XDP_REDIRECT,
-        "spliced forward: {}",
-        r.verdict_name()
-    );
+    let r = run_expecting(
+        bed,
+        &frame,
+        Ingress::Client,
+        XDP_REDIRECT,
+        "spliced forward",
+    )?;
     let want = ack
         .addressed(
             BACKEND_IF_MAC,
@@ -338,13 +349,7 @@ fn check_cookie_paths(
     let mut keys = Vec::new();
     for (calls, (path, _)) in batch.binds.iter().zip(BIND_PATHS) {
         let call = &calls[0];
-        let r = bed.run(&call.frame, Ingress::Client)?;
-        ensure!(
-            r.verdict == XDP_REDIRECT,
-            "{}: {}",
-            path.name(),
-            r.verdict_name()
-        );
+        let r = run_expecting(bed, &call.frame, Ingress::Client, XDP_REDIRECT, path.name())?;
         check_frame(&r.output, &expected_backend_syn(call, backend))
             .with_context(|| format!("{}: SYN to the backend", path.name()))?;
         keys.push(call.key);
@@ -577,12 +582,8 @@ pub fn measure(
     // The established flow: SYN, then the handshake's ACK.
     for flags in [SYN, ACK] {
         let f = Frame::tcp(EST_CLIENT, vip(), flags).build();
-        let r = bed.run(&f, Ingress::Client)?;
-        ensure!(
-            r.verdict == XDP_REDIRECT,
-            "setting up the established flow: {}",
-            r.verdict_name()
-        );
+        let what = "setting up the established flow";
+        run_expecting(&bed, &f, Ingress::Client, XDP_REDIRECT, what)?;
     }
     let flow = bed
         .flow_of(EST_CLIENT, vip(), Proto::Tcp)?

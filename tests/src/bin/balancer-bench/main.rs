@@ -176,6 +176,20 @@ struct Report {
     seconds: f64,
 }
 
+/// Measures one part of the benchmark and prints its report, if the part is to run.
+fn run_part<R>(
+    runs: bool,
+    measure: impl FnOnce() -> Result<R>,
+    print: impl FnOnce(&R),
+) -> Result<Option<R>> {
+    if !runs {
+        return Ok(None);
+    }
+    let r = measure()?;
+    print(&r);
+    Ok(Some(r))
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     balancer_tests::harness::root::require_root()?;
@@ -189,42 +203,34 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let progress = |msg: String| eprintln!("[{:6.1}s] {msg}", started.elapsed().as_secs_f64());
 
-    let dataplane = if args.runs(Part::Dataplane) {
-        let o = DataplaneOptions {
-            rounds: args.rounds.unwrap_or(if args.quick { 4 } else { 10 }),
-            calls: args
-                .calls
-                .unwrap_or(if args.quick { 2_500 } else { 10_000 }),
-            repeat: args.repeat,
-            repeat_calls: if args.quick { 8 } else { 30 },
-        };
-        let r = dataplane::measure(&o, &machine, &progress)?;
-        dataplane::print(&r, &machine);
-        Some(r)
-    } else {
-        None
+    let dataplane_options = DataplaneOptions {
+        rounds: args.rounds.unwrap_or(if args.quick { 4 } else { 10 }),
+        calls: args
+            .calls
+            .unwrap_or(if args.quick { 2_500 } else { 10_000 }),
+        repeat: args.repeat,
+        repeat_calls: if args.quick { 8 } else { 30 },
     };
-    let scale = if args.runs(Part::Scale) {
-        let r = scale::measure(&scale::ScaleOptions::new(args.quick), &machine, &progress)?;
-        scale::print(&r);
-        Some(r)
-    } else {
-        None
-    };
-    let end_to_end = if args.runs(Part::EndToEnd) {
-        let r = end_to_end::measure(&args, &progress)?;
-        end_to_end::print(&r);
-        Some(r)
-    } else {
-        None
-    };
-    let failover = if args.runs(Part::Failover) {
-        let f = failover::measure(&args, &progress)?;
-        failover::print(&f);
-        Some(f)
-    } else {
-        None
-    };
+    let dataplane = run_part(
+        args.runs(Part::Dataplane),
+        || dataplane::measure(&dataplane_options, &machine, &progress),
+        |r| dataplane::print(r, &machine),
+    )?;
+    let scale = run_part(
+        args.runs(Part::Scale),
+        || scale::measure(&scale::ScaleOptions::new(args.quick), &machine, &progress),
+        scale::print,
+    )?;
+    let end_to_end = run_part(
+        args.runs(Part::EndToEnd),
+        || end_to_end::measure(&args, &progress),
+        end_to_end::print,
+    )?;
+    let failover = run_part(
+        args.runs(Part::Failover),
+        || failover::measure(&args, &progress),
+        failover::print,
+    )?;
 
     let mut targets = Vec::new();
     if let Some(d) = &dataplane {

@@ -9,14 +9,7 @@ use super::*;
 fn first_segment_binds_to_the_backend_its_cookie_names() {
     let (bed, _, backends) = setup();
     let conn = handshake(&bed, Conn::new(40000, 0xdead_beef, 1460));
-    run_counted(
-        &bed,
-        &conn.handshake_ack().build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesValid, 1)],
-        "handshake ACK",
-    );
+    handshake_ack_validates(&bed, &conn, "handshake ACK");
     let payload = http_get("be2");
     bind(&bed, &conn, &payload, backends[1], Choice::Hit, None);
 
@@ -135,10 +128,7 @@ fn backend_synack_delivers_the_kept_segment() {
 
 #[test]
 fn unexpected_packets_while_binding_are_dropped() {
-    let (bed, _, backends) = setup();
-    let conn = handshake(&bed, Conn::new(40000, 500, 1460));
-    let payload = http_get("be1");
-    bind(&bed, &conn, &payload, backends[0], Choice::Hit, None);
+    let (bed, _, backends, conn, payload) = one_binding(500, 0);
     let b = 123_456;
     let from_backend = [
         (
@@ -193,28 +183,16 @@ fn unexpected_packets_while_binding_are_dropped() {
 
 #[test]
 fn retransmitted_first_segment_resends_the_backend_syn() {
-    let (bed, _, backends) = setup();
-    let conn = handshake(&bed, Conn::new(40000, 0xffff_fffe, 1460));
-    let payload = http_get("be3");
-    bind(&bed, &conn, &payload, backends[2], Choice::Hit, None);
+    let (bed, _, backends, conn, payload) = one_binding(0xffff_fffe, 2);
     for round in 0..2 {
-        let before = bed.backend_counters().unwrap();
-        let r = run_counted(
-            &bed,
-            &conn.data(&payload).build(),
-            Ingress::Client,
-            XDP_REDIRECT,
-            &[
-                (Counter::BindRetransmits, 1),
-                (Counter::TxRedirect, 1),
-                (Counter::TxBytes, BUILT_SYN_LEN),
-            ],
-            "retransmitted first segment",
-        );
-        check_frame(&r.output, &conn.expected_backend_syn(backends[2]))
-            .unwrap_or_else(|e| panic!("retransmission {round}: {e:#}"));
+        let counters = [
+            (Counter::BindRetransmits, 1),
+            (Counter::TxRedirect, 1),
+            (Counter::TxBytes, BUILT_SYN_LEN),
+        ];
+        let what = format!("retransmission {round} of the first segment");
         assert_eq!(
-            backend_delta(&before, &bed.backend_counters().unwrap()),
+            first_segment_again(&bed, &conn, &payload, backends[2], &counters, &what),
             BTreeMap::from([(
                 backends[2],
                 BackendCountersValues {
@@ -232,30 +210,18 @@ fn retransmitted_first_segment_resends_the_backend_syn() {
     );
     complete(&bed, &conn, &payload, backends[2], 77);
     // Once spliced, the same segment is an ordinary retransmission for the backend.
-    let r = run_counted(
+    let again = conn.data(&payload);
+    let forwarded = conn.forwarded_to_backend(&again, backends[2], 77);
+    let what = "first segment again, spliced";
+    run_case(
         &bed,
-        &conn.data(&payload).build(),
-        Ingress::Client,
-        XDP_REDIRECT,
-        &[
-            (Counter::TxRedirect, 1),
-            (Counter::TxBytes, conn.data(&payload).build().len() as u64),
-        ],
-        "first segment again, spliced",
+        &Case::redirected(what, &again, Ingress::Client, forwarded),
     );
-    check_frame(
-        &r.output,
-        &conn.forwarded_to_backend(&conn.data(&payload), backends[2], 77),
-    )
-    .unwrap();
 }
 
 #[test]
 fn binding_times_out_with_a_rst_to_the_client() {
-    let (bed, _, backends) = setup();
-    let conn = handshake(&bed, Conn::new(40000, 31337, 1460));
-    let payload = http_get("be2");
-    bind(&bed, &conn, &payload, backends[1], Choice::Hit, None);
+    let (bed, _, backends, conn, payload) = one_binding(31337, 1);
     let other = handshake(&bed, Conn::new(40001, 4242, 1460));
     bind(&bed, &other, &payload, backends[1], Choice::Hit, None);
 
@@ -310,20 +276,12 @@ fn repeated_backend_synack_after_splice_reaches_the_client() {
     let b = 0x4000_0000;
     let conn = spliced(&bed, Conn::new(40000, 9, 1460), backends[0], "be1", b);
     let synack = conn.backend_synack(backends[0], b);
-    let input = synack.build();
-    let r = run_counted(
+    let forwarded = conn.forwarded_to_client(&synack, b);
+    let what = "repeated backend SYN-ACK, forwarded to the client";
+    run_case(
         &bed,
-        &input,
-        Ingress::Backend,
-        XDP_REDIRECT,
-        &[
-            (Counter::TxRedirect, 1),
-            (Counter::TxBytes, input.len() as u64),
-        ],
-        "repeated backend SYN-ACK",
+        &Case::redirected(what, &synack, Ingress::Backend, forwarded),
     );
-    check_frame(&r.output, &conn.forwarded_to_client(&synack, b))
-        .expect("SYN-ACK forwarded to the client");
     // The client's duplicate ACK and its retransmitted first segment go to the backend,
     // acknowledging the backend's ISN.
     let (dup, again) = (conn.handshake_ack(), conn.data(&payload));

@@ -9,86 +9,40 @@ use super::*;
 fn cookie_outcomes_and_the_policy_fallback() {
     let (bed, svc, backends) = setup();
     let ids = ["be1", "be2", "be3"];
-    let hit = |cookie: &str| format!("GET / HTTP/1.1\r\nHost: a\r\n{cookie}\r\n\r\n");
+    let get_with = |header: &str| format!("GET / HTTP/1.1\r\nHost: a\r\n{header}\r\n\r\n");
     // (what, payload, cookie outcome counter, backend named by the cookie)
     type Case = (&'static str, Vec<u8>, Option<Counter>, Option<&'static str>);
+    // A GET with `header` whose cookie outcome is `outcome` (the policy decides).
+    let miss = |what, header: &str, outcome| -> Case {
+        (what, get_with(header).into_bytes(), Some(outcome), None)
+    };
+    // A GET with `header` whose cookie names the backend with server id `id`.
+    let hit =
+        |what, header: &str, id| -> Case { (what, get_with(header).into_bytes(), None, Some(id)) };
+    let tls_hello = vec![
+        0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
+    ];
+    let partial_head = b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.0\r\n".to_vec();
+    let other_cookies = "Cookie: a=1; XJSESSIONID=s!be2!be3; jsessionid=s!be2; JSESSIONIDX=s!be1";
+    use Counter::{
+        CookieBeyondFirstSegment, CookieNameAbsent, CookieNoHeader, CookieNoToken, CookieNotHttp,
+        CookieUnknownToken,
+    };
+    #[rustfmt::skip]
     let cases: Vec<Case> = vec![
-        (
-            "TLS ClientHello",
-            vec![
-                0x16, 0x03, 0x01, 0x00, 0xa5, 0x01, 0x00, 0x00, 0xa1, 0x03, 0x03,
-            ],
-            Some(Counter::CookieNotHttp),
-            None,
-        ),
-        (
-            "no Cookie header",
-            b"GET / HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n".to_vec(),
-            Some(Counter::CookieNoHeader),
-            None,
-        ),
-        (
-            "other cookies only",
-            hit("Cookie: a=1; XJSESSIONID=s!be2!be3; jsessionid=s!be2; JSESSIONIDX=s!be1")
-                .into_bytes(),
-            Some(Counter::CookieNameAbsent),
-            None,
-        ),
-        (
-            "session id without tokens",
-            hit("Cookie: JSESSIONID=onlythesession").into_bytes(),
-            Some(Counter::CookieNoToken),
-            None,
-        ),
-        (
-            "empty primary token",
-            hit("Cookie: JSESSIONID=s!!be3").into_bytes(),
-            Some(Counter::CookieNoToken),
-            None,
-        ),
-        (
-            "head continues in the next segment",
-            b"GET / HTTP/1.1\r\nHost: a\r\nUser-Agent: curl/8.0\r\n".to_vec(),
-            Some(Counter::CookieBeyondFirstSegment),
-            None,
-        ),
-        (
-            "unknown primary token",
-            hit("Cookie: JSESSIONID=s!be9!be3").into_bytes(),
-            Some(Counter::CookieUnknownToken),
-            None,
-        ),
-        (
-            "token of another length",
-            hit("Cookie: JSESSIONID=s!be22!be3").into_bytes(),
-            Some(Counter::CookieUnknownToken),
-            None,
-        ),
+        ("TLS ClientHello", tls_hello, Some(CookieNotHttp), None),
+        miss("no Cookie header", "Accept: */*", CookieNoHeader),
+        miss("other cookies only", other_cookies, CookieNameAbsent),
+        miss("session id without tokens", "Cookie: JSESSIONID=onlythesession", CookieNoToken),
+        miss("empty primary token", "Cookie: JSESSIONID=s!!be3", CookieNoToken),
+        ("head continues in the next segment", partial_head, Some(CookieBeyondFirstSegment), None),
+        miss("unknown primary token", "Cookie: JSESSIONID=s!be9!be3", CookieUnknownToken),
+        miss("token of another length", "Cookie: JSESSIONID=s!be22!be3", CookieUnknownToken),
         // Hits: among other cookies, quoted, lower-case header name, second header.
-        (
-            "among other cookies",
-            hit("Cookie: a=1; JSESSIONID=s!be1!be2; b=2").into_bytes(),
-            None,
-            Some("be1"),
-        ),
-        (
-            "quoted value",
-            hit("Cookie: JSESSIONID=\"s!be3!be1\"").into_bytes(),
-            None,
-            Some("be3"),
-        ),
-        (
-            "lower-case header name",
-            hit("cookie: JSESSIONID=s!be2").into_bytes(),
-            None,
-            Some("be2"),
-        ),
-        (
-            "second Cookie header",
-            hit("Cookie: a=1\r\nCookie: JSESSIONID=x!be1!be3").into_bytes(),
-            None,
-            Some("be1"),
-        ),
+        hit("among other cookies", "Cookie: a=1; JSESSIONID=s!be1!be2; b=2", "be1"),
+        hit("quoted value", "Cookie: JSESSIONID=\"s!be3!be1\"", "be3"),
+        hit("lower-case header name", "cookie: JSESSIONID=s!be2", "be2"),
+        hit("second Cookie header", "Cookie: a=1\r\nCookie: JSESSIONID=x!be1!be3", "be1"),
     ];
     let mut policy_backends = std::collections::BTreeSet::new();
     for (i, (what, payload, outcome, named)) in cases.iter().enumerate() {

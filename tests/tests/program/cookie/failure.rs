@@ -9,10 +9,7 @@ use super::*;
 /// answer our SYN is dropped and changes nothing.
 #[test]
 fn backend_refusal_resets_the_client_at_once() {
-    let (bed, _, backends) = setup();
-    let conn = handshake(&bed, Conn::new(40000, 5000, 1460));
-    let payload = http_get("be2");
-    bind(&bed, &conn, &payload, backends[1], Choice::Hit, None);
+    let (bed, _, backends, conn, _) = one_binding(5000, 1);
     let refusal = |ack: u32| {
         Frame::reply(backends[1], conn.client, RST_ACK)
             .seq(0)
@@ -65,10 +62,7 @@ fn backend_refusal_resets_the_client_at_once() {
 /// RST alone from XDP; the binding stays for the client's retransmission.
 #[test]
 fn stale_ack_from_the_backend_is_reset_and_the_syn_sent_again() {
-    let (bed, _, backends) = setup();
-    let conn = handshake(&bed, Conn::new(40000, 9000, 1460));
-    let payload = http_get("be1");
-    bind(&bed, &conn, &payload, backends[0], Choice::Hit, None);
+    let (bed, _, backends, conn, payload) = one_binding(9000, 0);
     let old_ack = 0x4000_0000;
     let stale = Frame::reply(backends[0], conn.client, ACK)
         .seq(0x1234_5678)
@@ -117,33 +111,22 @@ fn stale_ack_from_the_backend_is_reset_and_the_syn_sent_again() {
 /// binding waited) is bound again: to the replacement the control plane wrote.
 #[test]
 fn retransmission_after_the_backend_failed_binds_again() {
-    let (bed, svc, backends) = setup();
-    let conn = handshake(&bed, Conn::new(40000, 77, 1460));
-    let payload = http_get("be2");
-    bind(&bed, &conn, &payload, backends[1], Choice::Hit, None);
+    let (bed, svc, backends, conn, payload) = one_binding(77, 1);
     bed.set_failover(svc, backends[1], Some(backends[2]))
         .unwrap();
     bed.set_backend_state(svc, backends[1], backend_state::DOWN)
         .unwrap();
-    let before = bed.backend_counters().unwrap();
-    let r = run_counted(
-        &bed,
-        &conn.data(&payload).build(),
-        Ingress::Client,
-        XDP_REDIRECT,
-        &[
-            (Counter::BindsRedone, 1),
-            (Counter::SyncookiesValid, 1),
-            (Counter::CookiePairsReported, 1),
-            (Counter::NewFlows, 1),
-            (Counter::BindingsStarted, 1),
-            (Counter::TxRedirect, 1),
-            (Counter::TxBytes, BUILT_SYN_LEN),
-        ],
-        "retransmission to a failed backend",
-    );
-    check_frame(&r.output, &conn.expected_backend_syn(backends[2])).expect("SYN to be3");
-    let delta = backend_delta(&before, &bed.backend_counters().unwrap());
+    let counters = [
+        (Counter::BindsRedone, 1),
+        (Counter::SyncookiesValid, 1),
+        (Counter::CookiePairsReported, 1),
+        (Counter::NewFlows, 1),
+        (Counter::BindingsStarted, 1),
+        (Counter::TxRedirect, 1),
+        (Counter::TxBytes, BUILT_SYN_LEN),
+    ];
+    let what = "retransmission to a failed backend (SYN to be3)";
+    let delta = first_segment_again(&bed, &conn, &payload, backends[2], &counters, what);
     assert_eq!(delta[&backends[2]].failover_redirects, 1, "{delta:?}");
     assert_eq!(
         bed.flow_entries().unwrap().len(),

@@ -305,6 +305,14 @@ fn handshake(bed: &TestBed, mut conn: Conn) -> Conn {
     conn
 }
 
+/// Runs the client's handshake ACK of `conn` and checks its cookie validates: counted
+/// as `syncookies_valid` and dropped (nothing to forward before the first segment).
+fn handshake_ack_validates(bed: &TestBed, conn: &Conn, what: &str) {
+    let input = conn.handshake_ack().build();
+    let valid = [(Counter::SyncookiesValid, 1)];
+    run_counted(bed, &input, Ingress::Client, XDP_DROP, &valid, what);
+}
+
 /// Sends the first data segment and checks it became the SYN to `backend`, with the
 /// counters of a binding chosen by `choice` (`outcome`: the cookie outcome counter).
 fn bind(
@@ -365,6 +373,25 @@ fn bind(
     r
 }
 
+/// Runs the first data segment of `conn` again (a retransmission) and checks it became
+/// the SYN to `backend`, with exactly the counter changes `counters`. Returns the
+/// per-backend counter changes.
+fn first_segment_again(
+    bed: &TestBed,
+    conn: &Conn,
+    payload: &[u8],
+    backend: SocketAddrV4,
+    counters: &[(Counter, u64)],
+    what: &str,
+) -> BTreeMap<SocketAddrV4, BackendCountersValues> {
+    let before = bed.backend_counters().unwrap();
+    let input = conn.data(payload).build();
+    let r = run_counted(bed, &input, Ingress::Client, XDP_REDIRECT, counters, what);
+    check_frame(&r.output, &conn.expected_backend_syn(backend))
+        .unwrap_or_else(|e| panic!("{what}: {e:#}"));
+    backend_delta(&before, &bed.backend_counters().unwrap())
+}
+
 /// Runs the backend's SYN-ACK (ISN `b`) through XDP and checks it became the kept
 /// segment, sent back to the backend (`XDP_TX`), and that the flow is spliced.
 fn complete(bed: &TestBed, conn: &Conn, payload: &[u8], backend: SocketAddrV4, b: u32) {
@@ -419,11 +446,29 @@ fn entries(bed: &TestBed, conn: &Conn, backend: SocketAddrV4) -> (Flow, Flow) {
 /// A connection through SYN, first segment (bound to `backend` by its cookie) and the
 /// backend's SYN-ACK with ISN `b`.
 fn spliced(bed: &TestBed, conn: Conn, backend: SocketAddrV4, id: &str, b: u32) -> Conn {
+    let (conn, payload) = bound(bed, conn, backend, id);
+    complete(bed, &conn, &payload, backend, b);
+    conn
+}
+
+/// A bed ([`setup`]) with one connection, from client port 40000 with ISN `isn`, whose
+/// first segment is bound to `backends[i]` by its cookie ([`bound`]): the bed, the
+/// service, the backends, the connection and the first segment's payload.
+fn one_binding(isn: u32, i: usize) -> (TestBed, ServiceAddr, Vec<SocketAddrV4>, Conn, Vec<u8>) {
+    let (bed, svc, backends) = setup();
+    let id = format!("be{}", i + 1);
+    let (conn, payload) = bound(&bed, Conn::new(40000, isn, 1460), backends[i], &id);
+    (bed, svc, backends, conn, payload)
+}
+
+/// A connection through SYN and first segment, a GET whose cookie names `id`, bound to
+/// `backend` (a cookie hit): waiting for the backend's SYN-ACK. Returns the connection
+/// and the first segment's payload.
+fn bound(bed: &TestBed, conn: Conn, backend: SocketAddrV4, id: &str) -> (Conn, Vec<u8>) {
     let conn = handshake(bed, conn);
     let payload = http_get(id);
     bind(bed, &conn, &payload, backend, Choice::Hit, None);
-    complete(bed, &conn, &payload, backend, b);
-    conn
+    (conn, payload)
 }
 
 /// A small GET whose session cookie names `primary`.

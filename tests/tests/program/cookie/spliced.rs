@@ -140,17 +140,9 @@ fn fin_and_rst_end_a_spliced_flow() {
     spliced_to_client(&bed, &conn2, &rst, b2, "backend RST");
     let (_, rev) = entries(&bed, &conn2, backends[1]);
     assert_eq!(rev.state, flow_state::CLOSED);
-    let crst = Frame::tcp(
-        conn2.client,
-        vip(),
-        TcpFlags {
-            rst: true,
-            ack: true,
-            ..Default::default()
-        },
-    )
-    .seq(conn2.isn.wrapping_add(1 + payload_len))
-    .ack(k2.wrapping_add(1));
+    let crst = Frame::tcp(conn2.client, vip(), RST_ACK)
+        .seq(conn2.isn.wrapping_add(1 + payload_len))
+        .ack(k2.wrapping_add(1));
     spliced_to_backend(&bed, &conn2, &crst, backends[1], b2, "client RST");
     let (fwd, _) = entries(&bed, &conn2, backends[1]);
     assert_eq!(fwd.state, flow_state::CLOSED);
@@ -161,17 +153,9 @@ fn new_connection_on_a_closed_spliced_tuple_is_bound_anew() {
     let (bed, _, backends) = setup();
     let payload_len = http_get("be2").len() as u32;
     let conn = spliced(&bed, Conn::new(40001, 2, 1460), backends[1], "be2", 0x10);
-    let rst = Frame::tcp(
-        conn.client,
-        vip(),
-        TcpFlags {
-            rst: true,
-            ack: true,
-            ..Default::default()
-        },
-    )
-    .seq(conn.isn.wrapping_add(1 + payload_len))
-    .ack(conn.cookie.wrapping_add(1));
+    let rst = Frame::tcp(conn.client, vip(), RST_ACK)
+        .seq(conn.isn.wrapping_add(1 + payload_len))
+        .ack(conn.cookie.wrapping_add(1));
     assert_eq!(
         run(&bed, &rst.build(), Ingress::Client).verdict,
         XDP_REDIRECT
@@ -180,14 +164,7 @@ fn new_connection_on_a_closed_spliced_tuple_is_bound_anew() {
     // (here to the backend its cookie names now).
     let again = handshake(&bed, Conn::new(40001, 0x5555_0000, 1460));
     assert_ne!(again.cookie, conn.cookie);
-    run_counted(
-        &bed,
-        &again.handshake_ack().build(),
-        Ingress::Client,
-        XDP_DROP,
-        &[(Counter::SyncookiesValid, 1)],
-        "handshake ACK of the new connection",
-    );
+    handshake_ack_validates(&bed, &again, "handshake ACK of the new connection");
     let payload = http_get("be3");
     bind(&bed, &again, &payload, backends[2], Choice::Hit, None);
     let (fwd, _) = entries(&bed, &again, backends[2]);

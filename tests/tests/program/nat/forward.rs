@@ -9,7 +9,7 @@ use balancer_common::{backend_state, map_names, Counter, Flow, FlowKey};
 use balancer_tests::{packet::*, testrun::*};
 use balancer_user::Proto;
 
-use super::{forward_ok, reply_ok, setup, tcp_backends, FLOWS};
+use super::{forward_ok, new_flow_forwarded, reply_ok, setup, tcp_backends, FLOWS};
 use crate::{run, run_counted};
 
 #[test]
@@ -36,24 +36,9 @@ fn syn_is_forwarded_and_the_reply_translated_back() {
     let sport = 40000;
     let syn = Frame::to_vip(sport, SYN);
     let input = syn.build();
-    let before = bed.counters().unwrap();
-    let r = run(&bed, &input, Ingress::Client);
-    let delta = bed.counters().unwrap().delta(&before);
-    assert_eq!(r.verdict, XDP_REDIRECT, "SYN: got {}", r.verdict_name());
-    let out = decode_checked(&r.output).expect("valid checksums");
+    let out = new_flow_forwarded(&bed, &syn, Ingress::Client, XDP_REDIRECT, &backends, "SYN");
     let b = out.dst;
-    assert!(backends.contains(&b), "sent to {b}");
-    check_to_backend(&input, &r.output, client(sport), b).unwrap();
     assert_eq!(out.ttl, 63);
-    assert_eq!(
-        delta,
-        counter_map(&[
-            (Counter::RxPackets, 1),
-            (Counter::NewFlows, 1),
-            (Counter::TxRedirect, 1),
-            (Counter::TxBytes, input.len() as u64),
-        ])
-    );
     let stats = bed.balancer().stats().unwrap();
     let bs = stats.backends.iter().find(|x| x.backend == b).unwrap();
     assert_eq!(
@@ -118,22 +103,16 @@ fn one_armed_forward_uses_xdp_tx() {
     // Clients and backends behind the same interface: the forward direction goes back out
     // of the interface it came in on.
     let (bed, _, backends) = setup();
-    let input = Frame::to_vip(40000, SYN).build();
-    let r = run_counted(
+    let syn = Frame::to_vip(40000, SYN);
+    assert_eq!(syn.build().len(), 54, "tx_bytes counts the 54-byte SYN");
+    new_flow_forwarded(
         &bed,
-        &input,
+        &syn,
         Ingress::Backend,
         XDP_TX,
-        &[
-            (Counter::NewFlows, 1),
-            (Counter::TxSameInterface, 1),
-            (Counter::TxBytes, 54),
-        ],
+        &backends,
         "one-armed SYN",
     );
-    let b = decode_checked(&r.output).unwrap().dst;
-    assert!(backends.contains(&b));
-    check_to_backend(&input, &r.output, client(40000), b).unwrap();
 
     // Without a context the program sees the namespace's loopback as ingress.
     let input = Frame::to_vip(40001, SYN).build();
@@ -288,22 +267,15 @@ fn udp_service() {
     let c = client(45000);
 
     let q = Frame::udp(c, dns, b"query one");
-    let input = q.build();
-    let r = run_counted(
+    let out = new_flow_forwarded(
         &bed,
-        &input,
+        &q,
         Ingress::Client,
         XDP_REDIRECT,
-        &[
-            (Counter::NewFlows, 1),
-            (Counter::TxRedirect, 1),
-            (Counter::TxBytes, input.len() as u64),
-        ],
+        &backends,
         "UDP query",
     );
-    let b = decode_checked(&r.output).unwrap().dst;
-    assert!(backends.contains(&b));
-    let out = check_to_backend(&input, &r.output, c, b).unwrap();
+    let b = out.dst;
     assert_ne!(out.l4_checksum, 0);
     assert_eq!(
         bed.flow_of(c, dns, Proto::Udp).unwrap().unwrap().state,

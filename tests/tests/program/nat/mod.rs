@@ -9,7 +9,9 @@ use std::net::SocketAddrV4;
 use balancer_tests::{packet::*, testrun::*};
 use balancer_user::{Proto, ServiceAddr};
 
-use crate::run;
+use balancer_common::Counter;
+
+use crate::{run, run_counted};
 
 pub const FLOWS: u32 = 65_536;
 
@@ -48,6 +50,38 @@ pub fn forward_ok(bed: &TestBed, frame: &Frame, allowed: &[SocketAddrV4]) -> Soc
     );
     check_to_backend(&input, &r.output, frame.src, backend).expect("forward rewrite");
     backend
+}
+
+/// Sends `frame`, the first packet of a new flow, in on `ingress` and checks it leaves
+/// towards one of `allowed` with `verdict` (`XDP_REDIRECT` to the other interface,
+/// `XDP_TX` back out of this one), the full forward rewrite and exactly the counters of a
+/// new flow sent that way; `what` names it in failures. Returns the output, decoded.
+pub fn new_flow_forwarded(
+    bed: &TestBed,
+    frame: &Frame,
+    ingress: Ingress,
+    verdict: u32,
+    allowed: &[SocketAddrV4],
+    what: &str,
+) -> Decoded {
+    let input = frame.build();
+    let tx = if verdict == XDP_TX {
+        Counter::TxSameInterface
+    } else {
+        Counter::TxRedirect
+    };
+    let counters = [
+        (Counter::NewFlows, 1),
+        (tx, 1),
+        (Counter::TxBytes, input.len() as u64),
+    ];
+    let r = run_counted(bed, &input, ingress, verdict, &counters, what);
+    let backend = decode_checked(&r.output).expect("forwarded frame").dst;
+    assert!(
+        allowed.contains(&backend),
+        "{what}: sent to {backend}, allowed {allowed:?}"
+    );
+    check_to_backend(&input, &r.output, frame.src, backend).expect("forward rewrite")
 }
 
 /// Sends `frame` (a backend's reply to a client of the VIP) in on `ingress` and checks it

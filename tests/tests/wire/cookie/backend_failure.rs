@@ -40,7 +40,7 @@ fn failover_sends_a_failed_backends_sessions_to_its_replacement() {
         after.backends_sum("cookie_misses") - before.backends_sum("cookie_misses"),
         N as u64,
         "{}",
-        nonzero(&after)
+        after.summary()
     );
 
     // Failover to be2: be1's sessions land on be2 and are counted as redirects.
@@ -55,7 +55,7 @@ fn failover_sends_a_failed_backends_sessions_to_its_replacement() {
     let answers = requests("be1");
     assert!(answers.iter().all(|a| a == "be2"), "{answers:?}");
     let after = Stats::read(&t);
-    let ctx = nonzero(&after);
+    let ctx = after.summary();
     assert_eq!(
         after.backend(&be2, "failover_redirects") - before.backend(&be2, "failover_redirects"),
         N as u64,
@@ -85,7 +85,7 @@ fn failover_sends_a_failed_backends_sessions_to_its_replacement() {
         after.backend(&be1, "cookie_hits") - before.backend(&be1, "cookie_hits"),
         N as u64,
         "{}",
-        nonzero(&after)
+        after.summary()
     );
     assert_eq!(
         after.backend(&be2, "failover_redirects"),
@@ -144,7 +144,7 @@ fn backend_that_never_answers_gets_the_client_reset() {
         })
         .unwrap();
     let after = Stats::read(&t);
-    let ctx = nonzero(&after);
+    let ctx = after.summary();
     eprintln!(
         "request to a dead backend: {outcome:?} after {:.2} s",
         elapsed.as_secs_f64()

@@ -105,27 +105,6 @@ fn in_parallel<T: Send>(ns: &Netns, threads: usize, f: impl Fn(usize) -> T + Syn
     })
 }
 
-/// Global counters that are not zero, for failure messages.
-fn nonzero(s: &Stats) -> String {
-    let g = s.0["global"].as_object().unwrap();
-    let mut out: Vec<String> = g
-        .iter()
-        .filter(|(_, v)| v.as_u64() != Some(0))
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
-    for b in s.0["backends"].as_array().unwrap() {
-        out.push(format!(
-            "[{} hits={} misses={} failover={} flows={}]",
-            b["backend"],
-            b["cookie_hits"],
-            b["cookie_misses"],
-            b["failover_redirects"],
-            b["new_flows"]
-        ));
-    }
-    out.join(" ")
-}
-
 /// Counters that no test traffic should move: failures of the binding machinery.
 const FAILURE_COUNTERS: &[&str] = &[
     "syncookies_invalid",
@@ -139,7 +118,7 @@ const FAILURE_COUNTERS: &[&str] = &[
 
 fn assert_no_failures(s: &Stats) {
     for c in FAILURE_COUNTERS {
-        assert_eq!(s.global(c), 0, "{c}: {}", nonzero(s));
+        assert_eq!(s.global(c), 0, "{c}: {}", s.summary());
     }
 }
 

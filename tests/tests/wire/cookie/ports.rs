@@ -128,7 +128,7 @@ fn reused_client_port_gets_a_new_binding() {
         })
         .unwrap();
     let s = Stats::read(&t);
-    let ctx = nonzero(&s);
+    let ctx = s.summary();
     let flows = t.balancer_json(&["flows", "--json"]).unwrap();
     let got: Vec<String> = answers
         .iter()
@@ -180,7 +180,7 @@ fn backend_time_wait_of_a_direct_connection_does_not_hold_the_binding() {
         })
         .unwrap();
     let s = Stats::read(&t);
-    let ctx = nonzero(&s);
+    let ctx = s.summary();
     for a in &answers {
         match a {
             Ok((direct, via_vip)) => {
@@ -234,7 +234,7 @@ fn syn_on_a_live_connection(offset: u32) {
         })
         .unwrap();
     let s = Stats::read(&t);
-    let ctx = nonzero(&s);
+    let ctx = s.summary();
     let answers = outcome.unwrap_or_else(|e| panic!("{e:#}; counters: {ctx}"));
     assert_eq!(answers, ["be2"; 4], "{ctx}");
     assert_eq!(s.global("bindings_completed"), 1, "{ctx}");

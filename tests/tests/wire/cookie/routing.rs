@@ -35,14 +35,14 @@ fn requests_land_on_the_backend_their_cookie_names() {
         "{} of {N} requests did not reach their backend, first {:?}; counters: {}",
         wrong.len(),
         &wrong[..wrong.len().min(5)],
-        nonzero(&s)
+        s.summary()
     );
     eprintln!(
         "{N} cookie requests on fresh connections in {:.2} s ({:.0}/s)",
         elapsed.as_secs_f64(),
         N as f64 / elapsed.as_secs_f64()
     );
-    let ctx = nonzero(&s);
+    let ctx = s.summary();
     assert_eq!(s.global("bindings_started"), N as u64, "{ctx}");
     assert_eq!(s.global("bindings_completed"), N as u64, "{ctx}");
     assert_eq!(s.global("new_flows"), N as u64, "{ctx}");
@@ -106,7 +106,7 @@ fn requests_without_a_usable_cookie_follow_the_policy() {
         );
     }
     let s = Stats::read(&t);
-    let ctx = nonzero(&s);
+    let ctx = s.summary();
     assert_eq!(s.global("cookie_no_header"), N as u64, "{ctx}");
     assert_eq!(s.backends_sum("cookie_misses"), N as u64, "{ctx}");
     assert_eq!(s.backends_sum("cookie_hits"), 0, "{ctx}");
@@ -142,18 +142,18 @@ fn requests_without_a_usable_cookie_follow_the_policy() {
             after.global(counter) - before.global(counter),
             EACH as u64,
             "{}",
-            nonzero(&after)
+            after.summary()
         );
         assert_eq!(
             after.backends_sum("cookie_misses") - before.backends_sum("cookie_misses"),
             EACH as u64,
             "{}",
-            nonzero(&after)
+            after.summary()
         );
         assert!(answers.iter().all(|a| t.backend_index(a).is_some()));
     }
     let s = Stats::read(&t);
-    assert_eq!(s.backends_sum("cookie_hits"), 0, "{}", nonzero(&s));
+    assert_eq!(s.backends_sum("cookie_hits"), 0, "{}", s.summary());
     assert_no_failures(&s);
 }
 
@@ -224,7 +224,7 @@ fn non_http_first_segment_is_bound_by_policy() {
         "{answers:?}"
     );
     let s = Stats::read(&t);
-    let ctx = nonzero(&s);
+    let ctx = s.summary();
     assert_eq!(s.global("cookie_not_http"), N as u64, "{ctx}");
     assert_eq!(s.backends_sum("cookie_misses"), N as u64, "{ctx}");
     assert_eq!(s.global("bindings_completed"), N as u64, "{ctx}");
@@ -266,7 +266,7 @@ fn keepalive_connection_stays_on_the_cookie_backend() {
         assert_eq!(who, "be2", "request {i}");
     }
     let s = Stats::read(&t);
-    let ctx = nonzero(&s);
+    let ctx = s.summary();
     assert_eq!(s.global("bindings_completed"), 1, "{ctx}");
     let be2 = t.backends[1].endpoint();
     assert_eq!(s.backend(&be2, "cookie_hits"), 1, "{ctx}");

@@ -67,7 +67,7 @@ use balancer_user::{
 use serde::Serialize;
 
 use crate::{
-    dataplane::{splice_one, COOKIE_VIP},
+    dataplane::{run_expecting, splice_one, COOKIE_VIP},
     stats::{expect_growth, iqm, median, percentile, pin_to_cpu, quantum, Machine},
     Target,
 };

@@ -290,15 +290,8 @@ pub(crate) fn scene(
         None
     };
     for flags in [SYN, ACK] {
-        let r = bed.run(
-            &Frame::tcp(EST_CLIENT, vip(), flags).build(),
-            Ingress::Client,
-        )?;
-        ensure!(
-            r.verdict == XDP_REDIRECT,
-            "hot flow setup: {}",
-            r.verdict_name()
-        );
+        let f = Frame::tcp(EST_CLIENT, vip(), flags).build();
+        run_expecting(&bed, &f, Ingress::Client, XDP_REDIRECT, "hot flow setup")?;
     }
     let ring = read_ring(&bed)?;
     let mut s = Scene {
