@@ -15,13 +15,7 @@ pub const TEST_SECRET: CookieSecret = CookieSecret {
 /// CLOCK_TAI in nanoseconds: the clock `bpf_ktime_get_tai_ns` reads, which sets the
 /// syncookie time window.
 pub fn tai_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_TAI, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    balancer_user::control::flows::clock_ns(libc::CLOCK_TAI)
 }
 
 /// The syncookie time window now.

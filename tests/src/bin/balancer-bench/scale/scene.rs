@@ -21,13 +21,7 @@ impl Rng {
 
 /// CLOCK_MONOTONIC_COARSE, the clock of `bpf_ktime_get_coarse_ns`.
 pub(crate) fn coarse_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid timespec pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    balancer_user::control::flows::clock_ns(libc::CLOCK_MONOTONIC_COARSE)
 }
 
 /// One bed at one scale point.
