@@ -333,18 +333,23 @@ impl TestBed {
 
     /// The backend the service's Maglev table gives the client-side 5-tuple `key`
     /// (what cookie mode falls back to), read from the pinned RING and BACKENDS maps and
-    /// hashed with the data plane's own `flow_hash`.
+    /// hashed with the data plane's own choice of hash (`new_flow_hash`: the 5-tuple, or
+    /// the client's address under source persistence).
     pub fn policy_backend(&self, service: ServiceAddr, key: &FlowKey) -> Result<SocketAddrV4> {
-        let id = self
+        let info = self
             .balancer()
             .services()?
             .into_iter()
             .find(|s| s.service == service)
-            .with_context(|| format!("no service {service}"))?
-            .id;
+            .with_context(|| format!("no service {service}"))?;
+        let id = info.id;
+        let hashed = balancer_common::Service {
+            id,
+            flags: info.persistence.flags(),
+        };
         let ring: Array<MapData, u32> = self.pinned_map(map_names::RING, "RING")?;
         let backends: Array<MapData, Backend> = self.pinned_map(map_names::BACKENDS, "BACKENDS")?;
-        let index = id * RING_SIZE + balancer_common::hash::flow_hash(key) % RING_SIZE;
+        let index = id * RING_SIZE + balancer_common::hash::new_flow_hash(&hashed, key) % RING_SIZE;
         let slot = ring.get(&index, 0).context("reading RING")?;
         let b = backends.get(&slot, 0).context("reading BACKENDS")?;
         Ok(SocketAddrV4::new(

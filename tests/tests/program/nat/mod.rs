@@ -2,6 +2,7 @@
 //! forward rewrite towards a backend and the reply rewrite back to the client.
 
 mod forward;
+mod persistence;
 mod refused;
 
 use std::net::SocketAddrV4;
