@@ -18,15 +18,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use balancer_tests::{
-    daemon::{daemon_config, ConfigOptions, Daemon},
-    harness::root::assert_root,
-    http,
-    topology::Topology,
-};
+use balancer_tests::{daemon::ConfigOptions, http, topology::Topology};
 use serde_json::{json, Value};
-
-use crate::TESTSRV;
 
 const PAGE: &str = "http://127.0.0.1:9469/";
 
@@ -218,12 +211,7 @@ fn base64_decode(text: &str) -> Vec<u8> {
 
 #[test]
 fn status_page_shows_backends_and_follows_a_kill_without_reload() {
-    assert_root();
-    let mut t = Topology::two_arm(3).expect("building the topology");
-    t.start_session_servers(Path::new(TESTSRV))
-        .expect("starting app servers");
-    let config = daemon_config(&t, &ConfigOptions::default());
-    let d = Daemon::start(&mut t, &config).expect("starting the daemon");
+    let (mut t, d) = crate::daemon::setup(&ConfigOptions::default());
     let endpoints: Vec<String> = t.backends.iter().map(|b| b.endpoint()).collect();
 
     let profile = std::env::temp_dir().join(format!("balancer-chromium-{}", t.instance()));

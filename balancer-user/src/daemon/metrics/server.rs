@@ -123,11 +123,11 @@ pub async fn serve_endpoints(
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
     let mut body = body.into();
     body.push('\n');
-    page(status, "text/plain; charset=utf-8", body)
+    page(status, "text/plain; charset=utf-8", body.into())
 }
 
-fn page(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+fn page(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -150,11 +150,15 @@ async fn respond(request: &Request<Incoming>, endpoints: &[Endpoint]) -> Respons
         return text(StatusCode::NOT_FOUND, "metrics are at /metrics");
     };
     match &endpoint.page {
-        Page::Static(body) => page(StatusCode::OK, endpoint.content_type, body.to_string()),
+        Page::Static(body) => page(
+            StatusCode::OK,
+            endpoint.content_type,
+            Bytes::from_static(body.as_bytes()),
+        ),
         Page::Dynamic(render) => {
             let render = render.clone();
             match tokio::task::spawn_blocking(move || render()).await {
-                Ok(Ok(body)) => page(StatusCode::OK, endpoint.content_type, body),
+                Ok(Ok(body)) => page(StatusCode::OK, endpoint.content_type, body.into()),
                 Ok(Err(reason)) => text(StatusCode::SERVICE_UNAVAILABLE, reason),
                 Err(e) => text(
                     StatusCode::SERVICE_UNAVAILABLE,

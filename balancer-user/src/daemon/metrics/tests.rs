@@ -357,3 +357,30 @@ async fn slow_clients_time_out() {
     assert!(started.elapsed() >= limit);
     assert!(started.elapsed() < limit * 10);
 }
+
+#[tokio::test]
+async fn serves_static_pages_beside_the_metrics() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let index = Endpoint {
+        path: "/",
+        content_type: "text/html; charset=utf-8",
+        page: Page::Static("<p>hi</p>"),
+    };
+    tokio::spawn(serve_endpoints(
+        listener,
+        vec![Endpoint::metrics(|| Ok("m\n".into())), index],
+        IO_TIMEOUT,
+    ));
+    let r = exchange(addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+    assert!(
+        r.contains("\r\nContent-Type: text/html; charset=utf-8\r\n"),
+        "{r}"
+    );
+    assert!(r.ends_with("\r\n\r\n<p>hi</p>"), "{r}");
+    let r = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+    assert!(r.ends_with("\r\n\r\nm\n"), "{r}");
+    let r = exchange(addr, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
+    assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
+}
