@@ -18,7 +18,12 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use balancer_tests::{daemon::ConfigOptions, http, topology::Topology};
+use balancer_tests::{
+    daemon::ConfigOptions,
+    http,
+    session::try_request,
+    topology::{vip, Topology},
+};
 use serde_json::{json, Value};
 
 const PAGE: &str = "http://127.0.0.1:9469/";
@@ -163,6 +168,14 @@ fn pipe() -> Result<(i32, i32)> {
 const ROWS: &str = "JSON.stringify([...document.querySelectorAll('#backends tbody tr')]
     .map(r => [r.dataset.backend, r.dataset.state, r.dataset.health]))";
 
+/// The sum of the Conn/s column (the 9th), as the page writes it ("12.5", "1.2k").
+const CONNECTION_RATES: &str =
+    "[...document.querySelectorAll('#backends tbody tr td:nth-child(9)')]
+    .map(td => parseFloat(td.textContent) || 0).reduce((a, b) => a + b, 0)";
+
+/// Lines drawn in the backends' charts (two per backend once two reads are kept).
+const CHART_LINES: &str = "document.querySelectorAll('#backends svg.chart polyline').length";
+
 fn rows(b: &mut Browser, session: &str) -> Result<Vec<(String, String, String)>> {
     let text = b.eval(session, ROWS)?;
     Ok(serde_json::from_str(text.as_str().unwrap_or("[]"))?)
@@ -246,6 +259,31 @@ fn status_page_shows_backends_and_follows_a_kill_without_reload() {
         )
         .unwrap();
     assert_eq!(services, 1);
+
+    // Live rates: traffic through the VIP shows as new connections/s on the page, and
+    // the charts draw.
+    let traffic_until = Instant::now() + Duration::from_secs(3);
+    t.client
+        .run(move || {
+            while Instant::now() < traffic_until {
+                let _ = try_request(vip(), None, None);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let rate = b.eval(&session, CONNECTION_RATES).unwrap();
+        let charts = b.eval(&session, CHART_LINES).unwrap();
+        if rate.as_f64().is_some_and(|r| r > 0.0) && charts.as_u64() >= Some(2) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no connection rate or chart shown: {rate}, {charts} lines"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // A screenshot, kept under target/ for a look.
     let shot = b

@@ -199,6 +199,18 @@ impl StatusBoard {
             .filter_map(|b| Some((key(b), *counters.get(&b.slot)?)))
             .collect();
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // Kept first, so the charts end with this read (the rates' base is at least a
+        // second older, so never this one).
+        let newest = inner.history.back().map_or(f64::MIN, |s| s.at);
+        if now - newest >= MIN_INTERVAL_S {
+            if inner.history.len() == HISTORY {
+                inner.history.pop_front();
+            }
+            inner.history.push_back(Sample {
+                at: now,
+                counters: current.clone(),
+            });
+        }
         let base = inner
             .history
             .iter()
@@ -232,16 +244,6 @@ impl StatusBoard {
                 }
             })
             .collect();
-        let newest = inner.history.back().map_or(f64::MIN, |s| s.at);
-        if now - newest >= MIN_INTERVAL_S {
-            if inner.history.len() == HISTORY {
-                inner.history.pop_front();
-            }
-            inner.history.push_back(Sample {
-                at: now,
-                counters: current,
-            });
-        }
         StatusView {
             time: now,
             services: services

@@ -58,15 +58,23 @@ fn rates_come_from_reads_a_second_apart() {
     assert_eq!(rates["bytes_to"], 100.0);
     assert_eq!(rates["bytes_from"], 200.0);
     assert_eq!(view.backends[1].rates["new_flows"], 0.0);
-    // The 100.5 read was not kept (under a second after 100.0).
-    let chart = &read(103.0, 30).backends[0].chart;
+    // The 100.5 read was not kept (under a second after 100.0); the chart ends with
+    // the current read.
+    let chart = &read(103.0, 40).backends[0].chart;
     assert_eq!(
         chart,
-        &[ChartPoint {
-            t: 102.0,
-            new_flows: 10.0,
-            bytes: 300.0
-        }]
+        &[
+            ChartPoint {
+                t: 102.0,
+                new_flows: 10.0,
+                bytes: 300.0
+            },
+            ChartPoint {
+                t: 103.0,
+                new_flows: 20.0,
+                bytes: 600.0
+            }
+        ]
     );
     assert_eq!(view.failover.len(), 1);
     assert_eq!(view.failover[0].from, "198.18.1.2:8080");
