@@ -42,7 +42,11 @@ impl Browser {
     fn start(t: &Topology, profile: PathBuf) -> Result<Browser> {
         let (to_chrome_read, to_chrome_write) = pipe()?;
         let (from_chrome_read, from_chrome_write) = pipe()?;
+        // Its temporary files (it leaves some when killed) go in the profile, which the
+        // test removes.
+        std::fs::create_dir_all(&profile)?;
         let mut cmd = t.gateway.command("chromium");
+        cmd.env("TMPDIR", &profile);
         cmd.args([
             "--headless",
             "--no-sandbox",
@@ -146,6 +150,17 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Closed politely first, so it removes its own temporary files.
+        let _ = self
+            .commands
+            .write_all(b"{\"id\":0,\"method\":\"Browser.close\"}\0");
+        let closing = Instant::now();
+        while closing.elapsed() < Duration::from_secs(3) {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         // The browser and its helpers (renderer, zygote) share its process group.
         // SAFETY: signalling the group of the child this test started.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
@@ -365,7 +380,7 @@ fn status_page_shows_backends_and_follows_a_kill_without_reload() {
         "{transitions}\n{}",
         d.log()
     );
-    let _ = b.call(None, "Browser.close", json!({}));
+    drop(b);
 
     // The JSON the page polls, as scripts read it.
     let addr: std::net::SocketAddr = "127.0.0.1:9469".parse().unwrap();
