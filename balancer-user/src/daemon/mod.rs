@@ -20,6 +20,7 @@ pub mod health;
 mod membership;
 pub mod metrics;
 pub mod pairs;
+pub mod status;
 
 use std::{
     collections::HashMap,
@@ -54,8 +55,9 @@ use self::{
     group::GroupKey,
     health::{spawn_checker, CheckSettings, Health, HealthReport, Tracker},
     membership::Group,
-    metrics::MetricsSnapshot,
+    metrics::{Endpoint, MetricsSnapshot},
     pairs::{PairReader, PairTable},
+    status::{StatusBoard, TransitionEvent},
 };
 
 /// How often the daemon looks at what can change without an event of its own (announced
@@ -133,6 +135,8 @@ pub struct Daemon {
     group: Option<Group>,
     metrics: Option<(SocketAddr, JoinHandle<()>)>,
     counters: Arc<DaemonCounters>,
+    /// Health transitions and past reads for the status page.
+    status: Arc<StatusBoard>,
     reports: mpsc::Sender<HealthReport>,
     /// Something the plan depends on changed since it was last written.
     dirty: bool,
@@ -172,6 +176,7 @@ pub async fn run(opts: DaemonOptions) -> Result<()> {
         group: None,
         metrics: None,
         counters: Arc::new(DaemonCounters::default()),
+        status: Arc::default(),
         reports: reports_tx,
         dirty: true,
         last_sync: Instant::now(),
@@ -464,6 +469,14 @@ impl Daemon {
         if let Some(t) = report.transition {
             DaemonCounters::add(&self.counters.health_transitions, 1);
             info!(service = %key.0, backend = %key.1, "health {t}: {}", report.outcome.detail);
+            self.status.record_transition(TransitionEvent {
+                at: status::unix_now(),
+                service: key.0.to_string(),
+                backend: key.1.to_string(),
+                from: t.from.to_string(),
+                to: t.to.to_string(),
+                detail: report.outcome.detail.clone(),
+            });
             self.healthy.insert(key, t.to == Health::Up);
             self.replan();
         }
@@ -579,12 +592,18 @@ impl Daemon {
             .map_err(|e| Error::Daemon(format!("metrics socket: {e}")))?;
         let dir = self.dir.clone();
         let counters = self.counters.clone();
-        let task = tokio::spawn(metrics::serve(listener, move || {
+        let metrics = Endpoint::metrics(move || {
             let b = Balancer::open(&dir).map_err(|e| e.to_string())?;
             let mut snapshot = MetricsSnapshot::read(&b).map_err(|e| e.to_string())?;
             snapshot.daemon = counters.list();
             Ok(metrics::render(&snapshot))
-        }));
+        });
+        let endpoints = status::endpoints(self.dir.clone(), self.status.clone());
+        let task = tokio::spawn(metrics::serve_endpoints(
+            listener,
+            std::iter::once(metrics).chain(endpoints).collect(),
+            metrics::IO_TIMEOUT,
+        ));
         if let Some((_, old)) = self.metrics.replace((addr, task)) {
             old.abort();
         }

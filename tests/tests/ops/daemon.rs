@@ -20,8 +20,9 @@ use serde_json::Value;
 
 use crate::TESTSRV;
 
-/// Two-arm topology with three replicated app servers and a daemon running `o`.
-fn setup(o: &ConfigOptions) -> (Topology, Daemon) {
+/// Two-arm topology with three replicated app servers and a daemon running `o`, its
+/// backends healthy.
+pub(crate) fn setup(o: &ConfigOptions) -> (Topology, Daemon) {
     assert_root();
     let mut t = Topology::two_arm(3).expect("building the topology");
     t.start_session_servers(Path::new(TESTSRV))

@@ -47,14 +47,20 @@ fn collect_exprs(v: &Value, out: &mut Vec<String>) {
 /// Fails naming every metric the dashboard queries that `metrics_text` (a scrape of the
 /// daemon, with health-checked backends) has no family of.
 pub fn assert_queries_exported(metrics_text: &str) {
-    let exported: BTreeSet<&str> = metrics_text
+    // OpenMetrics names a counter family without the `_total` its samples (the names
+    // queries use) end in.
+    let exported: BTreeSet<String> = metrics_text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split(' ').next())
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| match kind {
+            "counter" => format!("{name}_total"),
+            _ => name.to_string(),
+        })
         .collect();
     let missing: Vec<String> = queried_metrics()
         .into_iter()
-        .filter(|name| !exported.contains(name.as_str()))
+        .filter(|name| !exported.contains(name))
         .collect();
     assert!(
         missing.is_empty(),

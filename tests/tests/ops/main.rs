@@ -15,3 +15,4 @@ mod daemon_ops;
 mod dashboard;
 mod failover;
 mod package;
+mod status_page;

@@ -1,4 +1,5 @@
-//! One check of one backend: a TCP connect, or an HTTP GET and its status line.
+//! One check of one backend: a TCP connect, or an HTTP GET (hyper's client) and its
+//! status.
 
 use std::{
     io,
@@ -6,17 +7,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{
-    io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader},
-    net::TcpStream,
+use http_body_util::Empty;
+use hyper::{
+    body::Bytes,
+    client::conn::http1,
+    header::{CONNECTION, HOST, USER_AGENT},
+    Request,
 };
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use super::settings::{CheckKind, CheckSettings};
 
-/// Longest status line read from an HTTP backend. The probe only needs the status code,
-/// so the read is bounded: a backend answering with an endless line cannot make the
-/// checker buffer it.
-const MAX_STATUS_LINE: u64 = 4096;
+/// Longest response head read from an HTTP backend (hyper's smallest read buffer
+/// limit). The probe only needs the status code, so the read is bounded: a backend
+/// answering with an endless line cannot make the checker buffer it.
+const MAX_RESPONSE_HEAD: usize = 8192;
 
 /// Result of one check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,58 +81,49 @@ async fn probe(target: SocketAddrV4, kind: &CheckKind) -> Probe {
     }
 }
 
-/// Sends the request and judges the status line. The rest of the answer is not read:
-/// closing with unread data resets the connection, which also spares the checker a
-/// TIME_WAIT socket per check.
-async fn http_probe(mut stream: TcpStream, path: &str, host: &str, expect: u16) -> Probe {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: balancer-health\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
+/// Sends the request over hyper's HTTP/1.1 client and judges the status. The body is
+/// not read: closing with unread data resets the connection, which also spares the
+/// checker a TIME_WAIT socket per check.
+async fn http_probe(stream: TcpStream, path: &str, host: &str, expect: u16) -> Probe {
+    let request = Request::get(path)
+        .header(HOST, host)
+        .header(CONNECTION, "close")
+        .header(USER_AGENT, "balancer-health")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("bad request: {e}"))?;
+    let (mut sender, connection) = http1::Builder::new()
+        .title_case_headers(true)
+        .max_buf_size(MAX_RESPONSE_HEAD)
+        .handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| io_detail("send", &e))?;
-    let line = read_status_line(stream).await?;
-    match parse_status_line(&line) {
-        Some(status) if status == expect => Ok(format!("HTTP {status}")),
-        Some(status) => Err(format!("HTTP {status}, expected {expect}")),
-        None => Err("bad status line".into()),
-    }
-}
-
-/// The first line of the answer, with its line end, reading at most [`MAX_STATUS_LINE`]
-/// bytes.
-async fn read_status_line(stream: TcpStream) -> std::result::Result<Vec<u8>, String> {
-    let mut reader = BufReader::new(stream.take(MAX_STATUS_LINE));
-    let mut line = Vec::new();
-    reader
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| io_detail("receive", &e))?;
-    if line.ends_with(b"\n") {
-        Ok(line)
-    } else if line.is_empty() {
-        Err("connection closed without a response".into())
-    } else if line.len() as u64 >= MAX_STATUS_LINE {
-        Err(format!(
-            "bad status line: no line end in {MAX_STATUS_LINE} bytes"
-        ))
+        .map_err(|e| http_detail(&e))?;
+    // The connection task ends when the response is dropped, with the probe.
+    let driver = tokio::spawn(connection);
+    let response = sender.send_request(request).await;
+    driver.abort();
+    let status = response.map_err(|e| http_detail(&e))?.status().as_u16();
+    if status == expect {
+        Ok(format!("HTTP {status}"))
     } else {
-        Err("connection closed in the status line".into())
+        Err(format!("HTTP {status}, expected {expect}"))
     }
 }
 
-/// The status code of `HTTP/x.y SSS [reason]`, or `None` if the line is not one.
-pub(super) fn parse_status_line(line: &[u8]) -> Option<u16> {
-    let line = line.strip_suffix(b"\n")?;
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let mut parts = line.splitn(3, |&b| b == b' ');
-    let version = parts.next()?;
-    let code = parts.next()?;
-    if !version.starts_with(b"HTTP/") || code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
-        return None;
+/// What went wrong in an exchange, in the words the logs used before hyper.
+fn http_detail(e: &hyper::Error) -> String {
+    if e.is_parse_too_large() {
+        format!("bad status line: no head end in {MAX_RESPONSE_HEAD} bytes")
+    } else if e.is_parse() || e.is_parse_status() {
+        "bad status line".into()
+    } else if e.is_incomplete_message() {
+        "connection closed without a response".into()
+    } else if let Some(io) =
+        std::error::Error::source(e).and_then(|s| s.downcast_ref::<io::Error>())
+    {
+        io_detail("receive", io)
+    } else {
+        format!("HTTP: {e}")
     }
-    std::str::from_utf8(code).ok()?.parse().ok()
 }
 
 /// Short, stable wording for the common errors; the OS text for the rest.

@@ -1,5 +1,6 @@
-//! Prometheus metrics: the counters and health states in the text exposition format
-//! (version 0.0.4), and a small read-only HTTP/1.1 server for them.
+//! Prometheus metrics: the counters and health states in the OpenMetrics text format
+//! (through `prometheus-client`), and a small read-only HTTP/1.1 server (hyper) for
+//! them and the status page.
 //!
 //! Families:
 //! - `balancer_<counter>_total`: the data plane's global counters (`balancer stats`), and
@@ -10,10 +11,10 @@
 //!   weight, data-plane state, and the health checks' results where the backend is
 //!   checked.
 //!
-//! The server answers `GET /metrics` (and `HEAD`), nothing else: 404 for other paths,
-//! 405 for other methods. It reads at most [`MAX_HEAD`] bytes of request head within
-//! [`IO_TIMEOUT`], so a slow or oversized request cannot hold a connection, and at most
-//! [`MAX_CONNECTIONS`] connections are served at once.
+//! The server answers `GET` (and `HEAD`) of its endpoints, nothing else: 404 for other
+//! paths, 405 for other methods. It reads at most [`MAX_HEAD`] bytes of request head
+//! within [`IO_TIMEOUT`], so a slow or oversized request cannot hold a connection, and
+//! at most [`MAX_CONNECTIONS`] connections are served at once.
 
 mod render;
 mod server;
@@ -22,5 +23,8 @@ mod snapshot;
 mod tests;
 
 pub use render::render;
-pub use server::{serve, CONTENT_TYPE, IO_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD};
+pub use server::{
+    serve, serve_endpoints, Endpoint, Page, Render, CONTENT_TYPE, IO_TIMEOUT, MAX_CONNECTIONS,
+    MAX_HEAD,
+};
 pub use snapshot::{BackendMetrics, MetricsSnapshot, ServiceMetrics};

@@ -1,11 +1,18 @@
-//! The text exposition format (0.0.4): metric families, samples, escaping.
+//! The exposition of a snapshot through the `prometheus-client` crate's OpenMetrics text
+//! encoder: a [`Collector`] writes each family from the snapshot on every scrape.
+//!
+//! Counter families are named without `_total` in their HELP and TYPE lines, as
+//! OpenMetrics wants, and their samples end in `_total` (the names dashboards query).
 
-use std::{
-    collections::HashSet,
-    fmt::{self, Write as _},
-};
+use std::{collections::HashSet, fmt};
 
 use balancer_common::BackendCounter;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{text::encode, DescriptorEncoder, MetricEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
 
 use super::snapshot::{BackendMetrics, MetricsSnapshot, ServiceMetrics};
 use crate::control::backend_health::HealthInfo;
@@ -92,81 +99,116 @@ const HEALTH_FAMILIES: [Family<HealthInfo>; 6] = [
 /// Data-plane states a backend can be in, one series each (a Prometheus state set).
 const BACKEND_STATES: [&str; 3] = ["up", "draining", "down"];
 
-/// Labels of a sample.
-type Labels<'a> = Vec<(&'static str, &'a str)>;
+/// Labels of a sample, values escaped already: the encoder writes them as given.
+type Labels = Vec<(&'static str, String)>;
 
-/// Renders a snapshot in the Prometheus text format 0.0.4.
+/// Renders a snapshot in the OpenMetrics text format (ending in `# EOF`).
 pub fn render(snapshot: &MetricsSnapshot) -> String {
-    let mut out = Exposition::default();
-    for &(counter, value) in &snapshot.global {
-        let name = format!("balancer_{}_total", counter.label());
-        if out.family(&name, counter.help(), Kind::Counter) {
-            out.sample(&name, &[], value);
-        }
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(SnapshotCollector(snapshot.clone())));
+    let mut text = String::new();
+    // Writing to a String fails only if a collector does, which ours does not for the
+    // values it is given (gauges all fit an i64).
+    if let Err(e) = encode(&mut text, &registry) {
+        debug_assert!(false, "encoding the metrics: {e}");
     }
-    for &(name, help, value) in &snapshot.daemon {
-        debug_assert!(
-            name.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
-            "metric name {name:?}"
-        );
-        let name = format!("balancer_{name}_total");
-        if out.family(&name, help, Kind::Counter) {
-            out.sample(&name, &[], value);
-        }
-    }
-    render_services(&mut out, &snapshot.services);
-    render_backends(&mut out, &snapshot.backends);
-    out.text
+    text
 }
 
-fn render_services(out: &mut Exposition, services: &[ServiceMetrics]) {
+/// One scrape's snapshot, written family by family when the registry is encoded.
+#[derive(Debug)]
+struct SnapshotCollector(MetricsSnapshot);
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, encoder: DescriptorEncoder) -> fmt::Result {
+        let snapshot = &self.0;
+        let mut out = Exposition {
+            encoder,
+            families: HashSet::new(),
+        };
+        for &(counter, value) in &snapshot.global {
+            let name = format!("balancer_{}_total", counter.label());
+            if let Some(mut m) = out.family(&name, counter.help(), Kind::Counter)? {
+                sample(&mut m, &[], Kind::Counter, value.into())?;
+            }
+        }
+        for &(name, help, value) in &snapshot.daemon {
+            debug_assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "metric name {name:?}"
+            );
+            let name = format!("balancer_{name}_total");
+            if let Some(mut m) = out.family(&name, help, Kind::Counter)? {
+                sample(&mut m, &[], Kind::Counter, value.into())?;
+            }
+        }
+        render_services(&mut out, &snapshot.services)?;
+        render_backends(&mut out, &snapshot.backends)
+    }
+}
+
+fn render_services(out: &mut Exposition, services: &[ServiceMetrics]) -> fmt::Result {
     let items: Vec<(Labels, &ServiceMetrics)> = services
         .iter()
-        .map(|s| (vec![("service", s.service.as_str())], s))
+        .map(|s| (vec![("service", escape_label(&s.service))], s))
         .collect();
-    out.families(&SERVICE_GAUGES, &items);
-    let name = "balancer_service_info";
-    if !items.is_empty()
-        && out.family(
-            name,
-            "Service mode (nat, or cookie: delayed binding on the session cookie); always 1.",
-            Kind::Gauge,
-        )
-    {
-        for s in services {
-            out.sample(name, &[("service", &s.service), ("mode", s.mode)], 1u8);
+    out.families(&SERVICE_GAUGES, &items)?;
+    if items.is_empty() {
+        return Ok(());
+    }
+    // A gauge always 1 rather than an OpenMetrics info family: the name stays
+    // `balancer_service_info` and text-format 0.0.4 parsers still read it.
+    if let Some(mut m) = out.family(
+        "balancer_service_info",
+        "Service mode (nat, or cookie: delayed binding on the session cookie); always 1.",
+        Kind::Gauge,
+    )? {
+        for (labels, s) in &items {
+            let mut labels = labels.clone();
+            labels.push(("mode", escape_label(s.mode)));
+            sample(&mut m, &labels, Kind::Gauge, 1u8.into())?;
         }
     }
+    Ok(())
 }
 
-fn render_backends(out: &mut Exposition, backends: &[BackendMetrics]) {
+fn render_backends(out: &mut Exposition, backends: &[BackendMetrics]) -> fmt::Result {
     let items: Vec<(Labels, &BackendMetrics)> =
         backends.iter().map(|b| (backend_labels(b), b)).collect();
     if !items.is_empty() {
         for counter in BackendCounter::ALL {
             let name = format!("balancer_backend_{}_total", counter.label());
-            if out.family(&name, counter.help(), Kind::Counter) {
+            if let Some(mut m) = out.family(&name, counter.help(), Kind::Counter)? {
                 for (labels, b) in &items {
-                    out.sample(&name, labels, b.counters.get(counter));
+                    sample(
+                        &mut m,
+                        labels,
+                        Kind::Counter,
+                        b.counters.get(counter).into(),
+                    )?;
                 }
             }
         }
     }
-    out.families(&BACKEND_GAUGES, &items);
-    let name = "balancer_backend_state";
-    if !items.is_empty()
-        && out.family(
-            name,
+    out.families(&BACKEND_GAUGES, &items)?;
+    if !items.is_empty() {
+        if let Some(mut m) = out.family(
+            "balancer_backend_state",
             "Data-plane state of the backend: 1 for the current one of up, draining, down.",
             Kind::Gauge,
-        )
-    {
-        for (labels, b) in &items {
-            for state in BACKEND_STATES {
-                let mut labels = labels.clone();
-                labels.push(("state", state));
-                out.sample(name, &labels, u8::from(b.state == state));
+        )? {
+            for (labels, b) in &items {
+                for state in BACKEND_STATES {
+                    let mut labels = labels.clone();
+                    labels.push(("state", state.to_string()));
+                    sample(
+                        &mut m,
+                        &labels,
+                        Kind::Gauge,
+                        u8::from(b.state == state).into(),
+                    )?;
+                }
             }
         }
     }
@@ -175,16 +217,16 @@ fn render_backends(out: &mut Exposition, backends: &[BackendMetrics]) {
         .iter()
         .filter_map(|b| Some((backend_labels(b), b.health.as_ref()?)))
         .collect();
-    out.families(&HEALTH_FAMILIES, &checked);
+    out.families(&HEALTH_FAMILIES, &checked)
 }
 
-fn backend_labels(b: &BackendMetrics) -> Labels<'_> {
+fn backend_labels(b: &BackendMetrics) -> Labels {
     let mut labels = vec![
-        ("service", b.service.as_str()),
-        ("backend", b.backend.as_str()),
+        ("service", escape_label(&b.service)),
+        ("backend", escape_label(&b.backend)),
     ];
     if let Some(id) = &b.server_id {
-        labels.push(("server_id", id.as_str()));
+        labels.push(("server_id", escape_label(id)));
     }
     labels
 }
@@ -197,22 +239,10 @@ pub(super) enum Kind {
 
 /// A sample value. Counters stay integers: a u64 printed through f64 would lose
 /// precision above 2^53.
+#[derive(Clone, Copy)]
 pub(super) enum Value {
     Int(u64),
     Float(f64),
-}
-
-impl fmt::Display for Value {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Value::Int(v) => write!(f, "{v}"),
-            Value::Float(v) if v.is_nan() => f.write_str("NaN"),
-            Value::Float(v) if v.is_infinite() => {
-                f.write_str(if v > 0.0 { "+Inf" } else { "-Inf" })
-            }
-            Value::Float(v) => write!(f, "{v}"),
-        }
-    }
 }
 
 macro_rules! value_from {
@@ -232,61 +262,83 @@ impl From<f64> for Value {
     }
 }
 
-/// The exposition text being written. Each family's HELP and TYPE lines are written
-/// once, followed by all its samples: Prometheus rejects a scrape that repeats a family.
-#[derive(Default)]
-pub(super) struct Exposition {
-    pub(super) text: String,
+/// The families being written. Each is announced once, followed by all its samples:
+/// Prometheus rejects a scrape that repeats a family.
+struct Exposition<'a> {
+    encoder: DescriptorEncoder<'a>,
     families: HashSet<String>,
 }
 
-impl Exposition {
-    /// Starts a family; false (and nothing written) if it was written already, so a
-    /// daemon counter named like a data-plane one cannot break the scrape.
-    pub(super) fn family(&mut self, name: &str, help: &str, kind: Kind) -> bool {
+impl Exposition<'_> {
+    /// Starts a family named as its samples are (`_total` included for counters);
+    /// `None` (and nothing written) if it was written already, so a daemon counter
+    /// named like a data-plane one cannot break the scrape.
+    fn family<'s>(
+        &'s mut self,
+        name: &'s str,
+        help: &str,
+        kind: Kind,
+    ) -> Result<Option<MetricEncoder<'s>>, fmt::Error> {
         if !self.families.insert(name.to_string()) {
             debug_assert!(false, "metric family {name} written twice");
-            return false;
+            return Ok(None);
         }
-        let kind = match kind {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
+        let (name, metric_type) = match kind {
+            // The encoder appends `_total` to counter samples.
+            Kind::Counter => (
+                name.strip_suffix("_total").unwrap_or(name),
+                MetricType::Counter,
+            ),
+            Kind::Gauge => (name, MetricType::Gauge),
         };
-        // `Counter::help` keeps the doc comment's leading space.
-        let help = help.trim().replace('\\', "\\\\").replace('\n', "\\n");
-        // Writing to a String cannot fail.
-        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        true
+        self.encoder
+            .encode_descriptor(name, &escape_help(help), None, metric_type)
+            .map(Some)
     }
 
     /// Writes each of `families` with one sample per item; nothing without items.
-    fn families<T>(&mut self, families: &[Family<T>], items: &[(Labels, &T)]) {
+    fn families<T>(&mut self, families: &[Family<T>], items: &[(Labels, &T)]) -> fmt::Result {
         if items.is_empty() {
-            return;
+            return Ok(());
         }
         for f in families {
-            if self.family(f.name, f.help, f.kind) {
+            if let Some(mut m) = self.family(f.name, f.help, f.kind)? {
                 for (labels, item) in items {
-                    self.sample(f.name, labels, (f.value)(item));
+                    sample(&mut m, labels, f.kind, (f.value)(item))?;
                 }
             }
         }
+        Ok(())
     }
+}
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Into<Value>) {
-        self.text.push_str(name);
-        if !labels.is_empty() {
-            self.text.push('{');
-            for (i, (label, value)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.text.push(',');
-                }
-                let _ = write!(self.text, "{label}=\"{}\"", escape_label(value));
-            }
-            self.text.push('}');
-        }
-        let _ = writeln!(self.text, " {}", value.into());
+/// Writes one sample of the family `metric` encodes.
+fn sample(
+    metric: &mut MetricEncoder,
+    labels: &[(&'static str, String)],
+    kind: Kind,
+    value: Value,
+) -> fmt::Result {
+    if labels.is_empty() {
+        return write_value(metric, kind, value);
     }
+    let labels = labels.to_vec();
+    write_value(&mut metric.encode_family(&labels)?, kind, value)
+}
+
+fn write_value(metric: &mut MetricEncoder, kind: Kind, value: Value) -> fmt::Result {
+    match (kind, value) {
+        (Kind::Counter, Value::Int(v)) => metric.encode_counter::<NoLabelSet, u64, u64>(&v, None),
+        (Kind::Counter, Value::Float(v)) => metric.encode_counter::<NoLabelSet, f64, u64>(&v, None),
+        (Kind::Gauge, Value::Int(v)) => metric.encode_gauge(&v),
+        (Kind::Gauge, Value::Float(v)) => metric.encode_gauge(&v),
+    }
+}
+
+/// A help text as the exposition writes it (`Counter::help` keeps the doc comment's
+/// leading space); the encoder writes it as given.
+pub(super) fn escape_help(help: &str) -> String {
+    help.trim().replace('\\', "\\\\").replace('\n', "\\n")
 }
 
 /// A label value as the exposition format quotes it.
