@@ -69,6 +69,19 @@ pub struct Endpoints {
     pub dport: u16,
 }
 
+impl Endpoints {
+    /// The same two ends seen from the other side (a reply's addresses and ports).
+    #[inline(always)]
+    pub fn reversed(self) -> Endpoints {
+        Endpoints {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+        }
+    }
+}
+
 /// Cancels [`ttl_decrement_delta`] inside an accumulated delta, for a rewrite that leaves
 /// the TTL as it is.
 #[inline(always)]

@@ -164,20 +164,10 @@ pub fn new_entries_into(
         now,
     );
     out.reply_key = FlowKey::new(backend.addr, k.src, backend.port, k.sport, k.proto);
-    let backend_to_client = Endpoints {
-        src: backend.addr,
-        dst: k.src,
-        sport: backend.port,
-        dport: k.sport,
-    };
-    let vip_to_client = Endpoints {
-        src: k.dst,
-        sport: k.dport,
-        ..backend_to_client
-    };
+    // Replies come from the backend and leave as if from the VIP.
     out.reply = nat_flow(
-        backend_to_client,
-        vip_to_client,
+        client_to_backend.reversed(),
+        client_to_vip.reversed(),
         slot,
         direction::TO_CLIENT,
         reply_state,
