@@ -477,28 +477,33 @@ impl Topology {
 
     /// Adds the service `VIP:SERVICE_PORT` with every backend (`addr:BACKEND_PORT`).
     pub fn add_service_with_backends(&self) -> Result<()> {
-        let service = service_arg();
-        self.balancer(&["service", "add", &service])?;
-        for b in &self.backends {
-            self.balancer(&["backend", "add", &service, &b.endpoint()])?;
-        }
-        Ok(())
+        self.add_vip_service(false, &[])
     }
 
     /// Adds the cookie-mode service `VIP:SERVICE_PORT` with every backend, each backend's
     /// server id being its name (be1, be2, ...).
     pub fn add_cookie_service_with_backends(&self) -> Result<()> {
+        self.add_vip_service(true, &[])
+    }
+
+    /// Adds the service `VIP:SERVICE_PORT` (in cookie mode or not, with `extra` arguments
+    /// to `service add`) with every backend; in cookie mode each backend's server id is
+    /// its name.
+    pub fn add_vip_service(&self, cookie: bool, extra: &[&str]) -> Result<()> {
         let service = service_arg();
-        self.balancer(&["service", "add", &service, "--cookie"])?;
+        let mut add = vec!["service", "add", service.as_str()];
+        if cookie {
+            add.push("--cookie");
+        }
+        add.extend_from_slice(extra);
+        self.balancer(&add)?;
         for b in &self.backends {
-            self.balancer(&[
-                "backend",
-                "add",
-                &service,
-                &b.endpoint(),
-                "--server-id",
-                &b.name,
-            ])?;
+            let endpoint = b.endpoint();
+            let mut args = vec!["backend", "add", service.as_str(), endpoint.as_str()];
+            if cookie {
+                args.extend(["--server-id", b.name.as_str()]);
+            }
+            self.balancer(&args)?;
         }
         Ok(())
     }

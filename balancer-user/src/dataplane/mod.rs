@@ -2,8 +2,10 @@
 //!
 //! Pin directory layout (one per instance, `<bpffs root>/<instance>/`):
 //! - `BALANCER_*`: the maps (see `balancer_common::map_names`), pinned by the loader;
-//! - `prog_balancer`: the XDP program;
-//! - `link_<ifname>`: one BPF link per attached interface.
+//! - `prog_balancer`, `prog_balancer_tc`, `prog_veth_peer_pass`: the XDP program, the TC
+//!   program of delayed binding, the pass program for veth peers ([`veth`]);
+//! - `link_<ifname>`, `tclink_<ifname>`: the XDP and TC links of an attached interface;
+//! - `peerlink_<ifname>`: the pass program's link on that interface's veth peer.
 //!
 //! The links are pinned, so the program stays attached and forwarding after the process
 //! that attached it exits, and `detach` is the only thing that removes it.
@@ -328,15 +330,12 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
             0,
         )
         .map_err(map_ctx("writing SYNCOOKIE_KEYS"))?;
-        let program: &mut Xdp = ebpf
-            .program_mut(PROGRAM_NAME)
-            .ok_or_else(|| missing_in_object(PROGRAM_NAME))?
-            .try_into()
-            .map_err(prog_ctx("XDP program"))?;
-        load_retrying(|| program.load()).map_err(prog_ctx("loading the XDP program (verifier)"))?;
-        program
-            .pin(dir.join(PROGRAM_PIN))
-            .map_err(|e| io_ctx("pinning the XDP program")(std::io::Error::other(e.to_string())))?;
+        load_and_pin_xdp(
+            &mut ebpf,
+            PROGRAM_NAME,
+            "XDP program",
+            &dir.join(PROGRAM_PIN),
+        )?;
         let tc: &mut SchedClassifier = ebpf
             .program_mut(TC_PROGRAM_NAME)
             .ok_or_else(|| missing_in_object(TC_PROGRAM_NAME))?
@@ -345,18 +344,12 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
         load_retrying(|| tc.load()).map_err(prog_ctx("loading the TC program (verifier)"))?;
         tc.pin(dir.join(TC_PROGRAM_PIN))
             .map_err(|e| io_ctx("pinning the TC program")(std::io::Error::other(e.to_string())))?;
-        let peer_pass: &mut Xdp = ebpf
-            .program_mut(PEER_PASS_PROGRAM_NAME)
-            .ok_or_else(|| missing_in_object(PEER_PASS_PROGRAM_NAME))?
-            .try_into()
-            .map_err(prog_ctx("veth peer program"))?;
-        load_retrying(|| peer_pass.load())
-            .map_err(prog_ctx("loading the veth peer program (verifier)"))?;
-        peer_pass
-            .pin(dir.join(PEER_PASS_PROGRAM_PIN))
-            .map_err(|e| {
-                io_ctx("pinning the veth peer program")(std::io::Error::other(e.to_string()))
-            })?;
+        load_and_pin_xdp(
+            &mut ebpf,
+            PEER_PASS_PROGRAM_NAME,
+            "veth peer program",
+            &dir.join(PEER_PASS_PROGRAM_PIN),
+        )?;
         Ok(())
     })();
     if result.is_err() {
@@ -364,6 +357,19 @@ pub fn load_pinned(dir: &Path, flow_capacity: u32, config: &Config) -> Result<bo
         remove_pins(dir);
     }
     result.map(|()| true)
+}
+
+/// Loads the XDP program `name` of `ebpf` (called `what` in errors) and pins it at `pin`.
+fn load_and_pin_xdp(ebpf: &mut aya::Ebpf, name: &str, what: &str, pin: &Path) -> Result<()> {
+    let program: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| missing_in_object(name))?
+        .try_into()
+        .map_err(prog_ctx(what))?;
+    load_retrying(|| program.load()).map_err(prog_ctx(format!("loading the {what} (verifier)")))?;
+    program
+        .pin(pin)
+        .map_err(|e| io_ctx(format!("pinning the {what}"))(std::io::Error::other(e.to_string())))
 }
 
 /// Runs `load` (a BPF_PROG_LOAD) up to five times while it fails with EAGAIN. The verifier
@@ -471,15 +477,12 @@ pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<AttachReport> {
     let result = (|| {
         let mut program = balancer.program()?;
         for (name, index) in &targets {
-            let link_id = program
-                .attach_to_if_index(*index, opts.mode.xdp_mode())
-                .map_err(prog_ctx(format!("attaching to {name}")))?;
-            let link = program
-                .take_link(link_id)
-                .map_err(prog_ctx(format!("taking the link of {name}")))?;
-            done.push(pin_link(
-                link,
+            done.push(attach_xdp_pinned(
+                &mut program,
+                *index,
+                opts.mode.xdp_mode(),
                 dir.join(format!("{LINK_PREFIX}{name}")),
+                &format!("to {name}"),
                 &format!("the XDP link of {name}"),
             )?);
             done.push(attach_tc(dir, name)?);
@@ -496,13 +499,14 @@ pub fn attach(dir: &Path, opts: &AttachOptions) -> Result<AttachReport> {
                     continue;
                 }
             };
-            match peer.warning() {
-                Some(_) if opts.veth_peer_pass => {
-                    done.push(attach_peer_pass(dir, &peer)?);
-                    report.peer_passes.push(name.clone());
-                }
-                Some(warning) => report.warnings.push(warning),
-                None => {}
+            if peer.peer_has_xdp {
+                continue;
+            }
+            if opts.veth_peer_pass {
+                done.push(attach_peer_pass(dir, &peer)?);
+                report.peer_passes.push(name.clone());
+            } else {
+                report.warnings.extend(peer.warning());
             }
         }
         Ok(())
@@ -536,13 +540,14 @@ fn attach_peer_pass(dir: &Path, peer: &veth::VethPeer) -> Result<PathBuf> {
     let attach = || -> Result<PathBuf> {
         let mut program = Xdp::from_pin(&program_pin, aya_obj::programs::XdpAttachType::Interface)
             .map_err(prog_ctx("opening the pinned veth peer program"))?;
-        let link_id = program
-            .attach_to_if_index(peer.peer_ifindex, XdpMode::Driver)
-            .map_err(prog_ctx(format!("attaching {what}")))?;
-        let link = program
-            .take_link(link_id)
-            .map_err(prog_ctx(format!("taking the link of {what}")))?;
-        pin_link(link, veth::peer_link_pin(dir, &peer.interface), &what)
+        attach_xdp_pinned(
+            &mut program,
+            peer.peer_ifindex,
+            XdpMode::Driver,
+            veth::peer_link_pin(dir, &peer.interface),
+            &what,
+            &format!("the link of {what}"),
+        )
     };
     match peer.peer_netnsid {
         None => attach(),
@@ -557,6 +562,25 @@ fn attach_peer_pass(dir: &Path, peer: &veth::VethPeer) -> Result<PathBuf> {
             veth::in_netns(&ns, attach)
         }
     }
+}
+
+/// Attaches `program` to the interface `ifindex` (of the calling thread's namespace) and
+/// pins the link at `pin`. Errors say "attaching {target}", and name the link `link`.
+fn attach_xdp_pinned(
+    program: &mut Xdp,
+    ifindex: u32,
+    mode: XdpMode,
+    pin: PathBuf,
+    target: &str,
+    link: &str,
+) -> Result<PathBuf> {
+    let link_id = program
+        .attach_to_if_index(ifindex, mode)
+        .map_err(prog_ctx(format!("attaching {target}")))?;
+    let taken = program
+        .take_link(link_id)
+        .map_err(prog_ctx(format!("taking {link}")))?;
+    pin_link(taken, pin, link)
 }
 
 /// Attaches the TC ingress program to `name` (TCX, a BPF link) and pins the link.

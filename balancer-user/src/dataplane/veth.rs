@@ -230,22 +230,25 @@ fn request_one(message: RouteNetlinkMessage, what: &str) -> Result<RouteNetlinkM
     let (reply, _) = socket
         .recv_from_full()
         .map_err(io_ctx(format!("{what}: receive")))?;
-    let reply: NetlinkMessage<RouteNetlinkMessage> = NetlinkMessage::deserialize(&reply)
-        .map_err(|e| io_ctx(what.to_string())(io::Error::other(e.to_string())))?;
+    let reply: NetlinkMessage<RouteNetlinkMessage> =
+        NetlinkMessage::deserialize(&reply).map_err(|e| failed(what, e))?;
     match reply.payload {
         NetlinkPayload::InnerMessage(m) => Ok(m),
         NetlinkPayload::Error(e) => Err(io_ctx(what.to_string())(match e.code {
             Some(code) => io::Error::from_raw_os_error(-code.get()),
             None => io::Error::other("answered with an acknowledgement only"),
         })),
-        other => Err(io_ctx(what.to_string())(io::Error::other(format!(
-            "unexpected answer {other:?}"
-        )))),
+        other => Err(unexpected(what, &other)),
     }
 }
 
-fn unexpected(what: &str, message: &RouteNetlinkMessage) -> Error {
-    io_ctx(what.to_string())(io::Error::other(format!("unexpected answer {message:?}")))
+fn unexpected(what: &str, answer: &impl std::fmt::Debug) -> Error {
+    failed(what, format!("unexpected answer {answer:?}"))
+}
+
+/// `what` failed for `why` (an error of the netlink crates, not of the kernel).
+fn failed(what: &str, why: impl std::fmt::Display) -> Error {
+    io_ctx(what.to_string())(io::Error::other(why.to_string()))
 }
 
 /// Where the link of the pass program on `interface`'s peer is pinned.

@@ -86,26 +86,8 @@ fn setup(cookie: bool) -> Topology {
     t.attach().expect("attaching");
     t.start_servers(Path::new(crate::TESTSRV))
         .expect("starting servers");
-    let service = service_arg();
-    let mut add = vec![
-        "service",
-        "add",
-        service.as_str(),
-        "--persistence",
-        "source",
-    ];
-    if cookie {
-        add.push("--cookie");
-    }
-    t.balancer(&add).expect("adding the service");
-    for b in &t.backends {
-        let endpoint = b.endpoint();
-        let mut args = vec!["backend", "add", service.as_str(), endpoint.as_str()];
-        if cookie {
-            args.extend(["--server-id", b.name.as_str()]);
-        }
-        t.balancer(&args).expect("adding a backend");
-    }
+    t.add_vip_service(cookie, &["--persistence", "source"])
+        .expect("adding the service");
     t
 }
 

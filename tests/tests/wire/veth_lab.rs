@@ -14,9 +14,6 @@ use balancer_tests::{
 };
 
 const CONNECTIONS: usize = 500;
-/// One connection at a time, as a user's curl loop makes them: with nothing else flowing
-/// towards the client, nothing but the fix wakes the peer for a stalled SYN-ACK.
-const CLIENT_THREADS: usize = 1;
 /// Connections tried before the fix, only to report what the trap does (timing-dependent,
 /// so not asserted).
 const BEFORE_FIX: usize = 10;
@@ -41,6 +38,28 @@ fn get_for(primary: &str, i: usize) -> anyhow::Result<String> {
     )?;
     anyhow::ensure!(r.status == 200, "status {}", r.status);
     Ok(r.text())
+}
+
+/// `n` connections from the client namespace one at a time, as a user's curl loop makes
+/// them (with nothing else flowing towards the client, nothing but the fix wakes the peer
+/// for a stalled SYN-ACK), each with a cookie naming the backends in turn; what went
+/// wrong with each one that did not reach its backend.
+fn sequential_failures(t: &Topology, n: usize) -> Vec<String> {
+    let backends: Vec<String> = t.backends.iter().map(|b| b.name.clone()).collect();
+    t.client
+        .run(move || {
+            (0..n)
+                .filter_map(|i| {
+                    let primary = &backends[i % backends.len()];
+                    match get_for(primary, i) {
+                        Ok(name) if name == *primary => None,
+                        Ok(name) => Some(format!("#{i}: {name}, not {primary}")),
+                        Err(e) => Some(format!("#{i}: {e:#}")),
+                    }
+                })
+                .collect()
+        })
+        .expect("client namespace")
 }
 
 #[test]
@@ -85,18 +104,11 @@ fn bare_veth_lab_is_flagged_and_veth_peer_pass_fixes_it() {
     let counter = |t: &Topology, c: &str| t.counter(c).expect("reading a counter");
     let rst_before = counter(&t, "rst_no_flow");
     let started = std::time::Instant::now();
-    let before: Vec<bool> = t
-        .client
-        .run(|| {
-            (0..BEFORE_FIX)
-                .map(|i| get_for(&format!("be{}", i % 3 + 1), i).is_ok())
-                .collect()
-        })
-        .expect("client namespace");
+    let failed_before = sequential_failures(&t, BEFORE_FIX).len();
     eprintln!(
         "before the fix: {} of {BEFORE_FIX} sequential connections completed in {:.1} s; \
          rst_no_flow +{}, syncookies_invalid {}",
-        before.iter().filter(|ok| **ok).count(),
+        BEFORE_FIX - failed_before,
         started.elapsed().as_secs_f64(),
         counter(&t, "rst_no_flow") - rst_before,
         counter(&t, "syncookies_invalid"),
@@ -137,33 +149,7 @@ fn bare_veth_lab_is_flagged_and_veth_peer_pass_fixes_it() {
     t.add_cookie_service_with_backends()
         .expect("adding the cookie service again");
     let started = std::time::Instant::now();
-    let failures: Vec<String> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..CLIENT_THREADS)
-            .map(|k| {
-                let client = &t.client;
-                let backends = &t.backends;
-                s.spawn(move || {
-                    client
-                        .enter_current_thread()
-                        .expect("entering the client namespace");
-                    let mut failures = Vec::new();
-                    for i in (k..CONNECTIONS).step_by(CLIENT_THREADS) {
-                        let primary = &backends[i % backends.len()].name;
-                        match get_for(primary, i) {
-                            Ok(name) if name == *primary => {}
-                            Ok(name) => failures.push(format!("#{i}: {name}, not {primary}")),
-                            Err(e) => failures.push(format!("#{i}: {e:#}")),
-                        }
-                    }
-                    failures
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("client thread"))
-            .collect()
-    });
+    let failures = sequential_failures(&t, CONNECTIONS);
     eprintln!(
         "after the fix: {} of {CONNECTIONS} sequential connections completed in {:.1} s",
         CONNECTIONS - failures.len(),
@@ -239,25 +225,6 @@ fn daemon_warns_about_bare_veth_peers_and_fixes_them_when_configured() {
     );
     assert!(has_xdp(&t.lan, "gw0"), "the lan's gw0 has no XDP program");
     assert!(!d.log().contains("veth whose peer"), "{}", d.log());
-    let backends = t
-        .backends
-        .iter()
-        .map(|b| b.name.clone())
-        .collect::<Vec<_>>();
-    let failures: Vec<String> = t
-        .client
-        .run(move || {
-            (0..100)
-                .filter_map(|i| {
-                    let primary = &backends[i % backends.len()];
-                    match get_for(primary, i) {
-                        Ok(name) if name == *primary => None,
-                        Ok(name) => Some(format!("#{i}: {name}, not {primary}")),
-                        Err(e) => Some(format!("#{i}: {e:#}")),
-                    }
-                })
-                .collect()
-        })
-        .expect("client namespace");
+    let failures = sequential_failures(&t, 100);
     assert!(failures.is_empty(), "{failures:?}\n{}", d.log());
 }
