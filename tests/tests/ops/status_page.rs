@@ -28,6 +28,9 @@ use serde_json::{json, Value};
 
 const PAGE: &str = "http://127.0.0.1:9469/";
 
+/// Chromium's standard error, in its profile directory.
+const LOG: &str = "chromium.log";
+
 /// A headless Chromium and its DevTools pipe; killed (its whole process group) on drop.
 struct Browser {
     child: Child,
@@ -52,6 +55,11 @@ impl Browser {
             "--no-sandbox",
             "--disable-gpu",
             "--no-first-run",
+            // No connections of its own: this machine's network is closed to them.
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-quic",
             "--remote-debugging-pipe",
             "--window-size=1700,900",
         ])
@@ -59,13 +67,17 @@ impl Browser {
         .arg("about:blank")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(File::create(profile.join(LOG))?)
         .process_group(0);
-        // SAFETY: only async-signal-safe dup2 between fork and exec; dup2 leaves the
-        // copies without close-on-exec, so Chromium inherits fds 3 and 4.
+        // SAFETY: only async-signal-safe fcntl and dup2 between fork and exec. The ends
+        // are first copied above fd 10 (close-on-exec), so neither can already be 3 or 4:
+        // dup2 onto itself would keep close-on-exec, and one end could overwrite the
+        // other. dup2 leaves 3 and 4 without close-on-exec, so Chromium inherits them.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(to_chrome_read, 3) < 0 || libc::dup2(from_chrome_write, 4) < 0 {
+                let read = libc::fcntl(to_chrome_read, libc::F_DUPFD_CLOEXEC, 10);
+                let write = libc::fcntl(from_chrome_write, libc::F_DUPFD_CLOEXEC, 10);
+                if read < 0 || write < 0 || libc::dup2(read, 3) < 0 || libc::dup2(write, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -117,14 +129,16 @@ impl Browser {
         }
         let mut bytes = serde_json::to_vec(&message)?;
         bytes.push(0);
-        self.commands.write_all(&bytes)?;
+        if let Err(e) = self.commands.write_all(&bytes) {
+            bail!("sending {method} to chromium: {e}; {}", self.exit_report());
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let answer = self
                 .answers
                 .recv_timeout(left)
-                .with_context(|| format!("no answer to {method}"))?;
+                .map_err(|_| anyhow::anyhow!("no answer to {method}; {}", self.exit_report()))?;
             if answer["id"] == id {
                 if let Some(e) = answer.get("error") {
                     bail!("{method}: {e}");
@@ -132,6 +146,18 @@ impl Browser {
                 return Ok(answer["result"].clone());
             }
         }
+    }
+
+    /// How Chromium ended (if it has) and the end of what it printed.
+    fn exit_report(&mut self) -> String {
+        let status = match self.child.try_wait() {
+            Ok(Some(status)) => format!("chromium exited: {status}"),
+            _ => "chromium still runs".to_string(),
+        };
+        let log = std::fs::read_to_string(self.profile.join(LOG)).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{status}; its last output:\n{}", tail.join("\n"))
     }
 
     /// Evaluates `expression` in the page; its value (JSON-serializable).
