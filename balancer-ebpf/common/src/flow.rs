@@ -3,7 +3,7 @@
 
 use crate::{
     csum::{rewrite_delta, Endpoints},
-    direction, flow_state,
+    direction, flow_flags, flow_state, flow_tick, ns_since_tick,
     parse::{EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     phase, Backend, Config, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS, PROTO_TCP,
 };
@@ -19,7 +19,7 @@ pub fn is_syn(pkt: &Packet) -> bool {
 /// (that is a new connection, which gets a new backend decision).
 #[inline(always)]
 pub fn still_valid(flow: &Flow, pkt: &Packet, now: u64, config: &Config) -> bool {
-    if now.saturating_sub(flow.last_seen_ns) > config.timeout_ns(timeout_state(flow)) {
+    if ns_since_tick(now, flow.last_seen_tick) > config.timeout_ns(timeout_state(flow)) {
         return false;
     }
     !(is_syn(pkt) && flow.state != flow_state::SYN)
@@ -65,9 +65,9 @@ pub fn track(flow: &mut Flow, pkt: &Packet, now: u64) {
     let state = next_state(flow.state, pkt.key.proto, pkt.tcp_flags);
     // Writing the shared entry on every packet would bounce its cache line between CPUs;
     // the timeouts are in seconds, so a refresh per second is enough.
-    if state != flow.state || now.saturating_sub(flow.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+    if state != flow.state || ns_since_tick(now, flow.last_seen_tick) > LAST_SEEN_GRANULARITY_NS {
         flow.state = state;
-        flow.last_seen_ns = now;
+        flow.last_seen_tick = flow_tick(now);
     }
 }
 
@@ -178,7 +178,7 @@ pub fn new_entries_into(
     out.reply.ifindex = ingress_ifindex;
     out.reply.dmac = eth.src;
     out.reply.smac = eth.dst;
-    out.reply.l2_valid = 1;
+    out.reply.set(flow_flags::L2_VALID);
     out.key = k;
 }
 
@@ -194,22 +194,19 @@ fn nat_flow(from: Endpoints, to: Endpoints, slot: u32, dir: u8, state: u8, now: 
         new_dport: to.dport,
         ip_csum_delta,
         l4_csum_delta,
-        backend: slot,
+        backend: slot as u16,
         ifindex: 0,
         dmac: [0; 6],
         smac: [0; 6],
+        mss: 0,
         direction: dir,
         state,
-        l2_valid: 0,
         phase: phase::NAT,
+        flags: 0,
         seq_delta: 0,
-        created_ns: now,
-        last_seen_ns: now,
+        created_tick: flow_tick(now),
+        last_seen_tick: flow_tick(now),
         client_isn: 0,
-        cookie_isn: 0,
-        mss: 0,
-        reuse_pending: 0,
-        stale_ack_resent: 0,
         reuse_isn: 0,
     }
 }
@@ -273,7 +270,7 @@ mod tests {
         assert_eq!(fwd.new_dport, backend().port);
         assert_eq!(fwd.new_src, p.key.src);
         assert_eq!(fwd.state, flow_state::SYN);
-        assert_eq!(fwd.l2_valid, 0);
+        assert!(!fwd.has(flow_flags::L2_VALID));
         // The reply key is what the backend's answer carries; it is rewritten to come
         // from the VIP and goes back out the client's interface to the client's MAC.
         assert_eq!(
@@ -282,8 +279,13 @@ mod tests {
         );
         assert_eq!((rev.new_src, rev.new_sport), (p.key.dst, p.key.dport));
         assert_eq!(
-            (rev.ifindex, rev.dmac, rev.smac, rev.l2_valid),
-            (7, eth.src, eth.dst, 1)
+            (
+                rev.ifindex,
+                rev.dmac,
+                rev.smac,
+                rev.has(flow_flags::L2_VALID)
+            ),
+            (7, eth.src, eth.dst, true)
         );
         assert_eq!(rev.direction, direction::TO_CLIENT);
         assert_eq!(fwd.backend, 3);
@@ -314,18 +316,18 @@ mod tests {
         let (_, ack) = packet("ack");
         track(&mut fwd, &ack, 2_000_000_000);
         assert_eq!(fwd.state, flow_state::ESTABLISHED);
-        assert_eq!(fwd.last_seen_ns, 2_000_000_000);
+        assert_eq!(fwd.last_seen_tick, flow_tick(2_000_000_000));
         // A new SYN on an established 5-tuple is a new connection.
         assert!(!still_valid(&fwd, &syn, 3_000_000_000, &config));
         assert!(still_valid(&fwd, &ack, 800_000_000_000, &config));
         // last_seen is refreshed at most once a second.
         track(&mut fwd, &ack, 2_500_000_000);
-        assert_eq!(fwd.last_seen_ns, 2_000_000_000);
+        assert_eq!(fwd.last_seen_tick, flow_tick(2_000_000_000));
         let (_, fin) = packet("fin");
         track(&mut fwd, &fin, 2_600_000_000);
         assert_eq!(
-            (fwd.state, fwd.last_seen_ns),
-            (flow_state::FIN, 2_600_000_000)
+            (fwd.state, fwd.last_seen_tick),
+            (flow_state::FIN, flow_tick(2_600_000_000))
         );
         let (_, rst) = packet("rst");
         track(&mut fwd, &rst, 2_700_000_000);

@@ -258,7 +258,9 @@ pub mod flow_state {
 }
 
 /// Value of the flow table: what to write into a packet of this direction and where to
-/// send it.
+/// send it. 64 bytes, so that with its 16-byte key and the kernel's 48-byte element header
+/// an entry fills exactly two cache lines (checked below): at a million flows most hits
+/// miss the cache, and each line is a miss.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Flow {
@@ -273,43 +275,109 @@ pub struct Flow {
     /// one addition each.
     pub ip_csum_delta: u32,
     pub l4_csum_delta: u32,
-    /// Backend slot this flow belongs to (for per-backend counters).
-    pub backend: u32,
-    /// Egress interface, and the MACs to write. Valid when `l2_valid` is 1.
+    /// Egress interface, and the MACs to write. Valid when [`flow_flags::L2_VALID`] is set.
     pub ifindex: u32,
     pub dmac: [u8; 6],
     pub smac: [u8; 6],
+    /// Backend slot this flow belongs to (for per-backend counters); below
+    /// [`MAX_BACKENDS`], so 16 bits hold it.
+    pub backend: u16,
+    /// Cookie-mode flows: the client's MSS (from the syncookie).
+    pub mss: u16,
     /// One of [`direction`].
     pub direction: u8,
     /// One of [`flow_state`].
     pub state: u8,
-    pub l2_valid: u8,
     /// One of [`phase`].
     pub phase: u8,
-    /// Spliced flows: `K - B` (syncookie ISN minus backend ISN), added to the sequence
-    /// number of backend -> client packets and taken off the acknowledgement number of
-    /// client -> backend packets.
+    /// Bits of [`flow_flags`].
+    pub flags: u8,
+    /// Cookie-mode flows. While binding: the syncookie ISN `K` the client was answered
+    /// with. Once spliced (the backend's SYN-ACK gave its ISN `B`): `K - B`, added to the
+    /// sequence number of backend -> client packets and taken off the acknowledgement
+    /// number of client -> backend packets. One field for both, since no entry needs
+    /// both at once (see [`Flow::cookie_isn`]).
     pub seq_delta: u32,
-    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC) when the flow was created.
-    pub created_ns: u64,
-    /// Last packet, refreshed at most once per [`LAST_SEEN_GRANULARITY_NS`] to keep the
-    /// established path free of shared-cache-line writes.
-    pub last_seen_ns: u64,
-    /// Cookie-mode flows: the client's ISN and the syncookie ISN it was answered with.
+    /// [`flow_tick`] when the flow was created.
+    pub created_tick: u32,
+    /// [`flow_tick`] of the last packet, refreshed at most once per
+    /// [`LAST_SEEN_GRANULARITY_NS`] to keep the established path free of shared-cache-line
+    /// writes.
+    pub last_seen_tick: u32,
+    /// Cookie-mode flows: the client's ISN.
     pub client_isn: u32,
-    pub cookie_isn: u32,
-    /// Cookie-mode flows: the client's MSS (from the syncookie).
-    pub mss: u16,
-    /// Cookie-mode flows: 1 when a SYN with another ISN (`reuse_isn`) arrived on this
-    /// 5-tuple: possibly a new connection reusing the client port. It replaces this one
-    /// only once it proves it completed the syncookie handshake.
-    pub reuse_pending: u8,
-    /// Cookie-mode reply entries while binding: 1 once a stale ACK (the backend's
-    /// TIME-WAIT of an earlier connection) was handed to the TC program, which resets it
-    /// and sends the SYN again at once. Only once per binding: a backend that keeps
-    /// answering so gets the RST alone and the client's retransmission.
-    pub stale_ack_resent: u8,
+    /// Cookie-mode flows with [`flow_flags::REUSE_PENDING`]: the ISN of a SYN that
+    /// arrived on this 5-tuple, possibly a new connection reusing the client port. It
+    /// replaces this one only once it proves it completed the syncookie handshake.
     pub reuse_isn: u32,
+}
+
+impl Flow {
+    /// The syncookie ISN of a cookie-mode entry that is still binding (before the
+    /// backend's SYN-ACK turned [`Flow::seq_delta`] into the sequence shift).
+    #[inline(always)]
+    pub fn cookie_isn(&self) -> u32 {
+        self.seq_delta
+    }
+
+    /// [`Flow::backend`] as the index of the maps kept per backend slot.
+    #[inline(always)]
+    pub fn backend_slot(&self) -> u32 {
+        u32::from(self.backend)
+    }
+
+    #[inline(always)]
+    pub fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    #[inline(always)]
+    pub fn set(&mut self, flag: u8) {
+        self.flags |= flag;
+    }
+}
+
+/// Bits of [`Flow::flags`].
+pub mod flow_flags {
+    /// `ifindex`, `dmac` and `smac` hold the next hop.
+    pub const L2_VALID: u8 = 1;
+    /// Cookie-mode client-side entries: a SYN with another ISN ([`super::Flow::reuse_isn`])
+    /// arrived on this 5-tuple.
+    pub const REUSE_PENDING: u8 = 2;
+    /// Cookie-mode reply entries while binding: a stale ACK (the backend's TIME-WAIT of an
+    /// earlier connection) was handed to the TC program, which resets it and sends the
+    /// SYN again at once. Only once per binding: a backend that keeps answering so gets
+    /// the RST alone and the client's retransmission.
+    pub const STALE_ACK_PASSED: u8 = 4;
+    /// The TC program has reset the stale connection and sent the SYN again.
+    pub const STALE_ACK_RESENT: u8 = 8;
+}
+
+/// Flow timestamps are 32-bit ticks of 2^20 ns (about 1.05 ms) of CLOCK_MONOTONIC, so
+/// that the flow value fits in 64 bytes. Differences are taken modulo 2^32 and are right
+/// for ages below 2^31 ticks (about 26 days); flow timeouts are capped far below that
+/// ([`MAX_FLOW_TIMEOUT_S`]).
+pub const FLOW_TICK_SHIFT: u32 = 20;
+
+/// The longest idle timeout a flow may have, seconds (7 days).
+pub const MAX_FLOW_TIMEOUT_S: u32 = 7 * 24 * 3600;
+
+/// The [`FLOW_TICK_SHIFT`] tick of a CLOCK_MONOTONIC time.
+#[inline(always)]
+pub fn flow_tick(now_ns: u64) -> u32 {
+    (now_ns >> FLOW_TICK_SHIFT) as u32
+}
+
+/// Nanoseconds from tick `then` to the time `now_ns`; 0 when `then` is later (another
+/// CPU stamped the entry a moment after this one read the clock).
+#[inline(always)]
+pub fn ns_since_tick(now_ns: u64, then: u32) -> u64 {
+    let ticks = flow_tick(now_ns).wrapping_sub(then) as i32;
+    if ticks < 0 {
+        0
+    } else {
+        (ticks as u64) << FLOW_TICK_SHIFT
+    }
 }
 
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
@@ -621,7 +689,9 @@ const _: () = {
     assert!(core::mem::size_of::<Service>() == 8);
     assert!(core::mem::size_of::<Backend>() == 16);
     assert!(core::mem::size_of::<FlowKey>() == 16);
-    assert!(core::mem::size_of::<Flow>() == 80);
+    assert!(core::mem::size_of::<Flow>() == 64);
+    // Flow::backend is 16 bits.
+    assert!(MAX_BACKENDS <= 1 << 16);
     assert!(core::mem::size_of::<ServerIdKey>() == 16);
     assert!(core::mem::size_of::<ServerId>() == 8 + MAX_SERVER_ID_LEN);
     assert!(core::mem::size_of::<Failover>() == 8);

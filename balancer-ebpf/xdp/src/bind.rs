@@ -15,7 +15,7 @@ use balancer_common::{
     cookie::{CookieConfig, CookieOutcome, MAX_BURSTS, SCAN_MAX},
     direction,
     flow::{new_entries_into, other_key},
-    flow_state,
+    flow_flags, flow_state, ns_since_tick,
     parse::{ptr_at, read, EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     phase,
     syncookie::{check_cookie, decode_mss, encode_mss, make_cookie, time_window},
@@ -295,7 +295,8 @@ fn create_binding(ctx: &XdpContext, pkt: &Packet, b: &Binding, stats: &Counters)
         e.phase = phase::BINDING;
         e.state = flow_state::SYN;
         e.client_isn = client_isn;
-        e.cookie_isn = cookie;
+        // The syncookie ISN, until the backend's SYN-ACK turns it into the shift.
+        e.seq_delta = cookie;
         e.mss = mss;
     }
     if keep_segment(ctx, pkt, &pair.key, &pair.forward).is_none() {
@@ -508,7 +509,7 @@ pub fn binding(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, now: u64, stats:
         stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;
     }
-    if now.saturating_sub(flow.created_ns) > BIND_TIMEOUT_NS {
+    if ns_since_tick(now, flow.created_tick) > BIND_TIMEOUT_NS {
         return reset_client(ctx, pkt, flow, stats);
     }
     stats.inc(Counter::BindRetransmits);
@@ -523,7 +524,7 @@ pub fn binding(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, now: u64, stats:
 pub fn backend_left(ctx: &XdpContext, pkt: &Packet, flow: &Flow, stats: &Counters) -> bool {
     if flow.phase != phase::BINDING
         || pkt.ip_end <= pkt.payload_off
-        || select::takes_new_flows(flow.backend)
+        || select::takes_new_flows(flow.backend_slot())
     {
         return false;
     }
@@ -551,7 +552,7 @@ pub fn syn_on_cookie_flow(
     if let Some((isn, _)) = tcp_seq_ack(ctx.data(), ctx.data_end(), pkt) {
         if isn != flow.client_isn {
             flow.reuse_isn = isn;
-            flow.reuse_pending = 1;
+            flow.set(flow_flags::REUSE_PENDING);
         }
     }
     answer_syn(ctx, pkt, stats)
@@ -613,7 +614,7 @@ fn backend_refused(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Cou
     if let Some(action) = forward::refuse(pkt, stats) {
         return action;
     }
-    if set_seq(start, end, pkt.l4_off, reply.cookie_isn.wrapping_add(1)).is_none() {
+    if set_seq(start, end, pkt.l4_off, reply.cookie_isn().wrapping_add(1)).is_none() {
         stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;
     }
@@ -648,8 +649,8 @@ fn stale_ack(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Counters)
     }
     // The TC program takes a pure ACK only (as a TIME-WAIT sends): the same test here, or
     // a packet passed for it would go on to the client.
-    if reply.stale_ack_resent == 0 && pkt.tcp_flags & TCP_FIN == 0 {
-        reply.stale_ack_resent = 1;
+    if !reply.has(flow_flags::STALE_ACK_PASSED) && pkt.tcp_flags & TCP_FIN == 0 {
+        reply.set(flow_flags::STALE_ACK_PASSED);
         stats.inc(Counter::PassStaleAckToTc);
         return xdp_action::XDP_PASS;
     }
@@ -720,11 +721,11 @@ pub fn complete_binding(
     let _ = PENDING.remove(key);
     // The frame now carries the client's first segment to the backend.
     stats.add(Counter::TxBytes, frame_len);
-    if let Some(b) = counters::backend(reply.backend) {
+    if let Some(b) = counters::backend(reply.backend_slot()) {
         b.packets_to += 1;
         b.bytes_to += frame_len;
     }
-    let delta = reply.cookie_isn.wrapping_sub(backend_isn);
+    let delta = reply.cookie_isn().wrapping_sub(backend_isn);
     let splice = |f: &mut Flow| {
         f.phase = phase::SPLICED;
         f.seq_delta = delta;

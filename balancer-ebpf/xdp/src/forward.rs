@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use balancer_common::{
     csum::{apply_delta, apply_delta_udp, ttl_restore_delta, u32_delta},
-    direction,
+    direction, flow_flags,
     parse::{ptr_at_mut, read, write, EthHdr, Ipv4Hdr, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
     phase, Counter, Flow, NEXT_HOP_TTL_NS, PROTO_TCP,
 };
@@ -50,7 +50,7 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters
     if let Some(action) = refuse(pkt, stats) {
         return action;
     }
-    if flow.l2_valid == 0 {
+    if !flow.has(flow_flags::L2_VALID) {
         match resolve_next_hop(ctx, pkt, flow) {
             NextHop::Resolved => {}
             NextHop::NoNeighbour => {
@@ -81,7 +81,7 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters
 /// the next hop if needed, then as [`forward`].
 #[inline(always)]
 pub fn send_built(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters) -> u32 {
-    if flow.l2_valid == 0 {
+    if !flow.has(flow_flags::L2_VALID) {
         match resolve_next_hop(ctx, pkt, flow) {
             NextHop::Resolved => {}
             NextHop::NoNeighbour => {
@@ -114,7 +114,7 @@ fn out(ctx: &XdpContext, flow: &Flow, stats: &Counters) -> u32 {
     }
 
     let bytes = (end - start) as u64;
-    if let Some(b) = counters::backend(flow.backend) {
+    if let Some(b) = counters::backend(flow.backend_slot()) {
         if flow.direction == direction::TO_BACKEND {
             b.packets_to += 1;
             b.bytes_to += bytes;
@@ -198,7 +198,7 @@ fn resolve_next_hop(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow) -> NextHop 
     // SAFETY: reading the context field of the running program.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let cache = if flow.direction == direction::TO_BACKEND {
-        NEXT_HOPS.get_ptr_mut(flow.backend)
+        NEXT_HOPS.get_ptr_mut(flow.backend_slot())
     } else {
         None
     };
@@ -211,7 +211,7 @@ fn resolve_next_hop(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow) -> NextHop 
             flow.ifindex = c.ifindex;
             flow.dmac = c.dmac;
             flow.smac = c.smac;
-            flow.l2_valid = 1;
+            flow.set(flow_flags::L2_VALID);
             return NextHop::Resolved;
         }
     }
@@ -257,7 +257,7 @@ fn fib_next_hop(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow) -> NextHop {
             flow.ifindex = params.ifindex;
             flow.dmac = params.dmac;
             flow.smac = params.smac;
-            flow.l2_valid = 1;
+            flow.set(flow_flags::L2_VALID);
             NextHop::Resolved
         }
         BPF_FIB_LKUP_RET_NO_NEIGH => NextHop::NoNeighbour,

@@ -24,6 +24,7 @@ use aya_ebpf::{
 use balancer_common::{
     direction,
     flow::{is_syn, new_entries_into, still_valid, track},
+    flow_flags,
     parse::{parse_packet, ptr_at, read, EthHdr, Packet, ParseError},
     phase, Config, Counter, Service, ServiceKey, PROTO_TCP, SERVICE_F_COOKIE,
 };
@@ -88,7 +89,10 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
             // left alone until a handshake proves otherwise.
             return Ok(bind::syn_on_cookie_flow(ctx, &pkt, flow, &stats));
         }
-        if cookie_flow && flow.reuse_pending != 0 && bind::proves_new_connection(ctx, &pkt, flow) {
+        if cookie_flow
+            && flow.has(flow_flags::REUSE_PENDING)
+            && bind::proves_new_connection(ctx, &pkt, flow)
+        {
             // The client completed a new syncookie handshake on this 5-tuple: the old
             // connection is over. Bound afresh below, like any new connection.
             bind::forget(&pkt.key, flow);

@@ -25,6 +25,7 @@ use aya_ebpf::{
 use balancer_common::{
     direction,
     flow::other_key,
+    flow_flags,
     parse::{
         parse_packet, ptr_at_mut, Packet, TcpHdr, PROTO_TCP_FLAGS_SYNACK, TCP_ACK, TCP_FIN,
         TCP_RST, TCP_SYN,
@@ -136,7 +137,7 @@ fn splice(
 /// binding goes on without waiting for the client's retransmission.
 #[inline(always)]
 fn stale_ack(ctx: &TcContext, pkt: &Packet, reply: &mut Flow) -> Option<i32> {
-    if reply.stale_ack_resent != 1 {
+    if !reply.has(flow_flags::STALE_ACK_PASSED) || reply.has(flow_flags::STALE_ACK_RESENT) {
         return None;
     }
     let stats = Counters::get()?;
@@ -144,7 +145,7 @@ fn stale_ack(ctx: &TcContext, pkt: &Packet, reply: &mut Flow) -> Option<i32> {
     if ack == reply.client_isn.wrapping_add(1) {
         return None;
     }
-    reply.stale_ack_resent = 2;
+    reply.set(flow_flags::STALE_ACK_RESENT);
     match resend(ctx, pkt, reply, &stats) {
         Some(verdict) => Some(verdict),
         None => {

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddrV4;
 
-use balancer_common::{direction, flow_state, phase};
+use balancer_common::{direction, flow_state, ns_since_tick, phase};
 use serde::Serialize;
 
 use crate::{
@@ -70,15 +70,15 @@ impl<S: MapStore> Control<S> {
                     proto,
                 },
                 backend: endpoint(f.new_dst, f.new_dport),
-                backend_slot: f.backend,
+                backend_slot: f.backend_slot(),
                 state: flow_state::name(f.state),
                 phase: match f.phase {
                     phase::BINDING => "binding",
                     phase::SPLICED => "spliced",
                     _ => "nat",
                 },
-                age_s: now.saturating_sub(f.created_ns) as f64 / 1e9,
-                idle_s: now.saturating_sub(f.last_seen_ns) as f64 / 1e9,
+                age_s: ns_since_tick(now, f.created_tick) as f64 / 1e9,
+                idle_s: ns_since_tick(now, f.last_seen_tick) as f64 / 1e9,
             });
             out.len() < limit
         })?;

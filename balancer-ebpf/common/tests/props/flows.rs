@@ -24,7 +24,8 @@ use balancer_common::parse::{
     parse_slice, read, EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 use balancer_common::{
-    backend_state, direction, flow_state, Backend, Config, Flow, FlowKey, LAST_SEEN_GRANULARITY_NS,
+    backend_state, direction, flow_flags, flow_state, flow_tick, ns_since_tick, Backend, Config,
+    Flow, FlowKey, FLOW_TICK_SHIFT, LAST_SEEN_GRANULARITY_NS, MAX_BACKENDS, MAX_FLOW_TIMEOUT_S,
     PROTO_TCP, PROTO_UDP,
 };
 
@@ -121,7 +122,7 @@ proptest! {
     #[test]
     fn new_entries_rewrite_and_find_each_other(
         fr in tcp_or_udp_frame(), b in backend(), ifindex in any::<u32>(),
-        slot in any::<u32>(), now in any::<u64>(),
+        slot in 0..MAX_BACKENDS, now in any::<u64>(),
     ) {
         let mut fr = fr;
         fr.ip.ttl = fr.ip.ttl.max(2); // the data plane only forwards TTL > 1
@@ -137,10 +138,11 @@ proptest! {
         prop_assert_eq!(other_key(&other_key(&fk, &fwd), &rev), fk);
         prop_assert_eq!(other_key(&other_key(&rk, &rev), &fwd), rk);
         prop_assert_eq!((fwd.direction, rev.direction), (direction::TO_BACKEND, direction::TO_CLIENT));
-        prop_assert_eq!((fwd.backend, rev.backend), (slot, slot));
-        prop_assert_eq!((rev.ifindex, rev.dmac, rev.smac, rev.l2_valid), (ifindex, eth.src, eth.dst, 1));
-        prop_assert_eq!(fwd.l2_valid, 0);
-        prop_assert_eq!((fwd.created_ns, fwd.last_seen_ns, rev.last_seen_ns), (now, now, now));
+        prop_assert_eq!((fwd.backend_slot(), rev.backend_slot()), (slot, slot));
+        prop_assert_eq!((rev.ifindex, rev.dmac, rev.smac, rev.has(flow_flags::L2_VALID)), (ifindex, eth.src, eth.dst, true));
+        prop_assert!(!fwd.has(flow_flags::L2_VALID));
+        let tick = flow_tick(now);
+        prop_assert_eq!((fwd.created_tick, fwd.last_seen_tick, rev.last_seen_tick), (tick, tick, tick));
 
         // Client -> VIP rewritten with the forward entry: client -> backend, checksums
         // right, and the parser reads the forward entry's target.
@@ -223,21 +225,38 @@ proptest! {
         prop_assert_eq!(next_state(state, proto, flags), flow_state::UDP);
     }
 
+    /// Ages from 32-bit ticks: within one tick below the true age for any age up to
+    /// twice the longest timeout, across the tick counter's wrap, and 0 (never a
+    /// huge age) for a stamp a little after `now`.
+    #[test]
+    fn tick_ages_follow_the_clock(
+        then in any::<u64>(),
+        age in prop_oneof![0u64..4_000_000_000, 0u64..(u64::from(MAX_FLOW_TIMEOUT_S) * 2_000_000_000)],
+        ahead in 0u64..1_000_000_000,
+    ) {
+        let now = then.saturating_add(age);
+        let true_age = now - then;
+        let got = ns_since_tick(now, flow_tick(then));
+        prop_assert!(got <= true_age + (1 << FLOW_TICK_SHIFT), "age {true_age} ns read as {got}");
+        prop_assert!(got + (1 << FLOW_TICK_SHIFT) > true_age, "age {true_age} ns read as {got}");
+        prop_assert_eq!(ns_since_tick(then, flow_tick(then.saturating_add(ahead))), 0);
+    }
+
     /// `track` stores `next_state`, and the time when the state changes or the stored
     /// time is more than the granularity old; otherwise it leaves the entry alone.
     #[test]
     fn track_updates_as_documented(
         state in tcp_state(), flags in any::<u8>(), udp in prop::bool::ANY,
-        last in any::<u64>(), now in any::<u64>(),
+        last in any::<u32>(), now in any::<u64>(),
     ) {
         let proto = if udp { PROTO_UDP } else { PROTO_TCP };
-        let mut flow = Flow { state: if udp { flow_state::UDP } else { state }, last_seen_ns: last, ..Flow::default() };
+        let mut flow = Flow { state: if udp { flow_state::UDP } else { state }, last_seen_tick: last, ..Flow::default() };
         let before = flow;
         track(&mut flow, &packet(proto, flags), now);
         let next = next_state(before.state, proto, flags);
         prop_assert_eq!(flow.state, next);
-        if next != before.state || now.saturating_sub(last) > LAST_SEEN_GRANULARITY_NS {
-            prop_assert_eq!(flow.last_seen_ns, now);
+        if next != before.state || ns_since_tick(now, last) > LAST_SEEN_GRANULARITY_NS {
+            prop_assert_eq!(flow.last_seen_tick, flow_tick(now));
         } else {
             prop_assert_eq!(flow, before);
         }
@@ -248,7 +267,7 @@ proptest! {
     #[test]
     fn still_valid_is_the_documented_rule(
         state in prop_oneof![tcp_state(), Just(flow_state::UDP)], flags in any::<u8>(),
-        last in any::<u64>(), idle in prop_oneof![0u64..2_000_000_000_000, any::<u64>()],
+        last in any::<u64>(), idle in prop_oneof![0u64..2_000_000_000_000, 0u64..1 << 50],
         timeouts in (0u32..2000, 0u32..2000, 0u32..2000),
     ) {
         let config = Config {
@@ -259,9 +278,9 @@ proptest! {
         };
         let proto = if state == flow_state::UDP { PROTO_UDP } else { PROTO_TCP };
         let pkt = packet(proto, flags);
-        let flow = Flow { state, last_seen_ns: last, ..Flow::default() };
-        let now = last.wrapping_add(idle);
-        let idle_ns = now.saturating_sub(last);
+        let flow = Flow { state, last_seen_tick: flow_tick(last), ..Flow::default() };
+        let now = last.saturating_add(idle);
+        let idle_ns = ns_since_tick(now, flow_tick(last));
         let fresh_syn = proto == PROTO_TCP && flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         let expected = idle_ns <= config.timeout_ns(state) && !(fresh_syn && state != flow_state::SYN);
         prop_assert_eq!(still_valid(&flow, &pkt, now, &config), expected);

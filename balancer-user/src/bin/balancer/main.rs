@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Result;
-use balancer_common::{Config, Counter, DEFAULT_FLOW_CAPACITY};
+use balancer_common::{Config, Counter, DEFAULT_FLOW_CAPACITY, MAX_FLOW_TIMEOUT_S};
 use balancer_user::{
     control::backend_health::HealthInfo,
     daemon::control_socket::{self, DEFAULT_RUN_DIR},
@@ -342,12 +342,12 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 flow_capacity: a.flow_capacity,
                 config: Config {
-                    tcp_established_timeout_s: nonzero("--tcp-timeout", a.tcp_timeout)?,
-                    tcp_transient_timeout_s: nonzero(
+                    tcp_established_timeout_s: flow_timeout("--tcp-timeout", a.tcp_timeout)?,
+                    tcp_transient_timeout_s: flow_timeout(
                         "--tcp-transient-timeout",
                         a.tcp_transient_timeout,
                     )?,
-                    udp_timeout_s: nonzero("--udp-timeout", a.udp_timeout)?,
+                    udp_timeout_s: flow_timeout("--udp-timeout", a.udp_timeout)?,
                     ..Config::default()
                 },
                 veth_peer_pass: a.veth_peer_pass,
@@ -437,9 +437,14 @@ fn run(cli: Cli) -> Result<()> {
     Ok(())
 }
 
-fn nonzero(flag: &str, v: u32) -> Result<u32> {
+fn flow_timeout(flag: &str, v: u32) -> Result<u32> {
     if v == 0 {
         anyhow::bail!("invalid {flag} '0': a timeout must be at least 1 second");
+    }
+    if v > MAX_FLOW_TIMEOUT_S {
+        anyhow::bail!(
+            "invalid {flag} '{v}': a timeout is at most {MAX_FLOW_TIMEOUT_S} seconds (7 days)"
+        );
     }
     Ok(v)
 }

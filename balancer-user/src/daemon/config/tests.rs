@@ -319,6 +319,10 @@ fn rejects_bad_daemon_settings() {
             "daemon.tcp_timeout: must be at least 1s",
         ),
         (
+            r#"tcp_timeout = "169h""#,
+            "daemon.tcp_timeout: 608400s is too long (at most 168h)",
+        ),
+        (
             r#"failover_hold_down = "10 seconds""#,
             r#"daemon.failover_hold_down: invalid duration "10 seconds": expected"#,
         ),

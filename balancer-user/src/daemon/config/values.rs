@@ -95,7 +95,11 @@ pub(super) fn timeout_seconds(
             format!("{d:?} is not a whole number of seconds"),
         ));
     }
-    u32::try_from(d.as_secs()).map_err(|_| invalid(at, format!("{d:?} is too long")))
+    match u32::try_from(d.as_secs()) {
+        Ok(s) if s <= balancer_common::MAX_FLOW_TIMEOUT_S => Ok(s),
+        // Flow ages are kept in 32-bit ticks of about 1 ms (the flow entry's size).
+        _ => Err(invalid(at, format!("{d:?} is too long (at most 168h)"))),
+    }
 }
 
 /// Linux interface names: 1-15 bytes (IFNAMSIZ - 1), no '/', ':', whitespace or NUL.

@@ -44,6 +44,7 @@ attach --iface bia --tcp-transient-timeout 0 => invalid --tcp-transient-timeout 
 attach --iface bia --udp-timeout 0          => invalid --udp-timeout '0'
 attach --iface bia --udp-timeout -1         => '-1'
 attach --iface bia --tcp-timeout 4294967296 => invalid value '4294967296' for '--tcp-timeout
+attach --iface bia --tcp-timeout 604801     => invalid --tcp-timeout '604801': a timeout is at most 604800 seconds
 attach --iface bia --flow-capacity abc      => invalid value 'abc' for '--flow-capacity
 [fresh] attach --iface bia --flow-capacity 0 => invalid flow capacity '0'
 [fresh] attach --iface bia --flow-capacity 1 => invalid flow capacity '1'

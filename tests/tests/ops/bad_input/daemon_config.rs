@@ -91,6 +91,7 @@ negative duration               | failover_hold_down = "2s" -> failover_hold_dow
 duration as a number            | failover_hold_down = "2s" -> failover_hold_down = 2 | invalid type: integer `2`, expected a string
 hold-down over the limit        | failover_hold_down = "2s" -> failover_hold_down = "2h" | daemon.failover_hold_down: 7200s is longer than the limit
 tcp_timeout 0s                  | daemon: tcp_timeout = "0s"              | daemon.tcp_timeout: must be at least 1s
+tcp_timeout over 7 days         | daemon: tcp_timeout = "169h"            | daemon.tcp_timeout: 608400s is too long (at most 168h)
 fractional udp_timeout          | daemon: udp_timeout = "1.5s"            | daemon.udp_timeout: 1.5s is not a whole number of seconds
 health timeout over interval    | timeout = "100ms" -> timeout = "300ms"  | must not exceed the interval
 health interval too short       | interval = "200ms" -> interval = "1ms"  | must be between 50ms and 1h

@@ -23,7 +23,7 @@ use std::{
 use balancer_common::{
     backend_state,
     cookie::{scan_payload, CookieConfig, CookieOutcome},
-    direction, flow_state, phase,
+    direction, flow_flags, flow_state, phase,
     syncookie::{decode_mss, encode_mss, CookieSecret},
     Counter, Flow, FlowKey,
 };

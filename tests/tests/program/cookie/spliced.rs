@@ -169,7 +169,7 @@ fn new_connection_on_a_closed_spliced_tuple_is_bound_anew() {
     bind(&bed, &again, &payload, backends[2], Choice::Hit, None);
     let (fwd, _) = entries(&bed, &again, backends[2]);
     assert_eq!(
-        (fwd.phase, fwd.client_isn, fwd.cookie_isn),
+        (fwd.phase, fwd.client_isn, fwd.cookie_isn()),
         (phase::BINDING, again.isn, again.cookie)
     );
     complete(&bed, &again, &payload, backends[2], 3);

@@ -218,7 +218,7 @@ pub(crate) fn established_entries(
     let (k, mut f, rk, mut r) = new_entries(&pkt, &eth, client_if, slot, &b, now);
     f.state = flow_state::ESTABLISHED;
     r.state = flow_state::ESTABLISHED;
-    f.l2_valid = 1;
+    f.set(flow_flags::L2_VALID);
     f.ifindex = backend_if;
     f.dmac = backend_mac(*backend.ip());
     f.smac = BACKEND_IF_MAC;
