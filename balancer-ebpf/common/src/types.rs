@@ -204,11 +204,15 @@ pub const PENDING_CAPACITY: u32 = 16_384;
 /// Largest TCP segment (header and payload) kept while a connection is being bound.
 pub const PENDING_SEGMENT_MAX: usize = 1536;
 
-/// Value of the pending map: a client's first data segment, TCP header included, as it
-/// arrived.
+/// Value of the pending map, keyed by the reply direction's flow key (what the backend's
+/// answers carry): the reply entry of a connection being bound, and the client's first
+/// data segment, TCP header included, as it arrived. The reply entry moves into the flow
+/// table when the backend's SYN-ACK completes the binding: one map insert fewer on the
+/// bind path than a reply entry of its own.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingSegment {
+    pub reply: Flow,
     pub len: u32,
     pub _pad: u32,
     pub bytes: [u8; PENDING_SEGMENT_MAX],
@@ -695,7 +699,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServerIdKey>() == 16);
     assert!(core::mem::size_of::<ServerId>() == 8 + MAX_SERVER_ID_LEN);
     assert!(core::mem::size_of::<Failover>() == 8);
-    assert!(core::mem::size_of::<PendingSegment>() == 8 + PENDING_SEGMENT_MAX);
+    assert!(core::mem::size_of::<PendingSegment>() == 64 + 8 + PENDING_SEGMENT_MAX);
     assert!(core::mem::size_of::<Config>() == 24);
     assert!(core::mem::size_of::<CookiePair>() == 24);
     assert!(core::mem::size_of::<BackendHealth>() == 40);

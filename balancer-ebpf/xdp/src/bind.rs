@@ -299,12 +299,8 @@ fn create_binding(ctx: &XdpContext, pkt: &Packet, b: &Binding, stats: &Counters)
         e.seq_delta = cookie;
         e.mss = mss;
     }
-    if keep_segment(ctx, pkt, &pair.key, &pair.forward).is_none() {
+    if keep_segment(ctx, pkt, &pair.reply_key, &pair.forward, &pair.reply).is_none() {
         stats.inc(Counter::DropWhileBinding);
-        return xdp_action::XDP_DROP;
-    }
-    if FLOWS.insert(&pair.reply_key, &pair.reply, 0).is_err() {
-        stats.inc(Counter::DropFlowTableFull);
         return xdp_action::XDP_DROP;
     }
     stats.inc(Counter::NewFlows);
@@ -438,9 +434,16 @@ fn scan(ctx: &XdpContext, pkt: &Packet, cfg: &CookieConfig) -> CookieOutcome {
 
 /// Keeps the first segment (TCP header and payload) in PENDING, already addressed to
 /// the backend: destination port and checksum translated like the packets that will
-/// follow it.
+/// follow it; with it the reply entry, under the reply entry's key (`reply_key`), where
+/// the backend's answers find it.
 #[inline(always)]
-fn keep_segment(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, flow: &Flow) -> Option<()> {
+fn keep_segment(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    reply_key: &FlowKey,
+    flow: &Flow,
+    reply: &Flow,
+) -> Option<()> {
     let seg = SEGMENT_SCRATCH.get_ptr_mut(0)?;
     let len = tcp_segment_len(pkt.ip_end - pkt.l4_off)?;
     // SAFETY: per-CPU scratch; len <= PENDING_SEGMENT_MAX; offsets below are constants
@@ -456,6 +459,7 @@ fn keep_segment(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, flow: &Flow) -> O
             return None;
         }
         (*seg).len = len;
+        (*seg).reply = *reply;
         let b = &mut (*seg).bytes;
         let port = flow.new_dport.to_ne_bytes();
         b[2] = port[0];
@@ -464,7 +468,7 @@ fn keep_segment(ctx: &XdpContext, pkt: &Packet, key: &FlowKey, flow: &Flow) -> O
         let check = balancer_common::csum::apply_delta(check, flow.l4_csum_delta).to_ne_bytes();
         b[16] = check[0];
         b[17] = check[1];
-        PENDING.insert(key, &*seg, 0).ok()
+        PENDING.insert(reply_key, &*seg, 0).ok()
     }
 }
 
@@ -495,10 +499,12 @@ fn send_backend_syn(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Cou
 /// A packet of a flow in the binding phase.
 #[inline(never)]
 pub fn binding(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, now: u64, stats: &Counters) -> u32 {
-    if flow.direction == direction::TO_CLIENT {
-        return backend_answer(ctx, pkt, flow, stats);
+    // Client side (a binding's reply entry is in PENDING, not in FLOWS): only a
+    // retransmission of the first segment means anything here.
+    if flow.direction != direction::TO_BACKEND {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
     }
-    // Client side: only a retransmission of the first segment means anything here.
     let start = ctx.data();
     let end = ctx.data_end();
     let Some((seq, _)) = tcp_seq_ack(start, end, pkt) else {
@@ -573,12 +579,13 @@ pub fn proves_new_connection(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> boo
 }
 
 /// Removes both entries of a cookie-mode flow (client side `key`, `flow` its entry) and its
-/// kept segment.
+/// kept segment (under the reply entry's key, while binding).
 #[inline(always)]
 pub fn forget(key: &FlowKey, flow: &Flow) {
-    let _ = FLOWS.remove(&other_key(key, flow));
+    let reply_key = other_key(key, flow);
+    let _ = FLOWS.remove(&reply_key);
     let _ = FLOWS.remove(key);
-    let _ = PENDING.remove(key);
+    let _ = PENDING.remove(&reply_key);
 }
 
 /// The backend never answered: reset the client (RST from the VIP) and forget the
@@ -621,9 +628,9 @@ fn backend_refused(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Cou
     let client_key = other_key(&pkt.key, reply);
     stats.inc(Counter::BindingsRefused);
     let verdict = forward::forward(ctx, pkt, reply, stats);
+    // `reply` lives in the PENDING value removed here: not used after.
     let _ = FLOWS.remove(&client_key);
-    let _ = FLOWS.remove(&pkt.key);
-    let _ = PENDING.remove(&client_key);
+    let _ = PENDING.remove(&pkt.key);
     verdict
 }
 
@@ -703,65 +710,76 @@ fn tcp_segment_len(len: usize) -> Option<u32> {
 }
 
 /// The kept segment has been copied into the frame for the backend: both entries of the
-/// flow are spliced from now on, shifting sequence numbers by `K - B`, and the segment is
-/// released. (Should that frame be lost, the backend repeats its SYN-ACK, which reaches
-/// the client through the splice; the client acknowledges it and retransmits its first
-/// segment, which the splice delivers.)
+/// flow are spliced from now on, shifting sequence numbers by `K - B`; the reply entry
+/// (`reply`, in the PENDING value under `reply_key`) moves into the flow table and the
+/// segment is released. (Should that frame be lost, the backend repeats its SYN-ACK,
+/// which reaches the client through the splice; the client acknowledges it and
+/// retransmits its first segment, which the splice delivers.) False, with nothing
+/// changed, when the reply entry cannot be stored: the backend's next SYN-ACK tries again.
 #[inline(always)]
 pub fn complete_binding(
     reply: &mut Flow,
-    key: &FlowKey,
+    reply_key: &FlowKey,
+    client_key: &FlowKey,
     backend_isn: u32,
     frame_len: u64,
     stats: &Counters,
-) {
-    if reply.phase != phase::BINDING {
-        return;
-    }
-    let _ = PENDING.remove(key);
-    // The frame now carries the client's first segment to the backend.
-    stats.add(Counter::TxBytes, frame_len);
-    if let Some(b) = counters::backend(reply.backend_slot()) {
-        b.packets_to += 1;
-        b.bytes_to += frame_len;
-    }
-    let delta = reply.cookie_isn().wrapping_sub(backend_isn);
+) -> bool {
+    let cookie_isn = reply.cookie_isn();
+    let delta = cookie_isn.wrapping_sub(backend_isn);
     let splice = |f: &mut Flow| {
         f.phase = phase::SPLICED;
         f.seq_delta = delta;
         f.state = flow_state::ESTABLISHED;
     };
+    let slot = reply.backend_slot();
+    // Spliced in place and copied into the flow table before the PENDING value goes: the
+    // backend's next packet finds one or the other.
     splice(reply);
-    if let Some(f) = FLOWS.get_ptr_mut(key) {
+    if FLOWS.insert(reply_key, &*reply, 0).is_err() {
+        (reply.phase, reply.seq_delta, reply.state) = (phase::BINDING, cookie_isn, flow_state::SYN);
+        return false;
+    }
+    // `reply` points into the value removed here: not used after.
+    let _ = PENDING.remove(reply_key);
+    // The frame now carries the client's first segment to the backend.
+    stats.add(Counter::TxBytes, frame_len);
+    if let Some(b) = counters::backend(slot) {
+        b.packets_to += 1;
+        b.bytes_to += frame_len;
+    }
+    if let Some(f) = FLOWS.get_ptr_mut(client_key) {
         // SAFETY: pointer into the map value, valid during this run.
         splice(unsafe { &mut *f });
     }
     stats.inc(Counter::BindingsCompleted);
+    true
 }
 
-/// A backend packet while binding: the SYN-ACK acknowledging the client's ISN is turned
-/// into the client's kept first segment and sent back to the backend.
+/// A backend packet for a connection being bound (`seg`: its PENDING value, found under
+/// the packet's key): the SYN-ACK acknowledging the client's ISN is turned into the
+/// client's kept first segment and sent back to the backend.
 ///
 /// The frame must grow from a SYN-ACK to the segment's size. Where the driver's frame has
 /// no room for that (veth hands XDP small skbs as they are; some NIC drivers use
 /// buffers barely larger than the MTU), the SYN-ACK is passed on, and the TC ingress
 /// program (`tc.rs`), which can grow an skb, does this one step.
 #[inline(never)]
-pub fn backend_answer(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &Counters) -> u32 {
+pub fn backend_answer(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    seg: &mut PendingSegment,
+    stats: &Counters,
+) -> u32 {
     let start = ctx.data();
     let end = ctx.data_end();
     if pkt.tcp_flags & TCP_RST != 0 {
-        return backend_refused(ctx, pkt, reply, stats);
+        return backend_refused(ctx, pkt, &mut seg.reply, stats);
     }
     if pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_ACK {
-        return stale_ack(ctx, pkt, reply, stats);
+        return stale_ack(ctx, pkt, &mut seg.reply, stats);
     }
-    let Some((key, backend_isn)) = synack_for_binding(start, end, pkt, reply) else {
-        stats.inc(Counter::DropWhileBinding);
-        return xdp_action::XDP_DROP;
-    };
-    // SAFETY: pointer into the map value, valid during this run.
-    let Some(seg) = (unsafe { PENDING.get(&key) }) else {
+    let Some((client_key, backend_isn)) = synack_for_binding(start, end, pkt, &seg.reply) else {
         stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;
     };
@@ -790,11 +808,18 @@ pub fn backend_answer(ctx: &XdpContext, pkt: &Packet, reply: &mut Flow, stats: &
             backend_isn.wrapping_add(1),
         )
         .is_none()
+        || !complete_binding(
+            &mut seg.reply,
+            &pkt.key,
+            &client_key,
+            backend_isn,
+            needed as u64,
+            stats,
+        )
     {
         stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;
     }
-    complete_binding(reply, &key, backend_isn, needed as u64, stats);
     stats.inc(Counter::TxSameInterface);
     xdp_action::XDP_TX
 }

@@ -31,7 +31,7 @@ use balancer_common::{
 
 use crate::{
     counters::Counters,
-    maps::{CONFIG, ENTRY_SCRATCH, FLOWS, SERVICES},
+    maps::{CONFIG, ENTRY_SCRATCH, FLOWS, PENDING, SERVICES},
 };
 
 #[xdp]
@@ -117,8 +117,7 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
     };
     // SAFETY: the value is copied out right away.
     let Some(service) = (unsafe { SERVICES.get(&service_key) }).copied() else {
-        stats.inc(Counter::PassNotService);
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(not_to_a_service(ctx, &pkt, &stats));
     };
     // Refuse what forwarding would refuse before any state is created for it.
     if let Some(action) = forward::refuse(&pkt, &stats) {
@@ -128,6 +127,28 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(bind::new_connection(ctx, &pkt, &service, now(), &stats));
     }
     Ok(new_flow(ctx, &pkt, &service, &stats))
+}
+
+/// A packet without a flow entry and not to a service: a backend's answer to a cookie-mode
+/// connection being bound (whose reply entry waits in PENDING with the first segment),
+/// or none of ours.
+#[inline(always)]
+fn not_to_a_service(ctx: &XdpContext, pkt: &Packet, stats: &Counters) -> u32 {
+    if pkt.key.proto == PROTO_TCP {
+        if let Some(seg) = PENDING.get_ptr_mut(&pkt.key) {
+            // SAFETY: a pointer to the map value, valid for this program run.
+            let seg = unsafe { &mut *seg };
+            let config = CONFIG.get(0).copied().unwrap_or_default();
+            if seg.reply.phase == phase::BINDING
+                && seg.reply.direction == direction::TO_CLIENT
+                && still_valid(&seg.reply, pkt, now(), &config)
+            {
+                return bind::backend_answer(ctx, pkt, seg, stats);
+            }
+        }
+    }
+    stats.inc(Counter::PassNotService);
+    xdp_action::XDP_PASS
 }
 
 /// A packet to a plain (NAT) service without a flow entry: pick the backend, create the

@@ -23,9 +23,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use balancer_common::{
-    direction,
-    flow::other_key,
-    flow_flags,
+    direction, flow_flags,
     parse::{
         parse_packet, ptr_at_mut, Packet, TcpHdr, PROTO_TCP_FLAGS_SYNACK, TCP_ACK, TCP_FIN,
         TCP_RST, TCP_SYN,
@@ -35,13 +33,13 @@ use balancer_common::{
         backend_syn_len, data_to_backend_syn, rst_for, set_ack, synack_to_segment_headers,
         tcp_seq_ack,
     },
-    Counter, Flow, PROTO_TCP,
+    Counter, PendingSegment, PROTO_TCP,
 };
 
 use crate::{
     bind::{complete_binding, segment_len, synack_for_binding},
     counters::Counters,
-    maps::{FLOWS, PENDING},
+    maps::PENDING,
 };
 
 /// Bytes made linear for header access before parsing.
@@ -63,18 +61,19 @@ fn try_balancer_tc(ctx: &TcContext) -> Option<i32> {
     if pkt.key.proto != PROTO_TCP || !(synack || pure_ack) {
         return None;
     }
-    let entry = FLOWS.get_ptr_mut(&pkt.key)?;
+    // A binding's reply entry waits in PENDING, with the first segment.
+    let seg = PENDING.get_ptr_mut(&pkt.key)?;
     // SAFETY: pointer into the map value, valid during this run.
-    let reply = unsafe { &mut *entry };
-    if reply.phase != phase::BINDING || reply.direction != direction::TO_CLIENT {
+    let seg = unsafe { &mut *seg };
+    if seg.reply.phase != phase::BINDING || seg.reply.direction != direction::TO_CLIENT {
         return None;
     }
     if pure_ack {
-        return stale_ack(ctx, &pkt, reply);
+        return stale_ack(ctx, &pkt, seg);
     }
     // From here the packet is ours: never let the SYN-ACK reach the client.
     let stats = Counters::get()?;
-    let Some(done) = splice(ctx, &pkt, reply, &stats) else {
+    let Some(done) = splice(ctx, &pkt, seg, &stats) else {
         stats.inc(Counter::DropWhileBinding);
         return Some(TC_ACT_SHOT);
     };
@@ -85,12 +84,11 @@ fn try_balancer_tc(ctx: &TcContext) -> Option<i32> {
 fn splice(
     ctx: &TcContext,
     pkt: &balancer_common::parse::Packet,
-    reply: &mut balancer_common::Flow,
+    seg: &mut PendingSegment,
     stats: &Counters,
 ) -> Option<i32> {
-    let (key, backend_isn) = synack_for_binding(ctx.data(), ctx.data_end(), pkt, reply)?;
-    // SAFETY: pointer into the map value, valid during this run.
-    let seg = unsafe { PENDING.get(&key) }?;
+    let (client_key, backend_isn) =
+        synack_for_binding(ctx.data(), ctx.data_end(), pkt, &seg.reply)?;
     let n = segment_len(seg)?;
     let new_len = pkt.l3_off as u32 + 20 + n;
     // SAFETY: plain helper calls on the running program's skb; store_bytes reads n bytes
@@ -122,7 +120,16 @@ fn splice(
         l4_off,
         backend_isn.wrapping_add(1),
     )?;
-    complete_binding(reply, &key, backend_isn, new_len as u64, stats);
+    if !complete_binding(
+        &mut seg.reply,
+        &pkt.key,
+        &client_key,
+        backend_isn,
+        new_len as u64,
+        stats,
+    ) {
+        return None;
+    }
     stats.inc(Counter::SplicedByTc);
     stats.inc(Counter::TxRedirect);
     // SAFETY: reading the skb's ingress interface; redirect to its egress side.
@@ -136,7 +143,8 @@ fn splice(
 /// SYN (the client's ISN, MSS and window, as the first one) and sends that too, so the
 /// binding goes on without waiting for the client's retransmission.
 #[inline(always)]
-fn stale_ack(ctx: &TcContext, pkt: &Packet, reply: &mut Flow) -> Option<i32> {
+fn stale_ack(ctx: &TcContext, pkt: &Packet, seg: &mut PendingSegment) -> Option<i32> {
+    let reply = &mut seg.reply;
     if !reply.has(flow_flags::STALE_ACK_PASSED) || reply.has(flow_flags::STALE_ACK_RESENT) {
         return None;
     }
@@ -146,7 +154,7 @@ fn stale_ack(ctx: &TcContext, pkt: &Packet, reply: &mut Flow) -> Option<i32> {
         return None;
     }
     reply.set(flow_flags::STALE_ACK_RESENT);
-    match resend(ctx, pkt, reply, &stats) {
+    match resend(ctx, pkt, seg, &stats) {
         Some(verdict) => Some(verdict),
         None => {
             stats.inc(Counter::DropWhileBinding);
@@ -156,11 +164,9 @@ fn stale_ack(ctx: &TcContext, pkt: &Packet, reply: &mut Flow) -> Option<i32> {
 }
 
 #[inline(always)]
-fn resend(ctx: &TcContext, pkt: &Packet, reply: &Flow, stats: &Counters) -> Option<i32> {
+fn resend(ctx: &TcContext, pkt: &Packet, seg: &PendingSegment, stats: &Counters) -> Option<i32> {
+    let reply = &seg.reply;
     // The client's window, from its kept first segment (the SYN carries it, as the first).
-    let client_key = other_key(&pkt.key, reply);
-    // SAFETY: the value is read right away.
-    let seg = unsafe { PENDING.get(&client_key) }?;
     let window = u16::from_ne_bytes([seg.bytes[14], seg.bytes[15]]);
     // SAFETY: reading the skb's ingress interface; both packets leave by its egress side.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };

@@ -308,15 +308,25 @@ impl TestBed {
         Ok(out)
     }
 
-    /// The kept first segment (TCP header and payload) of `key`, if any.
+    /// The kept first segment (TCP header and payload) under `key` (a binding's reply
+    /// key), if any.
     pub fn pending_segment(&self, key: &FlowKey) -> Result<Option<Vec<u8>>> {
+        Ok(self.pending(key)?.map(|seg| {
+            let len = (seg.len as usize).min(seg.bytes.len());
+            seg.bytes[..len].to_vec()
+        }))
+    }
+
+    /// The reply entry kept with the first segment under `key`, if any.
+    pub fn pending_reply(&self, key: &FlowKey) -> Result<Option<Flow>> {
+        Ok(self.pending(key)?.map(|seg| seg.reply))
+    }
+
+    fn pending(&self, key: &FlowKey) -> Result<Option<PendingSegment>> {
         let map: HashMap<MapData, FlowKey, PendingSegment> =
             self.pinned_map(map_names::PENDING, "PENDING")?;
         match map.get(key, 0) {
-            Ok(seg) => {
-                let len = (seg.len as usize).min(seg.bytes.len());
-                Ok(Some(seg.bytes[..len].to_vec()))
-            }
+            Ok(seg) => Ok(Some(seg)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("reading PENDING"),
         }

@@ -418,7 +418,7 @@ impl Generator {
     }
 }
 
-/// Deletes the flow entries (both directions) and the kept segments of bound
+/// Deletes the flow entries and the kept segments (with the reply entries) of bound
 /// connections: run between batches, outside the measured calls.
 fn forget_bindings(p: &Programs, keys: &[FlowKey], backend: SocketAddrV4) -> Result<()> {
     let open = |name: &str| -> Result<Map> {
@@ -436,10 +436,10 @@ fn forget_bindings(p: &Programs, keys: &[FlowKey], backend: SocketAddrV4) -> Res
     );
     for k in keys {
         let reply = FlowKey::new(baddr, k.src, bport, k.sport, k.proto);
+        // A binding's reply entry is kept with the segment, under the reply key.
         for (what, r) in [
             ("flow", flows.remove(k)),
-            ("reply flow", flows.remove(&reply)),
-            ("kept segment", pending.remove(k)),
+            ("kept segment and reply entry", pending.remove(&reply)),
         ] {
             r.with_context(|| format!("deleting the {what} of a bound connection"))?;
         }

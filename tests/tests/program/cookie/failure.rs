@@ -26,7 +26,7 @@ fn backend_refusal_resets_the_client_at_once() {
         &[(Counter::DropWhileBinding, 1)],
         "RST not answering our SYN",
     );
-    assert_eq!(bed.flow_entries().unwrap().len(), 2);
+    assert_binding(&bed, &conn, backends[1], "after a blind RST");
     let r = run_counted(
         &bed,
         &refusal(conn.isn.wrapping_add(1)),
@@ -49,10 +49,7 @@ fn backend_refusal_resets_the_client_at_once() {
     assert_eq!(d.ack, Some(conn.isn.wrapping_add(1)));
     let flags = d.tcp_flags.unwrap();
     assert!(flags.rst && flags.ack, "{flags:?}");
-    assert!(
-        bed.flow_entries().unwrap().is_empty(),
-        "connection forgotten"
-    );
+    assert_no_state(&bed, "connection forgotten");
 }
 
 /// The backend's TIME-WAIT of an earlier connection on the same 4-tuple answers the SYN
@@ -86,7 +83,7 @@ fn stale_ack_from_the_backend_is_reset_and_the_syn_sent_again() {
     );
     check_frame(&r.output, &conn.expected_backend_syn(backends[0]).ttl(64))
         .expect("the SYN again, after the RST");
-    assert_eq!(bed.flow_entries().unwrap().len(), 2, "still binding");
+    assert_binding(&bed, &conn, backends[0], "still binding");
     // TC acts once per binding; XDP answers a later stale ACK with the RST alone.
     let r = tc_counted(&bed, &stale, TC_ACT_OK, &[], "stale ACK again in TC");
     assert_eq!(r.output, stale, "passed untouched");
@@ -103,7 +100,7 @@ fn stale_ack_from_the_backend_is_reset_and_the_syn_sent_again() {
     assert_eq!(d.seq, Some(old_ack));
     let flags = d.tcp_flags.unwrap();
     assert!(flags.rst && !flags.ack && !flags.syn, "{flags:?}");
-    assert_eq!(bed.flow_entries().unwrap().len(), 2, "still binding");
+    assert_binding(&bed, &conn, backends[0], "still binding");
     complete(&bed, &conn, &payload, backends[0], 31337);
 }
 
@@ -128,10 +125,6 @@ fn retransmission_after_the_backend_failed_binds_again() {
     let what = "retransmission to a failed backend (SYN to be3)";
     let delta = first_segment_again(&bed, &conn, &payload, backends[2], &counters, what);
     assert_eq!(delta[&backends[2]].failover_redirects, 1, "{delta:?}");
-    assert_eq!(
-        bed.flow_entries().unwrap().len(),
-        2,
-        "the old entries are gone"
-    );
+    assert_binding(&bed, &conn, backends[2], "the old entries are gone");
     complete(&bed, &conn, &payload, backends[2], 4242);
 }

@@ -418,7 +418,7 @@ fn complete(bed: &TestBed, conn: &Conn, payload: &[u8], backend: SocketAddrV4, b
 /// segment released.
 fn assert_spliced(bed: &TestBed, conn: &Conn, backend: SocketAddrV4, b: u32) {
     assert_eq!(
-        bed.pending_segment(&conn.key()).unwrap(),
+        bed.pending_segment(&reply_key(conn, backend)).unwrap(),
         None,
         "the kept segment is released once spliced"
     );
@@ -433,14 +433,42 @@ fn assert_spliced(bed: &TestBed, conn: &Conn, backend: SocketAddrV4, b: u32) {
     }
 }
 
-/// The forward and reply entries of `conn` bound to `backend`.
+/// The forward and reply entries of `conn` bound to `backend`: the reply entry in the
+/// flow table once spliced, with the kept segment in PENDING while binding (never both).
 fn entries(bed: &TestBed, conn: &Conn, backend: SocketAddrV4) -> (Flow, Flow) {
     let fwd = bed.flow_entry(&conn.key()).unwrap().expect("forward entry");
-    let rev = bed
-        .flow_entry(&tcp_key(backend, conn.client))
-        .unwrap()
-        .expect("reply entry");
+    let key = reply_key(conn, backend);
+    let rev = match (
+        bed.flow_entry(&key).unwrap(),
+        bed.pending_reply(&key).unwrap(),
+    ) {
+        (Some(rev), None) | (None, Some(rev)) => rev,
+        (rev, kept) => panic!("reply entry: in FLOWS {rev:?}, in PENDING {kept:?}"),
+    };
     (fwd, rev)
+}
+
+/// The key of the reply direction of `conn` bound to `backend` (what the backend's
+/// answers carry), under which a binding keeps its segment.
+fn reply_key(conn: &Conn, backend: SocketAddrV4) -> FlowKey {
+    tcp_key(backend, conn.client)
+}
+
+/// `conn` is being bound to `backend` and nothing else is: its client-side entry is the
+/// only flow entry, its reply entry and first segment the only kept segment.
+fn assert_binding(bed: &TestBed, conn: &Conn, backend: SocketAddrV4, what: &str) {
+    let keys: Vec<FlowKey> = bed
+        .flow_entries()
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys, vec![conn.key()], "{what}: flow entries");
+    assert_eq!(
+        bed.pending_keys().unwrap(),
+        vec![reply_key(conn, backend)],
+        "{what}: kept segments"
+    );
 }
 
 /// A connection through SYN, first segment (bound to `backend` by its cookie) and the
