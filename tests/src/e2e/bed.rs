@@ -451,12 +451,13 @@ pub(crate) fn haproxy_config(t: &Topology) -> HaproxyConfig {
     )
 }
 
-/// nftables DNAT over every backend for the VIP, with SYNPROXY in front or not.
-pub(crate) fn nftables_config(t: &Topology, synproxy: bool) -> NftablesConfig {
+/// nftables DNAT over every backend for the VIP, with SYNPROXY in front or not (its
+/// window scale the backends').
+pub(crate) fn nftables_config(t: &Topology, synproxy: bool) -> Result<NftablesConfig> {
     let SocketAddr::V4(service) = vip() else {
         unreachable!("the VIP is IPv4")
     };
-    NftablesConfig {
+    Ok(NftablesConfig {
         service,
         backends: t
             .backends
@@ -464,7 +465,9 @@ pub(crate) fn nftables_config(t: &Topology, synproxy: bool) -> NftablesConfig {
             .map(|b| SocketAddrV4::new(b.addr, BACKEND_PORT))
             .collect(),
         synproxy,
-    }
+        wscale: nftables::window_scale_of(&t.backends[0].ns)?,
+        timestamps: false,
+    })
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
