@@ -38,25 +38,27 @@ pub struct CellRun {
     pub problems: Vec<String>,
 }
 
-/// The client's source ports for a setup's cells: each setup its own range, so that no
+/// The client's source ports for a setup's cells: each setup that reaches a backend from
+/// the client's address and ports, or the VIP from them, its own range, so that no
 /// setup's connection meets a TIME-WAIT socket another setup's connection with the same
-/// 4-tuple left on the backend (direct and ours both reach be1:8080 from the client's
+/// 4-tuple left: on the backend (direct and ours both reach be1:8080 from the client's
 /// address; the backend closes first, so it holds TIME-WAIT for 60 s; ours in plain NAT
-/// mode and nftables DNAT too, and nftables also holds conntrack entries in TIME_WAIT for
-/// 120 s, which SYNPROXY must not meet). HAProxy (whose backend connections come from the
-/// gateway's address) and `direct_testsrv` (another port on the backend) share a range
-/// with nftables DNAT, which translates every packet to the VIP before the gateway's own
-/// stack could see it, but not with SYNPROXY: HAProxy closes its client connections
-/// first, leaving TIME-WAIT sockets for client port -> VIP:80 in the gateway, and with
-/// SYNPROXY the VIP is local again (seen: SYNPROXY's new-connection rate cut by three
-/// when it ran on HAProxy's ports). Within a setup, ports are reused as the kernel's own
-/// connections reuse them.
+/// mode and nftables too), in the client (wrk closes a connection as soon as it has read
+/// the response, often before the backend's FIN: the client then holds TIME-WAIT for
+/// client port -> VIP:80, and every later setup on those ports pays for connect() looking
+/// for a free port; seen: nftables DNAT at a tenth of its rate and 0.6 ms of CPU per
+/// request after HAProxy's cells on the same ports), in the gateway's conntrack table
+/// (nftables keeps entries in TIME_WAIT for 120 s) or in the gateway's own stack
+/// (HAProxy's client connections). HAProxy and `direct_testsrv` share direct's range: none
+/// of their 4-tuples meets another's (HAProxy reaches the VIP from the client and the
+/// backends from the gateway's address, direct be1:8080 from the client, direct_testsrv
+/// be1:8081). Within a setup, ports are reused as the kernel's own connections reuse them.
 pub fn port_range(setup: Setup) -> (u16, u16) {
     match setup {
-        Setup::Direct => (1024, 13999),
+        Setup::Direct | Setup::Haproxy | Setup::DirectTestsrv => (1024, 13999),
         Setup::Balancer => (14000, 26999),
         Setup::BalancerNat => (27000, 39999),
-        Setup::NftablesDnat | Setup::Haproxy | Setup::DirectTestsrv => (40000, 52999),
+        Setup::NftablesDnat => (40000, 52999),
         Setup::NftablesSynproxy => (53000, 65535),
     }
 }
