@@ -3,7 +3,7 @@
 //! daemon and CLI runners ([`daemon`], [`topology::Topology::balancer`]), HTTP clients
 //! and session load ([`http`], [`session`], [`load`]), raw sockets and packet builders
 //! ([`rawsock`], [`attack`], [`impair`]), BPF_PROG_TEST_RUN ([`testrun`], [`fuzz`]) and
-//! the benchmark's beds ([`e2e`], [`haproxy`]). Used by the integration tests in
+//! the benchmark's beds ([`e2e`], [`haproxy`], [`nftables`]). Used by the integration tests in
 //! `tests/tests/`, the demo, the benchmark and the fuzzer; tests/README.md has the rules.
 
 pub mod attack;
@@ -16,6 +16,7 @@ pub mod http;
 pub mod impair;
 pub mod load;
 pub mod netns;
+pub mod nftables;
 pub mod packet;
 pub mod rawsock;
 pub mod rng;

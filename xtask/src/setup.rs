@@ -12,9 +12,9 @@ use crate::run::{self, command, probe};
 
 /// Debian packages: LLVM 22 + its link deps for building bpf-linker, the tools the
 /// integration tests and the demo use (bpftool, ethtool, ip, mount, ping, curl), and the
-/// end-to-end comparison's peers: HAProxy (the balancer compared with), nginx (the
-/// backends' HTTP server) and wrk (the load generator), and Chromium (the status page's
-/// browser test, headless).
+/// end-to-end comparison's peers: HAProxy (the balancer compared with), nftables (the
+/// kernel's own DNAT and SYNPROXY, the second peer), nginx (the backends' HTTP server) and
+/// wrk (the load generator), and Chromium (the status page's browser test, headless).
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +27,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "curl",
     "haproxy",
+    "nftables",
     "nginx",
     "wrk",
     "chromium",

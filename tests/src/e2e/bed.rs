@@ -1,5 +1,5 @@
-//! The topology of a run: the fronts (ours, HAProxy, direct), the test servers, wrk's
-//! command line.
+//! The topology of a run: the fronts (ours, HAProxy, nftables, direct), the test servers,
+//! wrk's command line, one cell's run and checks.
 
 use super::*;
 
@@ -109,8 +109,12 @@ pub(crate) fn version_of(program: &str, args: &[&str]) -> String {
 /// The setup in front of the backends while cells run.
 pub(crate) enum Front {
     None,
-    Balancer { prog_ids: Vec<u64> },
+    Balancer {
+        prog_ids: Vec<u64>,
+    },
     Haproxy(Box<Haproxy>),
+    /// The rules stay loaded while the front lives.
+    Nftables(Box<Nftables>),
 }
 
 /// What one cell runs against.
@@ -123,12 +127,41 @@ pub(crate) struct Bed<'a> {
 impl Bed<'_> {
     pub(crate) fn url(&self, setup: Setup) -> String {
         match setup {
-            Setup::Balancer | Setup::Haproxy => format!("http://{}/", vip()),
+            Setup::Balancer
+            | Setup::BalancerNat
+            | Setup::Haproxy
+            | Setup::NftablesDnat
+            | Setup::NftablesSynproxy => format!("http://{}/", vip()),
             Setup::Direct => format!("http://{}/", self.t.backends[TARGET].socket_addr()),
             Setup::DirectTestsrv => {
                 format!("http://{}:{TESTSRV_PORT}/", self.t.backends[TARGET].addr)
             }
         }
+    }
+
+    /// Attaches ours with `steps` (attach, service, backends), runs both modes' cells of
+    /// `setup` and detaches again (also when a cell fails).
+    pub(crate) fn ours_cells(
+        &mut self,
+        setup: Setup,
+        steps: &[Vec<String>],
+        round: usize,
+        progress: &dyn Fn(String),
+    ) -> Result<Vec<CellRun>> {
+        let result = (|| -> Result<Vec<CellRun>> {
+            for s in steps {
+                let a: Vec<&str> = s.iter().map(String::as_str).collect();
+                self.t.balancer(&a)?;
+            }
+            let prog_ids = pinned_prog_ids(&self.t.pin_dir())?;
+            let front = Front::Balancer { prog_ids };
+            [Mode::KeepAlive, Mode::NewConnection]
+                .into_iter()
+                .map(|mode| self.cell(setup, mode, round, &front, progress))
+                .collect()
+        })();
+        self.t.detach()?;
+        result
     }
 
     pub(crate) fn cell(
@@ -167,6 +200,15 @@ impl Bed<'_> {
             Front::Haproxy(h) => Some(h.cpu_time()?),
             _ => None,
         };
+        let gateway = &self.t.gateway;
+        let entries_before = nftables::conntrack_entries(gateway)?;
+        let (hits_before, synproxy_before) = match front {
+            Front::Nftables(n) => (
+                Some(n.dnat_hits()?),
+                Some(nftables::SynproxyStats::read(gateway)?),
+            ),
+            _ => (None, None),
+        };
         let cpu_before = CpuTimes::read()?;
         let out = self
             .t
@@ -177,6 +219,20 @@ impl Bed<'_> {
             .output()
             .context("running wrk (installed by `cargo xtask setup`)")?;
         let cpu = CpuTimes::read()?.minus(&cpu_before);
+        let entries_growth = nftables::conntrack_entries(gateway)? as i64 - entries_before as i64;
+        let (nftables_connections, synproxy) = match front {
+            Front::Nftables(n) => (
+                Some(n.dnat_hits()? - hits_before.unwrap_or_default()),
+                match setup {
+                    Setup::NftablesSynproxy => Some(
+                        nftables::SynproxyStats::read(gateway)?
+                            .minus(&synproxy_before.unwrap_or_default()),
+                    ),
+                    _ => None,
+                },
+            ),
+            _ => (None, None),
+        };
         let (gateway_own_s, prog_runs) = match front {
             Front::Balancer { prog_ids } => {
                 let after = prog_stats(prog_ids)?;
@@ -190,7 +246,9 @@ impl Bed<'_> {
                 (h.cpu_time()? - haproxy_before.unwrap_or_default()).as_secs_f64(),
                 None,
             ),
-            Front::None => (0.0, None),
+            // No process or program of its own: the kernel's work beyond forwarding is
+            // derived from the direct cells when the cells are aggregated.
+            Front::None | Front::Nftables(_) => (0.0, None),
         };
         drop(stats);
         let mut balancer_counters = BTreeMap::new();
@@ -235,37 +293,44 @@ impl Bed<'_> {
                 problems.push(format!("{what}: {name} is {v}"));
             }
         }
-        if setup == Setup::Balancer && gateway_own_s <= 0.0 {
+        if setup.is_ours() && gateway_own_s <= 0.0 {
             problems.push(format!(
                 "{what}: the balancer's programs ran for {gateway_own_s} s"
             ));
         }
-        let mut backend_requests = Vec::new();
-        let mut backend_connections = None;
-        if count_backends {
+        let (backend_requests, backend_connections) = if count_backends {
             let after = self.nginx.statuses()?;
-            for (i, (b, a)) in before_status.iter().zip(&after).enumerate() {
-                // The status page counts its own request: the reading after adds one.
-                let n = a.requests.saturating_sub(b.requests).saturating_sub(1);
-                backend_requests.push(n);
-                let name = &self.t.backends[i].name;
-                if i == TARGET {
-                    backend_connections = Some(a.accepts - b.accepts - 1);
-                    if n < wrk.requests {
-                        problems.push(format!(
-                            "{what}: {name} (named by the cookie) answered {n} requests, wrk counted {}",
-                            wrk.requests
-                        ));
-                    }
-                } else if n != 0 {
+            self.check_backends(
+                setup,
+                &what,
+                wrk.requests,
+                &before_status,
+                &after,
+                &mut problems,
+            )
+        } else {
+            (Vec::new(), None)
+        };
+        match nftables_connections {
+            Some(n) => {
+                let least = match mode {
+                    Mode::NewConnection => wrk.requests,
+                    Mode::KeepAlive => self.o.connections as u64,
+                };
+                if n < least {
                     problems.push(format!(
-                        "{what}: {n} requests reached {name}, which the cookie does not name"
+                        "{what}: nftables DNATed {n} connections for {} requests by {} wrk connections: it did not handle them all",
+                        wrk.requests, self.o.connections
                     ));
                 }
             }
+            None if entries_growth > 0 => problems.push(format!(
+                "{what}: the gateway namespace's conntrack table grew by {entries_growth} entries, where no rule needs conntrack"
+            )),
+            None => {}
         }
         progress(format!(
-            "  {:<15} {:<15} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}  gateway {:.3} s  softirq {:.2} s",
+            "  {:<17} {:<15} {:>9.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}  gateway {:.3} s  softirq {:.2} s",
             setup.name(),
             mode.name(),
             wrk.requests_per_s,
@@ -287,13 +352,66 @@ impl Bed<'_> {
             backend_requests,
             backend_connections,
             balancer_counters,
+            nftables_connections,
+            synproxy,
+            conntrack_entries_growth: entries_growth,
             problems,
         })
     }
+
+    /// Requests per backend from the nginx counters read before and after a cell, and
+    /// the connections the backends accepted (the cookie's backend alone for cookie
+    /// routing, all for the spread setups); what does not add up goes to `problems`.
+    fn check_backends(
+        &self,
+        setup: Setup,
+        what: &str,
+        wrk_requests: u64,
+        before: &[NginxStatus],
+        after: &[NginxStatus],
+        problems: &mut Vec<String>,
+    ) -> (Vec<u64>, Option<u64>) {
+        let mut requests = Vec::new();
+        let mut connections = 0;
+        for (i, (b, a)) in before.iter().zip(after).enumerate() {
+            // The status page counts its own request: the reading after adds one.
+            let n = a.requests.saturating_sub(b.requests).saturating_sub(1);
+            requests.push(n);
+            let accepted = a.accepts.saturating_sub(b.accepts).saturating_sub(1);
+            let name = &self.t.backends[i].name;
+            if setup.spreads() {
+                connections += accepted;
+                if n == 0 {
+                    problems.push(format!(
+                        "{what}: {name} answered no requests (they should spread over every backend)"
+                    ));
+                }
+            } else if i == TARGET {
+                connections = accepted;
+                if n < wrk_requests {
+                    problems.push(format!(
+                        "{what}: {name} (named by the cookie) answered {n} requests, wrk counted {wrk_requests}"
+                    ));
+                }
+            } else if n != 0 {
+                problems.push(format!(
+                    "{what}: {n} requests reached {name}, which the cookie does not name"
+                ));
+            }
+        }
+        let total: u64 = requests.iter().sum();
+        if setup.spreads() && total < wrk_requests {
+            problems.push(format!(
+                "{what}: the backends answered {total} requests, wrk counted {wrk_requests}"
+            ));
+        }
+        (requests, Some(connections))
+    }
 }
 
-/// The balancer's CLI steps for the balancer cells.
-pub(crate) fn balancer_steps(t: &Topology) -> Vec<Vec<String>> {
+/// The balancer's CLI steps for the balancer cells: the service in cookie mode (each
+/// backend's server id its name) or plain NAT.
+pub(crate) fn balancer_steps(t: &Topology, cookie: bool) -> Vec<Vec<String>> {
     let service = service_arg();
     let mut steps = vec![{
         let mut a = vec!["attach".to_string()];
@@ -303,21 +421,22 @@ pub(crate) fn balancer_steps(t: &Topology) -> Vec<Vec<String>> {
         }
         a
     }];
-    steps.push(vec![
-        "service".into(),
-        "add".into(),
-        service.clone(),
-        "--cookie".into(),
-    ]);
+    let mut add = vec!["service".into(), "add".into(), service.clone()];
+    if cookie {
+        add.push("--cookie".into());
+    }
+    steps.push(add);
     for b in &t.backends {
-        steps.push(vec![
+        let mut add = vec![
             "backend".into(),
             "add".into(),
             service.clone(),
             b.endpoint(),
-            "--server-id".into(),
-            b.name.clone(),
-        ]);
+        ];
+        if cookie {
+            add.extend(["--server-id".into(), b.name.clone()]);
+        }
+        steps.push(add);
     }
     steps
 }
@@ -330,6 +449,25 @@ pub(crate) fn haproxy_config(t: &Topology) -> HaproxyConfig {
             .map(|b| (b.name.clone(), b.socket_addr()))
             .collect(),
     )
+}
+
+/// nftables DNAT over every backend for the VIP, with SYNPROXY in front or not (its
+/// window scale the backends').
+pub(crate) fn nftables_config(t: &Topology, synproxy: bool) -> Result<NftablesConfig> {
+    let SocketAddr::V4(service) = vip() else {
+        unreachable!("the VIP is IPv4")
+    };
+    Ok(NftablesConfig {
+        service,
+        backends: t
+            .backends
+            .iter()
+            .map(|b| SocketAddrV4::new(b.addr, BACKEND_PORT))
+            .collect(),
+        synproxy,
+        wscale: nftables::window_scale_of(&t.backends[0].ns)?,
+        timestamps: false,
+    })
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
@@ -378,6 +516,7 @@ pub(crate) fn aggregate(runs: &[CellRun], setup: Setup, mode: Mode) -> Option<Ce
         gateway_cpu_ms_per_1k: per_1k(gateway_cpu_s),
         softirq_ms_per_1k: per_1k(cpu.softirq_s),
         softirq_vs_direct_ms_per_1k: None,
+        kernel_vs_direct_ms_per_1k: None,
         gateway_cpu_with_softirq_ms_per_1k: None,
         busy_ms_per_1k: per_1k(cpu.busy_s()),
         backend_connections_per_request: conns.map(|c| c as f64 / requests.max(1) as f64),

@@ -1,19 +1,44 @@
-//! End-to-end HTTP load on the two-arm netns topology: our balancer in cookie mode,
-//! HAProxy routing on the same cookie segment, and going direct to the backend through
-//! the gateway's kernel (no balancer), with the same backends and the same load
-//! generator (`wrk`), one after another on one topology instance.
+//! End-to-end HTTP load on the two-arm netns topology: our balancer in cookie mode and in
+//! plain NAT mode, HAProxy routing on the same cookie segment, nftables (the kernel's own
+//! L4 balancing) as DNAT over the backends and as SYNPROXY in front of that DNAT, and
+//! going direct to the backend through the gateway's kernel (no balancer), with the same
+//! backends and the same load generator (`wrk`), one after another on one topology
+//! instance. The pairs compared: ours in cookie mode with HAProxy and with nftables
+//! SYNPROXY (both answer the client's handshake before choosing a backend), ours in plain
+//! NAT mode with nftables DNAT (both pass the client's handshake through to a backend
+//! chosen per connection).
 //!
 //! Per setup, two modes: keep-alive, and a new connection per request (`Connection:
 //! close`, which the backend honours by closing after the response; wrk then reconnects).
 //! Each cell reports wrk's requests/s, p50 and p99 latency and errors, and CPU figures:
 //! system-wide `/proc/stat` deltas (softirq, system, user), the gateway's own work (for
 //! ours the XDP/TC programs' run time from BPF run-time statistics, for HAProxy its process
-//! time) and the softirq time beyond the direct cell's at the same request count.
+//! time, for nftables the kernel's: see below) and the softirq time beyond the direct
+//! cell's at the same request count.
+//!
+//! Gateway CPU of nftables: its work (conntrack, NAT, SYNPROXY) runs in the kernel's
+//! receive path, in softirq (and system time where a process's send runs it), interleaved
+//! with the client's and backends' own kernel work on the same CPUs, so it has no meter of
+//! its own. It is measured as the cell's system-wide softirq + system CPU per request
+//! minus the direct cell's of the same mode and round set (`kernel_vs_direct_ms_per_1k`):
+//! direct does the same client and backend work and the gateway's plain forwarding, so
+//! what is left is what nftables adds to forwarding. The same difference is computed for
+//! ours (it is negative where XDP is cheaper than the kernel's forwarding it replaces). The
+//! targets compare ours' own figure (its programs' run time, which includes the work that
+//! replaces forwarding) with nftables' figure beyond forwarding: a comparison that leans
+//! towards nftables; the beyond-direct ratio of both is reported beside it.
 //!
 //! Every cell also checks where the requests went: each backend's nginx `stub_status`
-//! request counter is read before and after, and the backend the cookie names must have
-//! answered at least as many requests as wrk counted while every other backend answered
-//! none ([`Cell::problems`]).
+//! request counter is read before and after. For cookie-routed setups the backend the
+//! cookie names must have answered at least as many requests as wrk counted while every
+//! other backend answered none; for the spread ones (ours plain NAT, nftables) the sum
+//! over the backends must be at least wrk's count and every backend must have answered
+//! some ([`CellRun::problems`]). In the nftables cells the DNAT rules' counters must show
+//! at least a connection per request with a new connection per request, and one per wrk
+//! connection with keep-alive (the balancer is detached and no other rules are loaded, so
+//! nftables alone handles the traffic); in the other setups' cells the gateway
+//! namespace's conntrack table must not grow (conntrack runs there only while the
+//! nftables rules are loaded, so the direct baseline does not pay for it).
 //!
 //! The backends run nginx (Debian's package) answering every request with its own name
 //! (`X-Backend` header and body), not `balancer-testsrv`: on this machine the test server
@@ -52,6 +77,7 @@ use serde_json::Value;
 use crate::{
     haproxy::{self, Haproxy, HaproxyConfig},
     http, netns,
+    nftables::{self, Nftables, NftablesConfig},
     topology::{self, service_arg, vip, Arms, Topology, BACKEND_PORT},
 };
 
@@ -75,8 +101,9 @@ pub struct E2eOptions {
     pub threads: usize,
     /// Rounds: each round runs every setup and mode once (setups one after another).
     pub runs: usize,
-    /// Backends in the topology (requests all go to be1; the others are there for the
-    /// balancers' configuration and to show that nothing reaches them).
+    /// Backends in the topology (cookie-routed requests all go to be1, the others are there
+    /// for the balancers' configuration and to show that nothing reaches them; plain NAT
+    /// and nftables spread requests over all of them).
     pub backends: usize,
     /// `balancer-testsrv` (for the comparison cells).
     pub testsrv: PathBuf,
@@ -104,12 +131,12 @@ impl E2eOptions {
         }
     }
 
-    /// For CI: 3 s cells, one round (about 40 s of load, a minute with setup).
+    /// For CI: 3 s cells, one round (about 60 s of load, a minute and a half with setup).
     pub fn quick(testsrv: PathBuf, balancer: PathBuf) -> Self {
         Self::with(testsrv, balancer, Duration::from_secs(3), 1)
     }
 
-    /// 10 s cells, three rounds (about 4 minutes).
+    /// 10 s cells, three rounds (about 7 minutes).
     pub fn full(testsrv: PathBuf, balancer: PathBuf) -> Self {
         Self::with(testsrv, balancer, Duration::from_secs(10), 3)
     }
@@ -120,8 +147,14 @@ impl E2eOptions {
 pub enum Setup {
     /// Our balancer, cookie mode, XDP attached to the gateway's interfaces.
     Balancer,
+    /// Our balancer, plain NAT mode (no cookie), XDP attached to the gateway's interfaces.
+    BalancerNat,
     /// HAProxy in the gateway namespace, routing on the cookie.
     Haproxy,
+    /// nftables DNAT over the backends in the gateway namespace.
+    NftablesDnat,
+    /// nftables SYNPROXY in front of that DNAT.
+    NftablesSynproxy,
     /// The client talks to the backend's own address, routed by the gateway's kernel.
     Direct,
     /// As direct, to `balancer-testsrv` instead of nginx (comparison only).
@@ -132,12 +165,44 @@ impl Setup {
     pub fn name(self) -> &'static str {
         match self {
             Setup::Balancer => "balancer",
+            Setup::BalancerNat => "balancer_nat",
             Setup::Haproxy => "haproxy",
+            Setup::NftablesDnat => "nftables_dnat",
+            Setup::NftablesSynproxy => "nftables_synproxy",
             Setup::Direct => "direct",
             Setup::DirectTestsrv => "direct_testsrv",
         }
     }
+
+    /// Our balancer (XDP attached for the cell).
+    pub fn is_ours(self) -> bool {
+        matches!(self, Setup::Balancer | Setup::BalancerNat)
+    }
+
+    /// nftables rules loaded for the cell.
+    pub fn is_nftables(self) -> bool {
+        matches!(self, Setup::NftablesDnat | Setup::NftablesSynproxy)
+    }
+
+    /// Requests spread over every backend (no cookie routing).
+    pub fn spreads(self) -> bool {
+        matches!(
+            self,
+            Setup::BalancerNat | Setup::NftablesDnat | Setup::NftablesSynproxy
+        )
+    }
 }
+
+/// Every setup, in the order of the report's cells.
+pub const SETUPS: [Setup; 7] = [
+    Setup::Balancer,
+    Setup::BalancerNat,
+    Setup::Haproxy,
+    Setup::NftablesDnat,
+    Setup::NftablesSynproxy,
+    Setup::Direct,
+    Setup::DirectTestsrv,
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,18 +1,20 @@
 //! The benchmark's end-to-end comparison, briefly, as a correctness check (not a speed
-//! check): our balancer in cookie mode, HAProxy routing on the same cookie, and going
-//! direct, each for a second or two in both modes (keep-alive, a new connection per
-//! request) on one netns topology with nginx backends and wrk as the client
-//! (`balancer_tests::e2e`). Every request must land on the backend the cookie names (the
-//! backends' own request counters), wrk must see no errors, and every parsed figure must be
-//! positive. A second test runs the failover measurement with HAProxy in front.
+//! check): our balancer in cookie mode and in plain NAT mode, HAProxy routing on the same
+//! cookie, nftables DNAT and SYNPROXY, and going direct, each for a second or two in both
+//! modes (keep-alive, a new connection per request) on one netns topology with nginx
+//! backends and wrk as the client (`balancer_tests::e2e`). Every cookie-routed request
+//! must land on the backend the cookie names, and the plain ones must spread over every
+//! backend (the backends' own request counters), wrk must see no errors, and every parsed
+//! figure must be positive. A second test runs the failover measurement with HAProxy in
+//! front.
 //!
-//! Needs root, a built `balancer` binary, and wrk, haproxy, nginx and bpftool (installed by
-//! `cargo xtask setup`).
+//! Needs root, a built `balancer` binary, and wrk, haproxy, nginx, nft and bpftool
+//! (installed by `cargo xtask setup`).
 
 use std::{path::PathBuf, time::Duration};
 
 use balancer_tests::{
-    e2e::{run_end_to_end, E2eOptions, Mode, Setup},
+    e2e::{run_end_to_end, E2eOptions, Mode, Setup, SETUPS},
     harness::root::assert_root,
     load::{measure_failover_with, FailoverOptions, Front, LoadOptions},
     topology,
@@ -40,7 +42,8 @@ fn every_setup_serves_every_request_from_the_backend_the_cookie_names() {
         "problems:\n  {}",
         r.problems.join("\n  ")
     );
-    for setup in [Setup::Balancer, Setup::Haproxy, Setup::Direct] {
+    // Every setup but direct_testsrv, which this run leaves out (`compare_testsrv`).
+    for setup in SETUPS.into_iter().filter(|s| *s != Setup::DirectTestsrv) {
         for mode in [Mode::KeepAlive, Mode::NewConnection] {
             let c = r
                 .cell(setup, mode)
@@ -64,8 +67,15 @@ fn every_setup_serves_every_request_from_the_backend_the_cookie_names() {
             let conns = c.backend_connections_per_request.expect("counted");
             match (setup, mode) {
                 // wrk really opens a connection per request, and the backend sees each
-                // (ours and direct pass the client's connections through).
-                (Setup::Balancer | Setup::Direct, Mode::NewConnection) => assert!(
+                // (ours, nftables and direct pass the client's connections through).
+                (
+                    Setup::Balancer
+                    | Setup::BalancerNat
+                    | Setup::NftablesDnat
+                    | Setup::NftablesSynproxy
+                    | Setup::Direct,
+                    Mode::NewConnection,
+                ) => assert!(
                     (0.95..=1.05).contains(&conns),
                     "{what}: {conns} backend connections per request"
                 ),
@@ -76,22 +86,51 @@ fn every_setup_serves_every_request_from_the_backend_the_cookie_names() {
                 // HAProxy reuses its server-side connections.
                 _ => {}
             }
-            if setup != Setup::Direct {
+            if setup.is_nftables() {
+                // The kernel's work beyond direct's, from tick-sampled totals of runs of a
+                // second or two: present, but its sign is not reliable here.
+                assert!(c.gateway_cpu_ms_per_1k.is_finite(), "{what}");
+                assert!(c.kernel_vs_direct_ms_per_1k.is_some(), "{what}");
+            } else if setup != Setup::Direct {
                 assert!(c.gateway_cpu_ms_per_1k > 0.0, "{what}: no gateway CPU");
             } else {
                 assert_eq!(c.gateway_cpu_ms_per_1k, 0.0, "{what}");
+            }
+            if setup.spreads() {
+                assert!(
+                    c.problems.is_empty() && c.requests > 0,
+                    "{what}: {:?}",
+                    c.problems
+                );
             }
         }
     }
     // The report names what ran.
     assert!(r.method.haproxy_config.contains("field(2,!)"));
     assert!(r.method.wrk["new_connection"].contains("Connection: close"));
+    assert!(r.method.nftables_dnat_rules.contains("numgen random"));
+    assert!(r.method.nftables_synproxy_rules.contains("synproxy"));
+    assert!(!r
+        .method
+        .balancer_nat_commands
+        .join(" ")
+        .contains("--cookie"));
     for m in ["keep_alive", "new_connection"] {
         let x = &r.ratios[m];
         assert!(x.rps_balancer_over_haproxy.is_some_and(|v| v > 0.0), "{m}");
         assert!(x.rps_balancer_over_direct.is_some_and(|v| v > 0.0), "{m}");
         assert!(
             x.cpu_own_balancer_over_haproxy.is_some_and(|v| v > 0.0),
+            "{m}"
+        );
+        assert!(
+            x.rps_balancer_nat_over_nftables_dnat
+                .is_some_and(|v| v > 0.0),
+            "{m}"
+        );
+        assert!(
+            x.rps_balancer_over_nftables_synproxy
+                .is_some_and(|v| v > 0.0),
             "{m}"
         );
     }

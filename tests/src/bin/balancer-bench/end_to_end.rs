@@ -1,6 +1,6 @@
-//! End to end: our balancer in cookie mode vs HAProxy vs going direct, with wrk on the
-//! netns topology (the measurement itself is `balancer_tests::e2e`); here the targets
-//! and the plot.
+//! End to end: our balancer in cookie mode vs HAProxy and nftables SYNPROXY, in plain NAT
+//! mode vs nftables DNAT, and going direct, with wrk on the netns topology (the
+//! measurement itself is `balancer_tests::e2e`); here the targets and the plot.
 
 use anyhow::Result;
 use balancer_tests::e2e::{self, E2eOptions, E2eReport, Mode, Setup};
@@ -15,6 +15,12 @@ const TARGET_NEWCONN_VS_HAPROXY: f64 = 1.2;
 const TARGET_CPU_VS_HAPROXY: f64 = 1.0 / 3.0;
 /// Requests/s, ours over direct's, at least (within 15%).
 const TARGET_VS_DIRECT: f64 = 0.85;
+/// New-connection requests/s, ours over nftables' (plain NAT over DNAT, cookie mode over
+/// SYNPROXY), at least.
+const TARGET_NEWCONN_VS_NFTABLES: f64 = 1.3;
+/// Gateway CPU per request, ours (its programs' run time) over nftables' (softirq +
+/// system beyond direct), at most.
+const TARGET_CPU_VS_NFTABLES: f64 = 1.0 / 3.0;
 
 const MODES: [Mode; 2] = [Mode::KeepAlive, Mode::NewConnection];
 const SETUPS: [Setup; 3] = [Setup::Balancer, Setup::Haproxy, Setup::Direct];
@@ -33,8 +39,9 @@ pub fn print(r: &E2eReport) {
     e2e::print_table(r);
 }
 
-/// The end-to-end targets of issue 5, per mode; a ratio that could not be computed
-/// (a cell failed) counts as not met.
+/// The end-to-end targets of issue 5 (against HAProxy and direct) and issue 15 (against
+/// nftables), per mode; a ratio that could not be computed (a cell failed) counts as not
+/// met.
 pub fn targets(r: &E2eReport) -> Vec<Target> {
     let mut t = Vec::new();
     for mode in MODES {
@@ -64,6 +71,56 @@ pub fn targets(r: &E2eReport) -> Vec<Target> {
             ratios.cpu_own_balancer_over_haproxy.unwrap_or(f64::NAN),
             "x",
         ));
+    }
+    t.extend(nftables_targets(r));
+    t
+}
+
+/// Ours against nftables: plain NAT against DNAT, cookie mode against SYNPROXY;
+/// new-connection requests/s, and gateway CPU per request in both modes.
+fn nftables_targets(r: &E2eReport) -> Vec<Target> {
+    let mut t = Vec::new();
+    let get = |mode: Mode| r.ratios.get(mode.name()).cloned().unwrap_or_default();
+    let new_conn = get(Mode::NewConnection);
+    for (pair, measured) in [
+        (
+            "ours plain NAT / nftables DNAT",
+            new_conn.rps_balancer_nat_over_nftables_dnat,
+        ),
+        (
+            "ours cookie mode / nftables SYNPROXY",
+            new_conn.rps_balancer_over_nftables_synproxy,
+        ),
+    ] {
+        t.push(Target::at_least(
+            &format!("end to end, new_connection: requests/s, {pair}"),
+            TARGET_NEWCONN_VS_NFTABLES,
+            measured.unwrap_or(f64::NAN),
+            "x",
+        ));
+    }
+    for mode in MODES {
+        let ratios = get(mode);
+        for (pair, measured) in [
+            (
+                "ours plain NAT (XDP+TC run time) / nftables DNAT",
+                ratios.cpu_balancer_nat_over_nftables_dnat,
+            ),
+            (
+                "ours cookie mode (XDP+TC run time) / nftables SYNPROXY",
+                ratios.cpu_balancer_over_nftables_synproxy,
+            ),
+        ] {
+            t.push(Target::at_most(
+                &format!(
+                    "end to end, {}: gateway CPU per request, {pair} (softirq+system beyond direct)",
+                    mode.name()
+                ),
+                (TARGET_CPU_VS_NFTABLES * 1000.0).round() / 1000.0,
+                measured.unwrap_or(f64::NAN),
+                "x",
+            ));
+        }
     }
     t
 }

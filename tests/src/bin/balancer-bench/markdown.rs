@@ -189,7 +189,10 @@ fn scale(md: &mut String, sc: &Value) {
 }
 
 fn end_to_end(md: &mut String, e: &Value, plot: Option<&str>) {
-    let _ = writeln!(md, "## End to end: balancer vs HAProxy vs direct\n");
+    let _ = writeln!(
+        md,
+        "## End to end: balancer vs HAProxy vs nftables vs direct\n"
+    );
     if let Some(plot) = plot {
         let _ = writeln!(md, "![end-to-end comparison]({plot})\n");
     }
@@ -197,13 +200,13 @@ fn end_to_end(md: &mut String, e: &Value, plot: Option<&str>) {
     let _ = writeln!(md, "{}\n", str_of(&m["summary"]));
     let _ = writeln!(
         md,
-        "| setup | mode | runs | requests/s (median; min-max) | p50 ms | p99 ms | errors | gateway CPU ms / 1k requests (own) | softirq beyond direct ms / 1k | all CPUs busy ms / 1k |"
+        "| setup | mode | runs | requests/s (median; min-max) | p50 ms | p99 ms | errors | gateway CPU ms / 1k requests (own) | softirq beyond direct ms / 1k | softirq+system beyond direct ms / 1k | all CPUs busy ms / 1k |"
     );
-    let _ = writeln!(md, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for c in e["cells"].as_array().into_iter().flatten() {
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} ({}-{}) | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} ({}-{}) | {} | {} | {} | {} | {} | {} | {} |",
             str_of(&c["setup"]),
             str_of(&c["mode"]),
             c["runs"],
@@ -215,6 +218,7 @@ fn end_to_end(md: &mut String, e: &Value, plot: Option<&str>) {
             c["errors"],
             num(&c["gateway_cpu_ms_per_1k"]),
             short_value(&c["softirq_vs_direct_ms_per_1k"]),
+            short_value(&c["kernel_vs_direct_ms_per_1k"]),
             num(&c["busy_ms_per_1k"]),
         );
     }
@@ -235,6 +239,24 @@ fn end_to_end(md: &mut String, e: &Value, plot: Option<&str>) {
         );
     }
     md.push('\n');
+    let _ = writeln!(
+        md,
+        "| mode | requests/s ours plain NAT / nftables DNAT | ours cookie / nftables SYNPROXY | gateway CPU per request ours (run time) / nftables (softirq+system beyond direct): NAT / DNAT | cookie / SYNPROXY | both beyond direct: NAT / DNAT | cookie / SYNPROXY |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|");
+    for (mode, r) in e["ratios"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            md,
+            "| {mode} | {} | {} | {} | {} | {} | {} |",
+            num(&r["rps_balancer_nat_over_nftables_dnat"]),
+            num(&r["rps_balancer_over_nftables_synproxy"]),
+            num(&r["cpu_balancer_nat_over_nftables_dnat"]),
+            num(&r["cpu_balancer_over_nftables_synproxy"]),
+            num(&r["cpu_vs_direct_balancer_nat_over_nftables_dnat"]),
+            num(&r["cpu_vs_direct_balancer_over_nftables_synproxy"]),
+        );
+    }
+    md.push('\n');
     let problems = e["problems"].as_array().map_or(0, Vec::len);
     let _ = writeln!(
         md,
@@ -244,14 +266,15 @@ fn end_to_end(md: &mut String, e: &Value, plot: Option<&str>) {
         let _ = writeln!(md, "- {}", cell(p));
     }
     let _ = writeln!(md, "### How it was run\n");
-    for key in ["order", "ports", "checks", "cpu"] {
+    for key in ["order", "ports", "checks", "cpu", "nftables"] {
         let _ = writeln!(md, "- {key}: {}", cell(&m[key]));
     }
     let _ = writeln!(
         md,
-        "- versions: {}; {}; {}\n",
+        "- versions: {}; {}; {}; {}\n",
         cell(&m["wrk_version"]),
         cell(&m["haproxy_version"]),
+        cell(&m["nftables_version"]),
         cell(&m["nginx_version"])
     );
     let _ = writeln!(md, "wrk, per mode (the URL per setup below):\n\n```sh");
@@ -268,8 +291,18 @@ fn end_to_end(md: &mut String, e: &Value, plot: Option<&str>) {
         let _ = writeln!(md, "{}", str_of(c));
     }
     let _ = writeln!(md, "```\n");
+    let _ = writeln!(md, "In plain NAT mode (balancer_nat):\n\n```sh");
+    for c in m["balancer_nat_commands"].as_array().into_iter().flatten() {
+        let _ = writeln!(md, "{}", str_of(c));
+    }
+    let _ = writeln!(md, "```\n");
     for (what, key) in [
         ("HAProxy", "haproxy_config"),
+        ("nftables DNAT (nftables_dnat)", "nftables_dnat_rules"),
+        (
+            "nftables SYNPROXY + DNAT (nftables_synproxy)",
+            "nftables_synproxy_rules",
+        ),
         ("nginx (backend be1)", "nginx_config"),
     ] {
         let _ = writeln!(
