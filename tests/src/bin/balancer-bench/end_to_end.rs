@@ -23,7 +23,6 @@ const TARGET_NEWCONN_VS_NFTABLES: f64 = 1.3;
 const TARGET_CPU_VS_NFTABLES: f64 = 1.0 / 3.0;
 
 const MODES: [Mode; 2] = [Mode::KeepAlive, Mode::NewConnection];
-const SETUPS: [Setup; 3] = [Setup::Balancer, Setup::Haproxy, Setup::Direct];
 
 pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<E2eReport> {
     let (balancer, testsrv) = crate::binaries(args)?;
@@ -125,6 +124,16 @@ fn nftables_targets(r: &E2eReport) -> Vec<Target> {
     t
 }
 
+/// The setups the plot draws, in order, with their legend.
+const PLOTTED: [(Setup, &str); 6] = [
+    (Setup::Balancer, "balancer, cookie"),
+    (Setup::BalancerNat, "balancer, NAT"),
+    (Setup::Haproxy, "HAProxy"),
+    (Setup::NftablesDnat, "nftables DNAT"),
+    (Setup::NftablesSynproxy, "nftables SYNPROXY"),
+    (Setup::Direct, "direct (no balancer)"),
+];
+
 /// The comparison as one SVG: requests/s, p50 and p99 latency, gateway CPU per 1,000
 /// requests; a group per mode, a bar per setup.
 pub fn plot(r: &E2eReport, subtitle: &str) -> String {
@@ -135,13 +144,18 @@ pub fn plot(r: &E2eReport, subtitle: &str) -> String {
         groups: groups.clone(),
         values: MODES
             .iter()
-            .map(|m| SETUPS.iter().map(|s| r.cell(*s, *m).and_then(f)).collect())
+            .map(|m| {
+                PLOTTED
+                    .iter()
+                    .map(|(s, _)| r.cell(*s, *m).and_then(f))
+                    .collect()
+            })
             .collect(),
     };
     plot::grouped_bars(
-        "balancer (XDP, cookie mode) vs HAProxy vs direct",
+        "balancer (XDP) vs HAProxy vs nftables vs direct",
         subtitle,
-        &["balancer", "HAProxy", "direct (no balancer)"],
+        &PLOTTED.map(|(_, name)| name),
         &[
             panel("requests", "per s", &|c| Some(c.requests_per_s)),
             panel("latency p50", "ms", &|c| Some(c.p50_ms)),

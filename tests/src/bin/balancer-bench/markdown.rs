@@ -442,7 +442,8 @@ mod tests {
                 "cells": [{"setup": "balancer", "mode": "keep_alive", "runs": 1, "requests_per_s": 60831.49,
                            "requests_per_s_min": 60303.17, "requests_per_s_max": 68819.13, "p50_ms": 0.419,
                            "p99_ms": 7.91, "errors": 0, "gateway_cpu_ms_per_1k": 0.66,
-                           "softirq_vs_direct_ms_per_1k": null, "busy_ms_per_1k": 31.5}],
+                           "softirq_vs_direct_ms_per_1k": null, "kernel_vs_direct_ms_per_1k": 2.5,
+                           "busy_ms_per_1k": 31.5}],
                 "ratios": {"keep_alive": {"rps_balancer_over_haproxy": 1.93}},
                 "problems": []
             }
@@ -458,7 +459,9 @@ mod tests {
         assert!(md.contains("| a \\| b | <= 2.50x | 2.21x | yes |"), "{md}");
         assert!(md.contains("| bind | < 1000ns | 1854ns | **no** |"), "{md}");
         assert!(
-            md.contains("| balancer | keep_alive | 1 | 60831 (60303-68819) | 0.42 | 7.91 | 0 | 0.66 |  | 31.5 |"),
+            md.contains(
+                "| balancer | keep_alive | 1 | 60831 (60303-68819) | 0.42 | 7.91 | 0 | 0.66 |  | 2.50 | 31.5 |"
+            ),
             "{md}"
         );
         assert!(md.contains("| keep_alive | 1.93 |"), "{md}");

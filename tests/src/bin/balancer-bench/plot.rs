@@ -20,7 +20,9 @@ const TOP: f64 = 70.0;
 const BOTTOM: f64 = 50.0;
 const LEFT: f64 = 60.0;
 const RIGHT: f64 = 14.0;
-const COLOURS: [&str; 4] = ["#1b6ac9", "#d9822b", "#6b7280", "#2f9e44"];
+const COLOURS: [&str; 7] = [
+    "#1b6ac9", "#74a9e8", "#d9822b", "#2f9e44", "#8fd19e", "#6b7280", "#b0b4ba",
+];
 
 /// Renders the panels side by side under `title`, with a legend of `series`.
 pub fn grouped_bars(title: &str, subtitle: &str, series: &[&str], panels: &[Panel]) -> String {
