@@ -117,7 +117,7 @@ pub fn new_connection(
 }
 
 /// [`create_binding`]'s "go on": the entries are in ENTRY_SCRATCH, the reply entry and
-/// the segment are stored. Not an XDP verdict.
+/// the segment are stored in PENDING. Not an XDP verdict.
 const ENTRIES_READY: u32 = u32::MAX;
 
 /// What [`create_binding`] needs (BPF calls take at most five arguments).
@@ -239,7 +239,7 @@ const HIT: u64 = 1 << 32;
 const FAILOVER_REDIRECT: u64 = 2 << 32;
 
 /// First data segment with a valid syncookie, backend chosen: build the flow entries in
-/// ENTRY_SCRATCH, keep the segment, store the reply entry. Returns [`ENTRIES_READY`] or
+/// ENTRY_SCRATCH, keep the segment with the reply entry in PENDING. Returns [`ENTRIES_READY`] or
 /// the verdict for a packet that cannot be bound.
 #[inline(never)]
 fn create_binding(ctx: &XdpContext, pkt: &Packet, b: &Binding, stats: &Counters) -> u32 {

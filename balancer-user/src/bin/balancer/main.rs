@@ -128,13 +128,13 @@ struct AttachArgs {
     /// Flow-table capacity in entries (two per connection); used when the maps are created.
     #[arg(long, default_value_t = DEFAULT_FLOW_CAPACITY)]
     flow_capacity: u32,
-    /// Idle timeout of established TCP flows, seconds.
+    /// Idle timeout of established TCP flows, seconds (1 to 604800, 7 days).
     #[arg(long, default_value_t = Config::default().tcp_established_timeout_s)]
     tcp_timeout: u32,
-    /// Idle timeout of TCP flows in handshake or closing, seconds.
+    /// Idle timeout of TCP flows in handshake or closing, seconds (1 to 604800).
     #[arg(long, default_value_t = Config::default().tcp_transient_timeout_s)]
     tcp_transient_timeout: u32,
-    /// Idle timeout of UDP flows, seconds.
+    /// Idle timeout of UDP flows, seconds (1 to 604800).
     #[arg(long, default_value_t = Config::default().udp_timeout_s)]
     udp_timeout: u32,
     /// Attach an XDP_PASS program to the veth peer of every interface whose peer has

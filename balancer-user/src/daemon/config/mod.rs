@@ -22,7 +22,7 @@
 //! flow_capacity = 262144            # flow-table entries (two per connection)
 //! tcp_timeout = "15m"               # idle timeouts of established TCP flows,
 //! tcp_transient_timeout = "30s"     # TCP flows in handshake or closing,
-//! udp_timeout = "1m"                # and UDP flows (whole seconds)
+//! udp_timeout = "1m"                # and UDP flows (whole seconds, 1s..=168h)
 //! metrics = "127.0.0.1:9469"        # Prometheus endpoint; "" = this default
 //! failover_hold_down = "10s"        # a failover rewrite stays this long after the
 //!                                   # primary is healthy again (0s..=1h)
