@@ -725,8 +725,8 @@ pub fn complete_binding(
     frame_len: u64,
     stats: &Counters,
 ) -> bool {
-    let cookie_isn = reply.cookie_isn();
-    let delta = cookie_isn.wrapping_sub(backend_isn);
+    let binding = (reply.phase, reply.seq_delta, reply.state);
+    let delta = reply.cookie_isn().wrapping_sub(backend_isn);
     let splice = |f: &mut Flow| {
         f.phase = phase::SPLICED;
         f.seq_delta = delta;
@@ -737,7 +737,8 @@ pub fn complete_binding(
     // backend's next packet finds one or the other.
     splice(reply);
     if FLOWS.insert(reply_key, &*reply, 0).is_err() {
-        (reply.phase, reply.seq_delta, reply.state) = (phase::BINDING, cookie_isn, flow_state::SYN);
+        // Put back as it was, for the backend's next SYN-ACK.
+        (reply.phase, reply.seq_delta, reply.state) = binding;
         return false;
     }
     // `reply` points into the value removed here: not used after.

@@ -137,11 +137,11 @@ fn splice(
     Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }
 
-/// Passed by XDP (once per binding, marked STALE_ACK_PASSED in the reply entry): a backend's ACK of an
-/// earlier connection answering the binding SYN. Sends it `<SEQ=SEG.ACK><CTL=RST>`
-/// (RFC 9293 3.10.7.3), which ends the backend's TIME-WAIT, then turns the packet into the
-/// SYN (the client's ISN, MSS and window, as the first one) and sends that too, so the
-/// binding goes on without waiting for the client's retransmission.
+/// Passed by XDP (once per binding, marked STALE_ACK_PASSED in the reply entry): a
+/// backend's ACK of an earlier connection answering the binding SYN. Sends it
+/// `<SEQ=SEG.ACK><CTL=RST>` (RFC 9293 3.10.7.3), which ends the backend's TIME-WAIT, then
+/// turns the packet into the SYN (the client's ISN, MSS and window, as the first one) and
+/// sends that too, so the binding goes on without waiting for the client's retransmission.
 #[inline(always)]
 fn stale_ack(ctx: &TcContext, pkt: &Packet, seg: &mut PendingSegment) -> Option<i32> {
     let reply = &mut seg.reply;
