@@ -92,13 +92,12 @@ pub fn ttl_restore_delta() -> u32 {
 /// The two deltas of a NAT rewrite from `old` to `new`, in memory order:
 /// `(ip_header_delta, l4_delta)`. The IP header delta includes the TTL decrement.
 #[inline(always)]
-pub fn rewrite_delta(old: Endpoints, new: Endpoints) -> (u32, u32) {
+pub fn rewrite_delta(old: Endpoints, new: Endpoints) -> (u16, u16) {
     let addrs = fold(u32_delta(old.src, new.src) + u32_delta(old.dst, new.dst)) as u32;
     let ports = fold(word_delta(old.sport, new.sport) + word_delta(old.dport, new.dport)) as u32;
-    (
-        fold(addrs + ttl_decrement_delta()) as u32,
-        fold(addrs + ports) as u32,
-    )
+    // Folded to 16 bits: a one's-complement sum is the same folded or not, and the flow
+    // value keeps them as u16.
+    (fold(addrs + ttl_decrement_delta()), fold(addrs + ports))
 }
 
 /// Full Internet checksum of `data` (words read in network order), with an initial sum.
@@ -177,7 +176,7 @@ mod tests {
                 dport: 0,
             };
             let (ip_delta, _) = rewrite_delta(ends(src, dst), ends(nsrc, ndst));
-            let updated = apply_delta(old, ip_delta);
+            let updated = apply_delta(old, ip_delta as u32);
             let expect = ipv4_header(nsrc, ndst, ttl - 1);
             assert_eq!(updated.to_ne_bytes(), [expect[10], expect[11]]);
         }
@@ -194,7 +193,7 @@ mod tests {
             dport: 0,
         };
         let (delta, _) = rewrite_delta(ends([198, 18, 100, 1]), ends([198, 18, 1, 10]));
-        let updated = apply_delta(old, delta + ttl_restore_delta());
+        let updated = apply_delta(old, delta as u32 + ttl_restore_delta());
         let expect = ipv4_header([198, 18, 0, 2], [198, 18, 1, 10], 64);
         assert_eq!(updated.to_ne_bytes(), [expect[10], expect[11]]);
     }

@@ -198,7 +198,8 @@ fn nat_flow(from: Endpoints, to: Endpoints, slot: u32, dir: u8, state: u8, now: 
         ifindex: 0,
         dmac: [0; 6],
         smac: [0; 6],
-        mss: 0,
+        win_shift: 0,
+        _pad: 0,
         direction: dir,
         state,
         phase: phase::NAT,
@@ -208,6 +209,7 @@ fn nat_flow(from: Endpoints, to: Endpoints, slot: u32, dir: u8, state: u8, now: 
         last_seen_tick: flow_tick(now),
         client_isn: 0,
         reuse_isn: 0,
+        ts_offset: 0,
     }
 }
 

@@ -15,6 +15,7 @@ pub mod flow;
 pub mod hash;
 pub mod parse;
 pub mod syncookie;
+pub mod tcp_opts;
 pub mod tcp_reply;
 pub mod types;
 

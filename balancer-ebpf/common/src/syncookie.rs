@@ -1,11 +1,18 @@
 //! Stateless SYN cookies: the balancer's ISN for a client's handshake (see
 //! `docs/delayed-binding.md`, "Syncookie").
 //!
-//! `cookie = (H(secret, saddr, daddr, sport, dport, client_isn, t) & !7) | mss_index`,
+//! `cookie = (H(secret, saddr, daddr, sport, dport, client_isn, t, layout) & !mask) | data`,
 //! where `H` is the low 32 bits of SipHash-2-4 and `t` counts 64-second windows. A
 //! cookie validates in its own window and the next one (so it lives 64 to 128 s), under
 //! the current or the previous secret (so the secret can rotate without breaking
 //! handshakes in flight).
+//!
+//! The data bits keep what the client's SYN offered ([`CookieLayout`]): when the client
+//! sends timestamps, the cookie's 3 low bits carry the MSS index and the client's window
+//! scale and SACK-permitted ride in the low bits of the SYN-ACK's TSval, which the client
+//! echoes (as in Linux); without timestamps the cookie's 8 low bits carry all three, and
+//! the hash keeps 24 bits. The layout is hashed too, so a cookie never validates under the
+//! other one.
 //!
 //! Everything is straight-line arithmetic over fixed-size inputs: the loops below have
 //! compile-time bounds and unroll, so the verifier sees no data-dependent control flow.
@@ -22,6 +29,65 @@ pub const MSS_TABLE: [u16; 6] = [536, 1220, 1440, 1460, 4312, 8960];
 
 /// Bits of the cookie that carry the MSS index.
 pub const MSS_INDEX_MASK: u32 = 7;
+
+/// Where a cookie keeps the client's SYN options besides the MSS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CookieLayout {
+    /// The client sent timestamps: the cookie carries the MSS index (3 bits, 29 bits of
+    /// hash); the options ride in the SYN-ACK's TSval ([`crate::tcp_opts::synack_tsval`]).
+    Timestamps,
+    /// No timestamps: the cookie carries the MSS index and
+    /// [`crate::tcp_opts::ClientOptions::bits`] (8 bits, 24 bits of hash).
+    Options,
+}
+
+impl CookieLayout {
+    /// The client's handshake ACK or first segment says which: a client that sent
+    /// timestamps in its SYN sends them in every segment (RFC 7323 3.2).
+    #[inline(always)]
+    pub fn of_segment(has_timestamps: bool) -> CookieLayout {
+        if has_timestamps {
+            CookieLayout::Timestamps
+        } else {
+            CookieLayout::Options
+        }
+    }
+
+    /// The cookie bits that carry data rather than hash.
+    #[inline(always)]
+    pub fn data_mask(self) -> u32 {
+        match self {
+            CookieLayout::Timestamps => MSS_INDEX_MASK,
+            CookieLayout::Options => 0xff,
+        }
+    }
+
+    #[inline(always)]
+    fn tag(self) -> u8 {
+        match self {
+            CookieLayout::Timestamps => 0,
+            CookieLayout::Options => 1,
+        }
+    }
+}
+
+/// The data bits of a valid cookie: the client's MSS (from the table) and, in the
+/// [`CookieLayout::Options`] layout, [`crate::tcp_opts::ClientOptions::bits`] (0 in the
+/// other).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CookieData {
+    pub mss: u16,
+    pub option_bits: u32,
+}
+
+/// The data of a cookie of `layout` for a client MSS index and option bits.
+#[inline(always)]
+pub fn cookie_data(layout: CookieLayout, mss_index: u32, option_bits: u32) -> u32 {
+    match layout {
+        CookieLayout::Timestamps => mss_index & MSS_INDEX_MASK,
+        CookieLayout::Options => (mss_index & MSS_INDEX_MASK) | ((option_bits & 0x1f) << 3),
+    }
+}
 
 /// One SipHash key. The all-zero key means "not set": it never validates a cookie
 /// (see [`CookieSecret::is_set`]).
@@ -197,7 +263,7 @@ pub fn siphash24<const N: usize>(k0: u64, k1: u64, msg: &[u8; N]) -> u64 {
 }
 
 /// The cookie for a client's SYN: `client_isn` is the SYN's sequence number, `t` the
-/// current [`time_window`], `mss_index` from [`encode_mss`] (only its low 3 bits are
+/// current [`time_window`], `data` from [`cookie_data`] (only the layout's data bits are
 /// used). The result is the ISN of the SYN-ACK (host order).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
@@ -209,7 +275,8 @@ pub fn make_cookie(
     dport: u16,
     client_isn: u32,
     t: u32,
-    mss_index: u32,
+    data: u32,
+    layout: CookieLayout,
 ) -> u32 {
     let s = saddr.to_ne_bytes();
     let d = daddr.to_ne_bytes();
@@ -217,17 +284,37 @@ pub fn make_cookie(
     let dp = dport.to_ne_bytes();
     let c = client_isn.to_be_bytes();
     let w = t.to_be_bytes();
-    // The tuple's wire bytes, then the ISN and the window in network order: the same
-    // message on every host, whatever its byte order.
-    let msg: [u8; 20] = [
-        s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3], sp[0], sp[1], dp[0], dp[1], c[0], c[1],
-        c[2], c[3], w[0], w[1], w[2], w[3],
+    // The tuple's wire bytes, then the ISN and the window in network order and the
+    // layout: the same message on every host, whatever its byte order.
+    let msg: [u8; 21] = [
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        d[0],
+        d[1],
+        d[2],
+        d[3],
+        sp[0],
+        sp[1],
+        dp[0],
+        dp[1],
+        c[0],
+        c[1],
+        c[2],
+        c[3],
+        w[0],
+        w[1],
+        w[2],
+        w[3],
+        layout.tag(),
     ];
     let h = siphash24(secret.k0, secret.k1, &msg) as u32;
-    (h & !MSS_INDEX_MASK) | (mss_index & MSS_INDEX_MASK)
+    let mask = layout.data_mask();
+    (h & !mask) | (data & mask)
 }
 
-/// Validates a cookie and returns the MSS it carries.
+/// Validates a cookie of `layout` and returns the data it carries.
 ///
 /// For the handshake ACK and the first data segment of a connection, `cookie` is
 /// `SEG.ACK - 1` and `client_isn` is `SEG.SEQ - 1` (host order). Accepts cookies made in
@@ -237,8 +324,10 @@ pub fn make_cookie(
 /// As in Linux's syncookies, the MSS index is not covered by the hash (it only selects
 /// which hash to compare against): a client can claim another table MSS by changing the
 /// low bits, which it could as well have done with its SYN's MSS option. A blind guess
-/// succeeds with probability 6/8 * 4 / 2^29 (about 2^-27.4), whether or not the index is
-/// hashed.
+/// succeeds with probability 6/8 * 4 / 2^29 (about 2^-27.4) in the timestamps layout,
+/// whether or not the index is hashed, and 6/8 * 4 / 2^24 (about 2^-22.4) in the options
+/// layout (Linux's syncookies keep 24 bits of hash too). The option bits are not hashed
+/// either, for the same reason: a client could have offered other options.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn check_cookie(
@@ -250,7 +339,8 @@ pub fn check_cookie(
     client_isn: u32,
     cookie: u32,
     now_t: u32,
-) -> Option<u16> {
+    layout: CookieLayout,
+) -> Option<CookieData> {
     let index = cookie & MSS_INDEX_MASK;
     let mss = decode_mss(index)?;
     let prev_t = now_t.wrapping_sub(1);
@@ -261,10 +351,14 @@ pub fn check_cookie(
         dport,
         client_isn,
     };
-    if valid_under(&keys.current, &m, cookie, now_t, prev_t)
-        || valid_under(&keys.previous, &m, cookie, now_t, prev_t)
+    if valid_under(&keys.current, &m, cookie, now_t, prev_t, layout)
+        || valid_under(&keys.previous, &m, cookie, now_t, prev_t, layout)
     {
-        Some(mss)
+        let option_bits = match layout {
+            CookieLayout::Timestamps => 0,
+            CookieLayout::Options => (cookie >> 3) & 0x1f,
+        };
+        Some(CookieData { mss, option_bits })
     } else {
         None
     }
@@ -282,8 +376,15 @@ struct CookieInput {
 
 /// Whether `cookie` was made under `secret` in window `t` or `prev_t`.
 #[inline(always)]
-fn valid_under(secret: &CookieSecret, m: &CookieInput, cookie: u32, t: u32, prev_t: u32) -> bool {
-    let index = cookie & MSS_INDEX_MASK;
+fn valid_under(
+    secret: &CookieSecret,
+    m: &CookieInput,
+    cookie: u32,
+    t: u32,
+    prev_t: u32,
+    layout: CookieLayout,
+) -> bool {
+    let data = cookie & layout.data_mask();
     let made_in = |window: u32| {
         make_cookie(
             secret,
@@ -293,7 +394,8 @@ fn valid_under(secret: &CookieSecret, m: &CookieInput, cookie: u32, t: u32, prev
             m.dport,
             m.client_isn,
             window,
-            index,
+            data,
+            layout,
         ) == cookie
     };
     secret.is_set() && (made_in(t) || made_in(prev_t))
@@ -406,7 +508,7 @@ mod tests {
         use core::hash::{Hasher, SipHasher};
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..1000 {
-            let mut msg = [0u8; 20];
+            let mut msg = [0u8; 21];
             for b in &mut msg {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -452,15 +554,69 @@ mod tests {
     }
 
     fn make(secret: &CookieSecret, c: &Tuple, t: u32, mss_index: u32) -> u32 {
+        make_in(secret, c, t, mss_index, CookieLayout::Timestamps)
+    }
+
+    fn make_in(secret: &CookieSecret, c: &Tuple, t: u32, data: u32, l: CookieLayout) -> u32 {
         make_cookie(
-            secret, c.saddr, c.daddr, c.sport, c.dport, c.isn, t, mss_index,
+            secret, c.saddr, c.daddr, c.sport, c.dport, c.isn, t, data, l,
         )
     }
 
     fn check(keys: &SyncookieKeys, c: &Tuple, cookie: u32, now_t: u32) -> Option<u16> {
+        check_in(keys, c, cookie, now_t, CookieLayout::Timestamps).map(|d| d.mss)
+    }
+
+    fn check_in(
+        keys: &SyncookieKeys,
+        c: &Tuple,
+        cookie: u32,
+        now_t: u32,
+        l: CookieLayout,
+    ) -> Option<CookieData> {
         check_cookie(
-            keys, c.saddr, c.daddr, c.sport, c.dport, c.isn, cookie, now_t,
+            keys, c.saddr, c.daddr, c.sport, c.dport, c.isn, cookie, now_t, l,
         )
+    }
+
+    #[test]
+    fn options_layout_round_trip_and_layouts_apart() {
+        let c = tuple();
+        for bits in 0..32 {
+            for index in 0..6 {
+                let data = cookie_data(CookieLayout::Options, index, bits);
+                let cookie = make_in(&SECRET, &c, 1000, data, CookieLayout::Options);
+                assert_eq!(cookie & 0xff, data);
+                assert_eq!(
+                    check_in(&keys(), &c, cookie, 1001, CookieLayout::Options),
+                    Some(CookieData {
+                        mss: MSS_TABLE[index as usize],
+                        option_bits: bits
+                    })
+                );
+                // The layout is hashed: never valid under the other one.
+                assert_eq!(
+                    check_in(&keys(), &c, cookie, 1000, CookieLayout::Timestamps),
+                    None
+                );
+            }
+        }
+        let ts = make(&SECRET, &c, 1000, 3);
+        assert_eq!(check_in(&keys(), &c, ts, 1000, CookieLayout::Options), None);
+        // Every hash bit of the options layout counts.
+        let cookie = make_in(&SECRET, &c, 1000, 0x5b, CookieLayout::Options);
+        for bit in 8..32 {
+            assert_eq!(
+                check_in(
+                    &keys(),
+                    &c,
+                    cookie ^ (1 << bit),
+                    1000,
+                    CookieLayout::Options
+                ),
+                None
+            );
+        }
     }
 
     fn keys() -> SyncookieKeys {

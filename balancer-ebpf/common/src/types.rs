@@ -213,9 +213,35 @@ pub const PENDING_SEGMENT_MAX: usize = 1536;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PendingSegment {
     pub reply: Flow,
-    pub len: u32,
-    pub _pad: u32,
+    /// Bytes of the segment in `bytes`.
+    pub len: u16,
+    /// The client's MSS (from the syncookie), which the SYN to the backend offers.
+    pub mss: u16,
+    /// TSval and TSecr of the client's first segment (0 without timestamps); see
+    /// [`PendingSegment::client_tsval`] and [`PendingSegment::synack_tsval`].
+    pub tsvals: [u32; 2],
+    /// [`crate::tcp_opts::ClientOptions::to_byte`] of the client's SYN.
+    pub client_options: u8,
+    pub _pad1: u8,
+    pub _pad2: u16,
     pub bytes: [u8; PENDING_SEGMENT_MAX],
+}
+
+impl PendingSegment {
+    /// The TSval of the client's first segment: the SYN to the backend carries it (not
+    /// a later retransmission's, which would make the backend's PAWS check reject the
+    /// kept segment, which is older).
+    #[inline(always)]
+    pub fn client_tsval(&self) -> u32 {
+        self.tsvals[0]
+    }
+
+    /// The TSval of the syncookie SYN-ACK the client saw (`T0`, echoed in the first
+    /// segment's TSecr): the splice's timestamp offset is `T0` minus the backend's.
+    #[inline(always)]
+    pub fn synack_tsval(&self) -> u32 {
+        self.tsvals[1]
+    }
 }
 
 /// Binding phase of a cookie-mode flow.
@@ -277,8 +303,8 @@ pub struct Flow {
     /// header checksum (addresses and the TTL decrement) and to the TCP/UDP checksum
     /// (pseudo-header addresses and ports). Constant for a flow, so the per-packet update is
     /// one addition each.
-    pub ip_csum_delta: u32,
-    pub l4_csum_delta: u32,
+    pub ip_csum_delta: u16,
+    pub l4_csum_delta: u16,
     /// Egress interface, and the MACs to write. Valid when [`flow_flags::L2_VALID`] is set.
     pub ifindex: u32,
     pub dmac: [u8; 6],
@@ -286,15 +312,18 @@ pub struct Flow {
     /// Backend slot this flow belongs to (for per-backend counters); below
     /// [`MAX_BACKENDS`], so 16 bits hold it.
     pub backend: u16,
-    /// Cookie-mode flows: the client's MSS (from the syncookie).
-    pub mss: u16,
+    /// Spliced flows: the window shift of this direction's segments
+    /// ([`crate::tcp_opts::rescale_window`]), 0 when both ends scale alike.
+    pub win_shift: i8,
+    pub _pad: u8,
     /// One of [`direction`].
     pub direction: u8,
     /// One of [`flow_state`].
     pub state: u8,
     /// One of [`phase`].
     pub phase: u8,
-    /// Bits of [`flow_flags`].
+    /// Bits of [`flow_flags`], and for spliced flows the option translation of
+    /// [`crate::tcp_opts::edit_flags`].
     pub flags: u8,
     /// Cookie-mode flows. While binding: the syncookie ISN `K` the client was answered
     /// with. Once spliced (the backend's SYN-ACK gave its ISN `B`): `K - B`, added to the
@@ -314,6 +343,9 @@ pub struct Flow {
     /// arrived on this 5-tuple, possibly a new connection reusing the client port. It
     /// replaces this one only once it proves it completed the syncookie handshake.
     pub reuse_isn: u32,
+    /// Spliced flows whose ends both send timestamps: `T0 - B0`, added to the TSval of
+    /// backend -> client segments and taken off the TSecr of client -> backend ones.
+    pub ts_offset: u32,
 }
 
 impl Flow {
@@ -355,6 +387,7 @@ pub mod flow_flags {
     pub const STALE_ACK_PASSED: u8 = 4;
     /// The TC program has reset the stale connection and sent the SYN again.
     pub const STALE_ACK_RESENT: u8 = 8;
+    // Bits 16..128: crate::tcp_opts::edit_flags (spliced flows only).
 }
 
 /// Flow timestamps are 32-bit ticks of 2^20 ns (about 1.05 ms) of CLOCK_MONOTONIC, so
@@ -590,6 +623,8 @@ counters! {
         SplicedByTc = "spliced_by_tc",
         /// Cookie mode: packets dropped while binding (client segments after the first, unexpected backend packets, frames that could not be resized).
         DropWhileBinding = "drop_while_binding",
+        /// Cookie mode: spliced segments whose TCP options need translating (timestamps, SACK) but cannot be walked to their end (malformed, duplicated, or more than 8 options): dropped rather than forwarded half-translated.
+        DropUntranslatableOptions = "drop_untranslatable_options",
         /// Cookie mode: first segments that are not HTTP (e.g. TLS): policy decides.
         CookieNotHttp = "cookie_not_http",
         /// Cookie mode: complete request heads without a Cookie header: policy decides.
@@ -699,7 +734,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServerIdKey>() == 16);
     assert!(core::mem::size_of::<ServerId>() == 8 + MAX_SERVER_ID_LEN);
     assert!(core::mem::size_of::<Failover>() == 8);
-    assert!(core::mem::size_of::<PendingSegment>() == 64 + 8 + PENDING_SEGMENT_MAX);
+    assert!(core::mem::size_of::<PendingSegment>() == 64 + 16 + PENDING_SEGMENT_MAX);
     assert!(core::mem::size_of::<Config>() == 24);
     assert!(core::mem::size_of::<CookiePair>() == 24);
     assert!(core::mem::size_of::<BackendHealth>() == 40);

@@ -6,8 +6,8 @@
 use aya_ebpf::{
     bindings::xdp_action,
     helpers::generated::{
-        bpf_get_prandom_u32, bpf_ktime_get_tai_ns, bpf_loop, bpf_xdp_adjust_tail,
-        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_tai_ns, bpf_loop,
+        bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -18,10 +18,14 @@ use balancer_common::{
     flow_flags, flow_state, ns_since_tick,
     parse::{ptr_at, read, EthHdr, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
     phase,
-    syncookie::{check_cookie, decode_mss, encode_mss, make_cookie, time_window},
+    syncookie::{
+        check_cookie, cookie_data, decode_mss, encode_mss, make_cookie, time_window, CookieData,
+        CookieLayout,
+    },
+    tcp_opts::{synack_tsval, ClientOptions, SpliceOptions, SynOffer, OFFERED_WSCALE},
     tcp_reply::{
-        backend_syn_len, client_mss, data_to_backend_syn, rst_for, set_ack, set_seq, syn_to_synack,
-        synack_len, synack_to_segment_headers, tcp_seq_ack,
+        backend_syn_len, data_to_backend_syn, rst_for, set_ack, set_seq, syn_to_synack, synack_len,
+        synack_to_segment_headers, tcp_seq_ack, DEFAULT_MSS,
     },
     CookiePair, Counter, Flow, FlowKey, PendingSegment, ServerIdKey, Service, PENDING_SEGMENT_MAX,
 };
@@ -33,6 +37,7 @@ use crate::{
         BACKENDS, CONFIG, COOKIE_CONFIG, ENTRY_SCRATCH, FAILOVER, FLOWS, PAIRS, PENDING, SCAN,
         SEGMENT_SCRATCH, SERVER_IDS, SYNCOOKIE_KEYS,
     },
+    options::{self, option_len},
     select,
 };
 
@@ -42,24 +47,16 @@ const MAX_OFFERED_MSS: u16 = 1460;
 /// the client's next retransmission.
 const BIND_TIMEOUT_NS: u64 = 3_000_000_000;
 
-/// A packet to a cookie-mode service without a flow entry.
+/// A packet to a cookie-mode service without a flow entry, other than a plain SYN (see
+/// [`answer_syn`]).
 ///
 /// Not inlined, and neither are [`choose`] and [`create_binding`]: the cookie scan runs
 /// in a `bpf_loop` callback, whose stack frame adds to those of every function on the
 /// call chain (512 bytes in all). Keeping the large flow entries in `create_binding`,
 /// which runs after the scan has returned, keeps that chain short.
 #[inline(never)]
-pub fn new_connection(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    service: &Service,
-    now: u64,
-    stats: &Counters,
-) -> u32 {
+pub fn new_connection(ctx: &XdpContext, pkt: &Packet, service: &Service, stats: &Counters) -> u32 {
     let flags = pkt.tcp_flags;
-    if flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN {
-        return answer_syn(ctx, pkt, stats);
-    }
     // Nothing to answer for a connection we do not know: a RST (counted apart: a client
     // resetting a late SYN-ACK is not an invalid syncookie), or an odd segment.
     if flags & TCP_RST != 0 {
@@ -78,7 +75,20 @@ pub fn new_connection(
     };
     let client_isn = seq.wrapping_sub(1);
     let cookie = ack.wrapping_sub(1);
-    let Some(mss) = validate(pkt, client_isn, cookie) else {
+    // The layout of the cookie, and the client's options, follow from its timestamps.
+    // They go straight into the segment's scratch value (kept with the segment, for the
+    // SYN to the backend): held in registers or on this frame, they would make the
+    // verifier check the cookie scan's loop once per combination, and the stack of this
+    // call chain is at its limit.
+    let Some(kept) = SEGMENT_SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_DROP;
+    };
+    // SAFETY: per-CPU scratch, used by this CPU only while the program runs.
+    let has_ts = segment_timestamps(ctx.data(), ctx.data_end(), pkt, unsafe {
+        &mut (*kept).tsvals
+    });
+    let layout = CookieLayout::of_segment(has_ts);
+    let Some(data) = validate(pkt, client_isn, cookie, layout) else {
         stats.inc(Counter::SyncookiesInvalid);
         return xdp_action::XDP_DROP;
     };
@@ -87,27 +97,37 @@ pub fn new_connection(
         // The handshake ACK (or a bare FIN): nothing to bind on yet, and no state kept.
         return xdp_action::XDP_DROP;
     }
-    let choice = choose(ctx, pkt, service, stats);
-    let binding = Binding {
-        service: *service,
-        client_isn,
-        cookie,
-        mss,
-        choice,
-        now,
-    };
-    let action = create_binding(ctx, pkt, &binding, stats);
-    if action != ENTRIES_READY {
-        return action;
+    // SAFETY: as above.
+    unsafe {
+        let options = match layout {
+            CookieLayout::Timestamps => ClientOptions::from_bits((*kept).tsvals[1], true),
+            CookieLayout::Options => ClientOptions::from_bits(data.option_bits, false),
+        };
+        (*kept).mss = data.mss;
+        (*kept).client_options = options.to_byte();
     }
-    // Sent from here rather than from create_binding, whose frame would otherwise add
-    // to send_backend_syn's on the call chain.
-    let Some(pair) = ENTRY_SCRATCH.get_ptr_mut(0) else {
+    let choice = choose(ctx, pkt, service, stats);
+    create_binding(ctx, pkt, service, choice, stats)
+}
+
+/// [`new_connection`]'s "go on": the entries are in ENTRY_SCRATCH, the reply entry and
+/// the segment are stored in PENDING; the caller goes on with [`start_binding`]. Not an
+/// XDP verdict.
+pub const ENTRIES_READY: u32 = u32::MAX;
+
+/// Sends the SYN to the backend of the binding [`new_connection`] prepared and stores its
+/// client-side entry. Called by the program's entry, not by `new_connection`: the stack
+/// frames of a call chain add up, and `new_connection`'s with `send_backend_syn`'s would
+/// pass the verifier's limit.
+#[inline(never)]
+pub fn start_binding(ctx: &XdpContext, pkt: &Packet, stats: &Counters) -> u32 {
+    let (Some(pair), Some(kept)) = (ENTRY_SCRATCH.get_ptr_mut(0), SEGMENT_SCRATCH.get_ptr(0))
+    else {
         return xdp_action::XDP_DROP;
     };
-    // SAFETY: per-CPU scratch filled by create_binding during this run.
-    let pair = unsafe { &mut *pair };
-    let action = send_backend_syn(ctx, pkt, &mut pair.forward, stats);
+    // SAFETY: per-CPU scratch filled by new_connection during this run.
+    let (pair, kept) = unsafe { (&mut *pair, &*kept) };
+    let action = send_backend_syn(ctx, pkt, &mut pair.forward, kept, stats);
     if FLOWS.insert(&pair.key, &pair.forward, 0).is_err() {
         stats.inc(Counter::DropFlowTableFull);
         return xdp_action::XDP_DROP;
@@ -116,25 +136,46 @@ pub fn new_connection(
     action
 }
 
-/// [`create_binding`]'s "go on": the entries are in ENTRY_SCRATCH, the reply entry and
-/// the segment are stored in PENDING. Not an XDP verdict.
-const ENTRIES_READY: u32 = u32::MAX;
+/// What the SYN to the backend offers: the client's own options (its MSS from the
+/// cookie, its window scale, SACK-permitted, and timestamps with the TSval of its first
+/// segment).
+#[inline(always)]
+fn backend_offer(mss: u16, client: ClientOptions, client_tsval: u32) -> SynOffer {
+    SynOffer {
+        mss,
+        wscale: client.wscale,
+        sack_ok: client.sack_ok,
+        timestamps: if client.timestamps {
+            Some((client_tsval, 0))
+        } else {
+            None
+        },
+    }
+}
 
-/// What [`create_binding`] needs (BPF calls take at most five arguments).
-struct Binding {
-    service: Service,
-    client_isn: u32,
-    cookie: u32,
-    mss: u16,
-    /// From [`choose`].
-    choice: u64,
-    now: u64,
+/// The timestamps of a client segment in `[start, end)` into `out` (`[TSval, TSecr]`);
+/// false if it has none. (Not inlined: keeps the option work out of [`new_connection`]'s
+/// frame. The frame's bounds come as arguments: given the context, LLVM passes its
+/// 32-bit fields instead and widens `data_end` in here, which the verifier refuses.)
+#[inline(never)]
+fn segment_timestamps(start: usize, end: usize, pkt: &Packet, out: &mut [u32; 2]) -> bool {
+    let Some(s) = options::walk(start, end, pkt.l4_off, option_len(pkt)) else {
+        return false;
+    };
+    match s.walk.timestamps(&s.options) {
+        Some((val, ecr)) => {
+            *out = [val, ecr];
+            true
+        }
+        None => false,
+    }
 }
 
 /// Answers a SYN with a SYN-ACK whose ISN is a syncookie; keeps nothing. (Not inlined:
-/// see [`new_connection`].)
+/// see [`new_connection`]. Called by the program's entry for a SYN rather than from
+/// `new_connection`, so that the two frames never add up on one call chain.)
 #[inline(never)]
-fn answer_syn(ctx: &XdpContext, pkt: &Packet, stats: &Counters) -> u32 {
+pub fn answer_syn(ctx: &XdpContext, pkt: &Packet, stats: &Counters) -> u32 {
     let Some(keys) = SYNCOOKIE_KEYS.get(0) else {
         stats.inc(Counter::DropNoSyncookieKey);
         return xdp_action::XDP_DROP;
@@ -149,14 +190,28 @@ fn answer_syn(ctx: &XdpContext, pkt: &Packet, stats: &Counters) -> u32 {
         stats.inc(Counter::PassMalformed);
         return xdp_action::XDP_PASS;
     };
-    let index = encode_mss(client_mss(start, end, pkt));
+    // Read in place in the scratch map value: a copy on the stack (or a default for the
+    // case without options) would carry the uninitialised payloads of `None` fields, and
+    // the verifier refuses to read those.
+    let Some(s) = options::walk_or_none(start, end, pkt.l4_off, option_len(pkt)) else {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    };
+    let w = &s.walk;
+    let client_ts = w.timestamps(&s.options);
+    let client = ClientOptions::of_syn(w);
+    let index = encode_mss(match w.mss {
+        Some(m) => m,
+        None => DEFAULT_MSS,
+    });
     let mss = match decode_mss(index) {
         Some(m) if m < MAX_OFFERED_MSS => m,
         _ => MAX_OFFERED_MSS,
     };
+    let layout = CookieLayout::of_segment(client.timestamps);
     let k = pkt.key;
     // SAFETY: helper without arguments.
-    let t = time_window(unsafe { bpf_ktime_get_tai_ns() });
+    let tai = unsafe { bpf_ktime_get_tai_ns() };
     let cookie = make_cookie(
         &keys.current,
         k.src,
@@ -164,11 +219,21 @@ fn answer_syn(ctx: &XdpContext, pkt: &Packet, stats: &Counters) -> u32 {
         k.sport,
         k.dport,
         client_isn,
-        t,
-        index,
+        time_window(tai),
+        cookie_data(layout, index, client.bits()),
+        layout,
     );
-    let built = grow_to(ctx, synack_len(pkt))
-        .and_then(|()| syn_to_synack(ctx.data(), ctx.data_end(), pkt, cookie, mss))
+    // The SYN-ACK mirrors what the client offered; its TSval (a clock of 2^20 ns ticks)
+    // carries the options the cookie has no room for.
+    let offer = SynOffer {
+        mss,
+        wscale: client.wscale.map(|_| OFFERED_WSCALE),
+        sack_ok: client.sack_ok,
+        timestamps: client_ts
+            .map(|(client_tsval, _)| (synack_tsval((tai >> 20) as u32, &client), client_tsval)),
+    };
+    let built = grow_to(ctx, synack_len(pkt, &offer))
+        .and_then(|()| syn_to_synack(ctx.data(), ctx.data_end(), pkt, cookie, &offer))
         .and_then(|len| set_len(ctx, len));
     if built.is_none() {
         // The frame could not be resized for the SYN-ACK.
@@ -179,15 +244,22 @@ fn answer_syn(ctx: &XdpContext, pkt: &Packet, stats: &Counters) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// The client's MSS if `cookie` is a valid syncookie for this client and ISN. (Not
-/// inlined: see [`new_connection`].)
+/// The cookie's data if `cookie` is a valid syncookie of `layout` for this client and
+/// ISN. (Not inlined: see [`new_connection`].)
 #[inline(never)]
-fn validate(pkt: &Packet, client_isn: u32, cookie: u32) -> Option<u16> {
+fn validate(
+    pkt: &Packet,
+    client_isn: u32,
+    cookie: u32,
+    layout: CookieLayout,
+) -> Option<CookieData> {
     let keys = SYNCOOKIE_KEYS.get(0)?;
     let k = pkt.key;
     // SAFETY: helper without arguments.
     let t = time_window(unsafe { bpf_ktime_get_tai_ns() });
-    check_cookie(keys, k.src, k.dst, k.sport, k.dport, client_isn, cookie, t)
+    check_cookie(
+        keys, k.src, k.dst, k.sport, k.dport, client_isn, cookie, t, layout,
+    )
 }
 
 /// Grows the frame to at least `needed` bytes.
@@ -238,14 +310,20 @@ const POLICY: u64 = 0;
 const HIT: u64 = 1 << 32;
 const FAILOVER_REDIRECT: u64 = 2 << 32;
 
-/// First data segment with a valid syncookie, backend chosen: build the flow entries in
-/// ENTRY_SCRATCH, keep the segment with the reply entry in PENDING. Returns [`ENTRIES_READY`] or
-/// the verdict for a packet that cannot be bound.
+/// First data segment with a valid syncookie, backend chosen (`choice`, from [`choose`]):
+/// build the flow entries in ENTRY_SCRATCH, keep the segment with the reply entry in
+/// PENDING. Returns [`ENTRIES_READY`] or the verdict for a packet that cannot be bound.
 #[inline(never)]
-fn create_binding(ctx: &XdpContext, pkt: &Packet, b: &Binding, stats: &Counters) -> u32 {
-    let chosen = match b.choice & 0xffff_ffff_0000_0000 {
+fn create_binding(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    service: &Service,
+    choice: u64,
+    stats: &Counters,
+) -> u32 {
+    let chosen = match choice & 0xffff_ffff_0000_0000 {
         HIT | FAILOVER_REDIRECT => {
-            let slot = b.choice as u32;
+            let slot = choice as u32;
             BACKENDS.get(slot).map(|backend| (slot, *backend))
         }
         _ => None,
@@ -253,7 +331,7 @@ fn create_binding(ctx: &XdpContext, pkt: &Packet, b: &Binding, stats: &Counters)
     let (slot, backend) = match chosen {
         Some((slot, backend)) => {
             if let Some(c) = counters::backend(slot) {
-                if b.choice & HIT != 0 {
+                if choice & HIT != 0 {
                     c.cookie_hits += 1;
                 } else {
                     c.failover_redirects += 1;
@@ -261,7 +339,7 @@ fn create_binding(ctx: &XdpContext, pkt: &Packet, b: &Binding, stats: &Counters)
             }
             (slot, backend)
         }
-        None => match select::pick(&b.service, &pkt.key) {
+        None => match select::pick(service, &pkt.key) {
             Some((slot, backend)) => {
                 if let Some(c) = counters::backend(slot) {
                     c.cookie_misses += 1;
@@ -274,7 +352,14 @@ fn create_binding(ctx: &XdpContext, pkt: &Packet, b: &Binding, stats: &Counters)
             }
         },
     };
-    let (client_isn, cookie, mss, now) = (b.client_isn, b.cookie, b.mss, b.now);
+    // The ISN and the cookie again from the segment (checked by new_connection): cheaper
+    // than carrying them on the stack of the call chain.
+    let Some((seq, ack)) = tcp_seq_ack(ctx.data(), ctx.data_end(), pkt) else {
+        return xdp_action::XDP_PASS;
+    };
+    let (client_isn, cookie) = (seq.wrapping_sub(1), ack.wrapping_sub(1));
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
 
     let start = ctx.data();
     let end = ctx.data_end();
@@ -297,7 +382,6 @@ fn create_binding(ctx: &XdpContext, pkt: &Packet, b: &Binding, stats: &Counters)
         e.client_isn = client_isn;
         // The syncookie ISN, until the backend's SYN-ACK turns it into the shift.
         e.seq_delta = cookie;
-        e.mss = mss;
     }
     if keep_segment(ctx, pkt, &pair.reply_key, &pair.forward, &pair.reply).is_none() {
         stats.inc(Counter::DropWhileBinding);
@@ -458,25 +542,36 @@ fn keep_segment(
         {
             return None;
         }
-        (*seg).len = len;
+        // The MSS, options and timestamps are in the scratch value already (see
+        // `new_connection`).
+        (*seg).len = len as u16;
         (*seg).reply = *reply;
-        let b = &mut (*seg).bytes;
+        let bytes = &mut (*seg).bytes;
         let port = flow.new_dport.to_ne_bytes();
-        b[2] = port[0];
-        b[3] = port[1];
-        let check = u16::from_ne_bytes([b[16], b[17]]);
-        let check = balancer_common::csum::apply_delta(check, flow.l4_csum_delta).to_ne_bytes();
-        b[16] = check[0];
-        b[17] = check[1];
+        bytes[2] = port[0];
+        bytes[3] = port[1];
+        let check = u16::from_ne_bytes([bytes[16], bytes[17]]);
+        let check =
+            balancer_common::csum::apply_delta(check, flow.l4_csum_delta as u32).to_ne_bytes();
+        bytes[16] = check[0];
+        bytes[17] = check[1];
         PENDING.insert(reply_key, &*seg, 0).ok()
     }
 }
 
-/// Turns the client's first segment into the SYN to the backend and sends it. (Not
-/// inlined: keeps the header building out of its callers' stack frames.)
+/// Turns the client's first segment into the SYN to the backend, offering what `kept`
+/// (the binding's PENDING value, or its scratch) says, and sends it. (Not inlined: keeps
+/// the header building out of its callers' stack frames.)
 #[inline(never)]
-fn send_backend_syn(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters) -> u32 {
-    let built = grow_to(ctx, backend_syn_len(pkt))
+fn send_backend_syn(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &mut Flow,
+    kept: &PendingSegment,
+    stats: &Counters,
+) -> u32 {
+    let offer = &pending_offer(kept);
+    let built = grow_to(ctx, backend_syn_len(pkt, offer))
         .and_then(|()| {
             data_to_backend_syn(
                 ctx.data(),
@@ -485,7 +580,7 @@ fn send_backend_syn(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Cou
                 flow.new_dst,
                 flow.new_dport,
                 flow.client_isn,
-                flow.mss,
+                offer,
             )
         })
         .and_then(|len| set_len(ctx, len));
@@ -518,8 +613,79 @@ pub fn binding(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, now: u64, stats:
     if ns_since_tick(now, flow.created_tick) > BIND_TIMEOUT_NS {
         return reset_client(ctx, pkt, flow, stats);
     }
+    // The SYN offers what the first one did: kept with the segment.
+    let Some(seg) = PENDING.get_ptr(&other_key(&pkt.key, flow)) else {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    };
     stats.inc(Counter::BindRetransmits);
-    send_backend_syn(ctx, pkt, flow, stats)
+    // SAFETY: a pointer to the map value, valid for this program run.
+    send_backend_syn(ctx, pkt, flow, unsafe { &*seg }, stats)
+}
+
+/// The SYN to the backend of a connection being bound, from its PENDING value.
+#[inline(always)]
+pub fn pending_offer(seg: &PendingSegment) -> SynOffer {
+    backend_offer(
+        seg.mss,
+        ClientOptions::from_byte(seg.client_options),
+        seg.client_tsval(),
+    )
+}
+
+/// How the splice of a connection being bound (`seg`) translates options, from the
+/// backend's SYN-ACK in `[start, end)` (parsed as `pkt`): into the option scratch value's
+/// `splice` (kept off the callers' stack frames, which are at the verifier's limit), which
+/// this returns. (Not inlined: keeps the walk off its callers' frames too.)
+#[inline(never)]
+pub fn negotiate(
+    start: usize,
+    end: usize,
+    pkt: &Packet,
+    seg: &PendingSegment,
+) -> Option<&'static SpliceOptions> {
+    // Options that cannot be read count as none offered.
+    let s = options::walk_or_none(start, end, pkt.l4_off, option_len(pkt))?;
+    let client = ClientOptions::from_byte(seg.client_options);
+    s.splice = SpliceOptions::negotiate(&client, seg.synack_tsval(), &s.walk, &s.options);
+    Some(&s.splice)
+}
+
+/// Translates the kept first segment of `seg`, now at `l4_off` of the frame towards the
+/// backend, as the splice's client -> backend entry will translate every later segment
+/// (its TSecr into the backend's clock, its options stripped where the backend refused
+/// them, its window rescaled; `seq_delta` is the splice's `K - B`), and fixes its
+/// checksum. (Inlined, with the edit in the scratch value: a frame of its own between its
+/// caller's and the option edit's would pass the verifier's limit on a call chain's
+/// stack.)
+#[inline(always)]
+pub fn translate_kept_segment(
+    start: usize,
+    end: usize,
+    l4_off: usize,
+    seg: &PendingSegment,
+    seq_delta: u32,
+) -> Option<()> {
+    let s = options::scratch()?;
+    s.edit = s.splice.to_backend(seq_delta);
+    let delta = options::translate_by_scratch(start, end, l4_off, kept_option_len(seg))?;
+    if delta != 0 {
+        let check = balancer_common::parse::ptr_at_mut::<u16>(start, end, l4_off + 16)?;
+        // SAFETY: bounds-checked by ptr_at_mut.
+        unsafe {
+            balancer_common::parse::write(
+                check,
+                balancer_common::csum::apply_delta(balancer_common::parse::read(check), delta),
+            )
+        };
+    }
+    Some(())
+}
+
+/// Option bytes of a kept segment (its data offset, as the client sent it).
+#[inline(always)]
+pub fn kept_option_len(seg: &PendingSegment) -> usize {
+    ((seg.bytes[12] >> 4) as usize * 4).saturating_sub(20)
 }
 
 /// Whether a client segment on a binding flow is its first segment again while the
@@ -574,8 +740,18 @@ pub fn proves_new_connection(ctx: &XdpContext, pkt: &Packet, flow: &Flow) -> boo
     let Some((seq, ack)) = tcp_seq_ack(ctx.data(), ctx.data_end(), pkt) else {
         return false;
     };
-    seq.wrapping_sub(1) == flow.reuse_isn
-        && validate(pkt, flow.reuse_isn, ack.wrapping_sub(1)).is_some()
+    if seq.wrapping_sub(1) != flow.reuse_isn {
+        return false;
+    }
+    let mut ts = [0u32; 2];
+    let has_ts = segment_timestamps(ctx.data(), ctx.data_end(), pkt, &mut ts);
+    validate(
+        pkt,
+        flow.reuse_isn,
+        ack.wrapping_sub(1),
+        CookieLayout::of_segment(has_ts),
+    )
+    .is_some()
 }
 
 /// Removes both entries of a cookie-mode flow (client side `key`, `flow` its entry) and its
@@ -717,28 +893,47 @@ fn tcp_segment_len(len: usize) -> Option<u32> {
 /// retransmits its first segment, which the splice delivers.) False, with nothing
 /// changed, when the reply entry cannot be stored: the backend's next SYN-ACK tries again.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn complete_binding(
     reply: &mut Flow,
     reply_key: &FlowKey,
     client_key: &FlowKey,
     backend_isn: u32,
+    options: &SpliceOptions,
     frame_len: u64,
     stats: &Counters,
 ) -> bool {
-    let binding = (reply.phase, reply.seq_delta, reply.state);
+    let binding = (
+        reply.phase,
+        reply.seq_delta,
+        reply.state,
+        reply.flags,
+        reply.win_shift,
+        reply.ts_offset,
+    );
     let delta = reply.cookie_isn().wrapping_sub(backend_isn);
-    let splice = |f: &mut Flow| {
+    let splice = |f: &mut Flow, edit_flags: u8, win_shift: i8| {
         f.phase = phase::SPLICED;
         f.seq_delta = delta;
         f.state = flow_state::ESTABLISHED;
+        f.flags |= edit_flags;
+        f.win_shift = win_shift;
+        f.ts_offset = options.ts_offset;
     };
     let slot = reply.backend_slot();
     // Spliced in place and copied into the flow table before the PENDING value goes: the
     // backend's next packet finds one or the other.
-    splice(reply);
+    splice(reply, options.to_client_flags, options.to_client_shift);
     if FLOWS.insert(reply_key, &*reply, 0).is_err() {
         // Put back as it was, for the backend's next SYN-ACK.
-        (reply.phase, reply.seq_delta, reply.state) = binding;
+        (
+            reply.phase,
+            reply.seq_delta,
+            reply.state,
+            reply.flags,
+            reply.win_shift,
+            reply.ts_offset,
+        ) = binding;
         return false;
     }
     // `reply` points into the value removed here: not used after.
@@ -751,7 +946,11 @@ pub fn complete_binding(
     }
     if let Some(f) = FLOWS.get_ptr_mut(client_key) {
         // SAFETY: pointer into the map value, valid during this run.
-        splice(unsafe { &mut *f });
+        splice(
+            unsafe { &mut *f },
+            options.to_backend_flags,
+            options.to_backend_shift,
+        );
     }
     stats.inc(Counter::BindingsCompleted);
     true
@@ -788,6 +987,11 @@ pub fn backend_answer(
         stats.inc(Counter::DropWhileBinding);
         return xdp_action::XDP_DROP;
     };
+    // Read before the SYN-ACK is overwritten.
+    let Some(options) = negotiate(start, end, pkt, seg) else {
+        stats.inc(Counter::DropWhileBinding);
+        return xdp_action::XDP_DROP;
+    };
     let needed = pkt.l3_off + 20 + n as usize;
     let have = end - start;
     if adjust_tail(ctx, needed as i32 - have as i32).is_none() {
@@ -801,6 +1005,7 @@ pub fn backend_answer(
     // SAFETY: n <= the kept bytes' size; the helper checks the packet range itself.
     let stored =
         unsafe { bpf_xdp_store_bytes(ctx.ctx, l4_off as u32, seg.bytes.as_ptr() as *mut _, n) };
+    let seq_delta = seg.reply.cookie_isn().wrapping_sub(backend_isn);
     if stored != 0
         || set_ack(
             ctx.data(),
@@ -809,11 +1014,13 @@ pub fn backend_answer(
             backend_isn.wrapping_add(1),
         )
         .is_none()
+        || translate_kept_segment(ctx.data(), ctx.data_end(), l4_off, seg, seq_delta).is_none()
         || !complete_binding(
             &mut seg.reply,
             &pkt.key,
             &client_key,
             backend_isn,
+            options,
             needed as u64,
             stats,
         )

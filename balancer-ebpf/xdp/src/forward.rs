@@ -14,7 +14,9 @@ use balancer_common::{
     csum::{apply_delta, apply_delta_udp, ttl_restore_delta, u32_delta},
     direction, flow_flags,
     parse::{ptr_at_mut, read, write, EthHdr, Ipv4Hdr, Packet, TCP_CHECK_OFF, UDP_CHECK_OFF},
-    phase, Counter, Flow, NEXT_HOP_TTL_NS, PROTO_TCP,
+    phase,
+    tcp_opts::{edit_flags, Edit},
+    Counter, Flow, NEXT_HOP_TTL_NS, PROTO_TCP,
 };
 
 use crate::{
@@ -50,13 +52,53 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters
     if let Some(action) = refuse(pkt, stats) {
         return action;
     }
+    forward_translated(ctx, pkt, flow, 0, stats)
+}
+
+/// [`forward`] for a flow-table hit, which may be spliced: the TCP options and window are
+/// translated first, so that a segment that cannot be translated is dropped before
+/// anything in it changed. (Only here: no other caller forwards a spliced flow, and the
+/// verifier checks the translation once per call site.)
+#[inline(always)]
+pub fn forward_established(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &mut Flow,
+    stats: &Counters,
+) -> u32 {
+    if let Some(action) = refuse(pkt, stats) {
+        return action;
+    }
+    let mut options_delta = 0;
+    if flow.phase == phase::SPLICED && (flow.flags & edit_flags::ANY != 0 || flow.win_shift != 0) {
+        match translate_options(ctx.data(), ctx.data_end(), pkt, flow) {
+            Some(d) => options_delta = d,
+            None => {
+                stats.inc(Counter::DropUntranslatableOptions);
+                return xdp_action::XDP_DROP;
+            }
+        }
+    }
+    forward_translated(ctx, pkt, flow, options_delta, stats)
+}
+
+/// The rest of [`forward`], once the options are translated (`options_delta`: their
+/// checksum change).
+#[inline(always)]
+fn forward_translated(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &mut Flow,
+    options_delta: u32,
+    stats: &Counters,
+) -> u32 {
     if !flow.has(flow_flags::L2_VALID) {
         match resolve_next_hop(ctx, pkt, flow) {
             NextHop::Resolved => {}
             NextHop::NoNeighbour => {
                 // The kernel forwards the translated packet (taking the TTL off itself)
                 // and resolves the neighbour; later packets find it in the table.
-                if rewrite(ctx, pkt, flow, false).is_none() {
+                if rewrite(ctx, pkt, flow, false, options_delta).is_none() {
                     stats.inc(Counter::PassMalformed);
                     return xdp_action::XDP_PASS;
                 }
@@ -69,7 +111,7 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters
             }
         }
     }
-    if rewrite(ctx, pkt, flow, true).is_none() {
+    if rewrite(ctx, pkt, flow, true, options_delta).is_none() {
         // Headers were checked by the parser; only a changed frame gets here.
         stats.inc(Counter::PassMalformed);
         return xdp_action::XDP_PASS;
@@ -82,7 +124,7 @@ pub fn forward(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters
 #[inline(always)]
 pub fn send_built(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow, stats: &Counters) -> u32 {
     if !flow.has(flow_flags::L2_VALID) {
-        match resolve_next_hop(ctx, pkt, flow) {
+        match resolve_next_hop_inline(ctx, pkt, flow) {
             NextHop::Resolved => {}
             NextHop::NoNeighbour => {
                 stats.inc(Counter::PassNoNeighbour);
@@ -136,10 +178,34 @@ fn out(ctx: &XdpContext, flow: &Flow, stats: &Counters) -> u32 {
     }
 }
 
+/// The option and window translation of a spliced flow's segment
+/// ([`balancer_common::tcp_opts::translate`]); the TCP checksum delta, or `None` with the
+/// packet untouched. Not inlined: it keeps the option buffer off the stack frame of the
+/// other paths. (The frame's bounds come as arguments: see `bind::segment_timestamps`.)
+#[inline(never)]
+fn translate_options(start: usize, end: usize, pkt: &Packet, flow: &Flow) -> Option<u32> {
+    let edit = Edit {
+        flags: flow.flags & edit_flags::ANY,
+        to_client: flow.direction == direction::TO_CLIENT,
+        ts_offset: flow.ts_offset,
+        sack_delta: flow.seq_delta,
+        win_shift: flow.win_shift,
+    };
+    let opt_len = pkt.payload_off.saturating_sub(pkt.l4_off + 20);
+    crate::options::translate(start, end, pkt.l4_off, opt_len, &edit)
+}
+
 /// Writes the new addresses and ports, takes one off the TTL (unless the kernel will),
-/// and updates the IPv4 and TCP/UDP checksums with the flow's precomputed deltas.
+/// and updates the IPv4 and TCP/UDP checksums with the flow's precomputed deltas (and
+/// `options_delta`, what [`translate_options`] changed in the TCP header).
 #[inline(always)]
-fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow, decrement_ttl: bool) -> Option<()> {
+fn rewrite(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    flow: &Flow,
+    decrement_ttl: bool,
+    options_delta: u32,
+) -> Option<()> {
     let start = ctx.data();
     let end = ctx.data_end();
     let ip = ptr_at_mut::<Ipv4Hdr>(start, end, pkt.l3_off)?;
@@ -150,16 +216,16 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow, decrement_ttl: bool) -> 
         h.dst = flow.new_dst;
         if decrement_ttl {
             h.ttl -= 1;
-            h.check = apply_delta(h.check, flow.ip_csum_delta);
+            h.check = apply_delta(h.check, flow.ip_csum_delta as u32);
         } else {
-            h.check = apply_delta(h.check, flow.ip_csum_delta + ttl_restore_delta());
+            h.check = apply_delta(h.check, flow.ip_csum_delta as u32 + ttl_restore_delta());
         }
         write(ip, h);
 
         let ports = ptr_at_mut::<[u16; 2]>(start, end, pkt.l4_off)?;
         write(ports, [flow.new_sport, flow.new_dport]);
         if pkt.key.proto == PROTO_TCP {
-            let mut delta = flow.l4_csum_delta;
+            let mut delta = flow.l4_csum_delta as u32 + options_delta;
             if flow.phase == phase::SPLICED {
                 // The client saw the syncookie ISN, the backend chose its own: shift
                 // the backend's sequence numbers and the client's acknowledgements.
@@ -178,7 +244,10 @@ fn rewrite(ctx: &XdpContext, pkt: &Packet, flow: &Flow, decrement_ttl: bool) -> 
             write(check, apply_delta(read(check), delta));
         } else {
             let check = ptr_at_mut::<u16>(start, end, pkt.l4_off + UDP_CHECK_OFF)?;
-            write(check, apply_delta_udp(read(check), flow.l4_csum_delta));
+            write(
+                check,
+                apply_delta_udp(read(check), flow.l4_csum_delta as u32),
+            );
         }
     }
     Some(())
@@ -192,9 +261,18 @@ enum NextHop {
 
 /// The next hop of a flow: towards a backend from the per-CPU cache when it holds a fresh
 /// answer for this backend address and ingress, else from the FIB (and cached). Stored
-/// in the flow either way.
-#[inline(always)]
+/// in the flow either way. (Not inlined into the forwarding path: the FIB lookup's
+/// parameters would weigh on the program entry's stack frame, which adds to every call
+/// chain's; see [`resolve_next_hop_inline`].)
+#[inline(never)]
 fn resolve_next_hop(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow) -> NextHop {
+    resolve_next_hop_inline(ctx, pkt, flow)
+}
+
+/// [`resolve_next_hop`], inlined into [`send_built`]: as a frame of its own on top of the
+/// SYN builder's, it would pass the verifier's limit on a call chain's stack.
+#[inline(always)]
+fn resolve_next_hop_inline(ctx: &XdpContext, pkt: &Packet, flow: &mut Flow) -> NextHop {
     // SAFETY: reading the context field of the running program.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let cache = if flow.direction == direction::TO_BACKEND {

@@ -14,6 +14,7 @@ mod bind;
 mod counters;
 mod forward;
 mod maps;
+mod options;
 mod select;
 mod tc;
 
@@ -25,7 +26,9 @@ use balancer_common::{
     direction,
     flow::{is_syn, new_entries_into, still_valid, track},
     flow_flags,
-    parse::{parse_packet, ptr_at, read, EthHdr, Packet, ParseError},
+    parse::{
+        parse_packet, ptr_at, read, EthHdr, Packet, ParseError, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    },
     phase, Config, Counter, Service, ServiceKey, PROTO_TCP, SERVICE_F_COOKIE,
 };
 
@@ -105,7 +108,7 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
                 return Ok(bind::binding(ctx, &pkt, flow, now, &stats));
             }
             track(flow, &pkt, now);
-            return Ok(forward::forward(ctx, &pkt, flow, &stats));
+            return Ok(forward::forward_established(ctx, &pkt, flow, &stats));
         }
     }
 
@@ -124,7 +127,14 @@ fn try_balancer(ctx: &XdpContext) -> Result<u32, ()> {
         return Ok(action);
     }
     if service.flags & SERVICE_F_COOKIE != 0 && pkt.key.proto == PROTO_TCP {
-        return Ok(bind::new_connection(ctx, &pkt, &service, now(), &stats));
+        if is_plain_syn(&pkt) {
+            return Ok(bind::answer_syn(ctx, &pkt, &stats));
+        }
+        let verdict = bind::new_connection(ctx, &pkt, &service, &stats);
+        if verdict == bind::ENTRIES_READY {
+            return Ok(bind::start_binding(ctx, &pkt, &stats));
+        }
+        return Ok(verdict);
     }
     Ok(new_flow(ctx, &pkt, &service, &stats))
 }
@@ -198,6 +208,12 @@ fn new_flow(ctx: &XdpContext, pkt: &Packet, service: &Service, stats: &Counters)
         return xdp_action::XDP_DROP;
     }
     action
+}
+
+/// SYN set; ACK, RST and FIN clear (a SYN+FIN is dropped by TCP stacks in LISTEN too).
+#[inline(always)]
+fn is_plain_syn(pkt: &Packet) -> bool {
+    pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN
 }
 
 /// CLOCK_MONOTONIC, coarse (tick resolution is plenty for second-granularity timeouts,

@@ -88,3 +88,8 @@ pub static SCAN: PerCpuArray<ScanScratch> = PerCpuArray::with_max_entries(1, 0);
 /// BPF stack next to the rest of the binding path). Not pinned.
 #[map(name = "BALANCER_ENTRY_SCRATCH")]
 pub static ENTRY_SCRATCH: PerCpuArray<FlowPair> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU scratch of the TCP option walk and edit (see options.rs).
+#[map(name = "BALANCER_OPT_SCRATCH")]
+pub static OPTION_SCRATCH: PerCpuArray<crate::options::OptionScratch> =
+    PerCpuArray::with_max_entries(1, 0);

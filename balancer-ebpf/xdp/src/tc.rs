@@ -37,7 +37,10 @@ use balancer_common::{
 };
 
 use crate::{
-    bind::{complete_binding, segment_len, synack_for_binding},
+    bind::{
+        complete_binding, negotiate, pending_offer, segment_len, synack_for_binding,
+        translate_kept_segment,
+    },
     counters::Counters,
     maps::PENDING,
 };
@@ -73,11 +76,31 @@ fn try_balancer_tc(ctx: &TcContext) -> Option<i32> {
     }
     // From here the packet is ours: never let the SYN-ACK reach the client.
     let stats = Counters::get()?;
-    let Some(done) = splice(ctx, &pkt, seg, &stats) else {
+    let Some(done) = verdict(splice_step(ctx, &pkt, seg, &stats)) else {
         stats.inc(Counter::DropWhileBinding);
         return Some(TC_ACT_SHOT);
     };
     Some(done)
+}
+
+/// A non-inlined step's verdict: BPF functions return one register, so `None` travels as
+/// [`NO_VERDICT`] (an `Option<i32>` would come back through a stack pointer, which the
+/// verifier refuses).
+const NO_VERDICT: i64 = i64::MIN;
+
+#[inline(always)]
+fn verdict(v: i64) -> Option<i32> {
+    if v == NO_VERDICT {
+        None
+    } else {
+        Some(v as i32)
+    }
+}
+
+/// [`splice`] on its own stack frame.
+#[inline(never)]
+fn splice_step(ctx: &TcContext, pkt: &Packet, seg: &mut PendingSegment, stats: &Counters) -> i64 {
+    splice(ctx, pkt, seg, stats).map_or(NO_VERDICT, i64::from)
 }
 
 #[inline(always)]
@@ -90,6 +113,8 @@ fn splice(
     let (client_key, backend_isn) =
         synack_for_binding(ctx.data(), ctx.data_end(), pkt, &seg.reply)?;
     let n = segment_len(seg)?;
+    // Read before the SYN-ACK is overwritten.
+    let options = negotiate(ctx.data(), ctx.data_end(), pkt, seg)?;
     let new_len = pkt.l3_off as u32 + 20 + n;
     // SAFETY: plain helper calls on the running program's skb; store_bytes reads n bytes
     // of the map value, n <= its size.
@@ -120,11 +145,14 @@ fn splice(
         l4_off,
         backend_isn.wrapping_add(1),
     )?;
+    let seq_delta = seg.reply.cookie_isn().wrapping_sub(backend_isn);
+    translate_kept_segment(ctx.data(), ctx.data_end(), l4_off, seg, seq_delta)?;
     if !complete_binding(
         &mut seg.reply,
         &pkt.key,
         &client_key,
         backend_isn,
+        options,
         new_len as u64,
         stats,
     ) {
@@ -154,13 +182,19 @@ fn stale_ack(ctx: &TcContext, pkt: &Packet, seg: &mut PendingSegment) -> Option<
         return None;
     }
     reply.set(flow_flags::STALE_ACK_RESENT);
-    match resend(ctx, pkt, seg, &stats) {
+    match verdict(resend_step(ctx, pkt, seg, &stats)) {
         Some(verdict) => Some(verdict),
         None => {
             stats.inc(Counter::DropWhileBinding);
             Some(TC_ACT_SHOT)
         }
     }
+}
+
+/// [`resend`] on its own stack frame.
+#[inline(never)]
+fn resend_step(ctx: &TcContext, pkt: &Packet, seg: &PendingSegment, stats: &Counters) -> i64 {
+    resend(ctx, pkt, seg, stats).map_or(NO_VERDICT, i64::from)
 }
 
 #[inline(always)]
@@ -184,8 +218,9 @@ fn resend(ctx: &TcContext, pkt: &Packet, seg: &PendingSegment, stats: &Counters)
     stats.inc(Counter::BindStaleAcks);
 
     // The RST is now client -> backend with the MACs towards the backend: what the SYN
-    // needs too.
-    let syn_len = backend_syn_len(pkt);
+    // needs too. It offers what the first SYN did.
+    let offer = pending_offer(seg);
+    let syn_len = backend_syn_len(pkt, &offer);
     // SAFETY: as above.
     unsafe {
         if bpf_skb_change_tail(ctx.skb.skb, syn_len as u32, 0) != 0 {
@@ -205,7 +240,7 @@ fn resend(ctx: &TcContext, pkt: &Packet, seg: &PendingSegment, stats: &Counters)
         rst.key.dst,
         rst.key.dport,
         reply.client_isn,
-        reply.mss,
+        &offer,
     )?;
     if len != syn_len {
         return None;

@@ -65,8 +65,9 @@ impl Generator<'_> {
         let vip = self.svc_addr(SVC_COOKIE);
         let isn = rng.u32();
         let mss = mss_choice(rng);
+        let options = client_options(rng);
         let mut t = cookie_window();
-        let mut cookie = syncookie(&TEST_SECRET, client, vip, isn, mss, t);
+        let mut cookie = syncookie_with(&TEST_SECRET, client, vip, isn, mss, &options, t);
         if odd {
             match rng.below(6) {
                 0 => cookie = (cookie & !7) | rng.below(8) as u32,
@@ -77,11 +78,17 @@ impl Generator<'_> {
                 _ => cookie = rng.u32(),
             }
             if matches!(rng.below(6), 1..=3) {
-                cookie = syncookie(&TEST_SECRET, client, vip, isn, mss, t);
+                cookie = syncookie_with(&TEST_SECRET, client, vip, isn, mss, &options, t);
             }
         }
-        tcp_to(client, vip, fl, isn.wrapping_add(1), cookie.wrapping_add(1))
-            .ttl(rng.range(2, 65) as u8)
+        let f = tcp_to(client, vip, fl, isn.wrapping_add(1), cookie.wrapping_add(1))
+            .ttl(rng.range(2, 65) as u8);
+        if !options.timestamps {
+            return f;
+        }
+        // The SYN-ACK's TSval carries the options; the client echoes it.
+        let tsecr = (rng.u32() & !0x1f) | options.bits();
+        f.tcp_options(&ts_option(rng.u32(), tsecr))
     }
 
     pub(super) fn base(&self, rng: &mut Rng, t: Template) -> Base {

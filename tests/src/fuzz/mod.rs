@@ -149,8 +149,12 @@ use balancer_common::{
     hash::flow_hash,
     map_names,
     parse::parse_slice,
-    syncookie::{check_cookie, decode_mss, encode_mss, make_cookie, CookieSecret, SyncookieKeys},
-    tcp_reply::client_mss,
+    syncookie::{
+        check_cookie, cookie_data, decode_mss, encode_mss, make_cookie, CookieData, CookieLayout,
+        CookieSecret, SyncookieKeys,
+    },
+    tcp_opts::{self, walk, ClientOptions, OptionBytes, SpliceOptions, SynOffer, Walk},
+    tcp_reply::segment_options,
     BackendStats, Counter, Flow, FlowKey, GlobalStats, PendingSegment, PROTO_TCP, PROTO_UDP,
     RING_SIZE,
 };
@@ -159,13 +163,14 @@ use balancer_user::{model::addr::ip_to_map, CookieSettings, Proto, ServiceAddr};
 use crate::{
     packet::{
         arp_frame, fix_ipv4_checksum, icmp_echo_frame, ipv6_syn_frame, l4_checksum,
-        linux_syn_options, mss_option, Frame, TcpFlags, L4,
+        linux_syn_options, mss_option, syn_options as syn_option_bytes, ts_option, Frame, TcpFlags,
+        L4,
     },
     rng::Rng,
     testrun::{
-        backend_addr, backend_mac, cookie_window, request_head, syncookie, tcp_key, test_run,
-        verdict_name, Ingress, Programs, TestBed, BACKEND_IF_MAC, CLIENT, TEST_SECRET, VIP,
-        XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
+        backend_addr, backend_mac, cookie_window, request_head, syncookie, syncookie_with, tcp_key,
+        test_run, verdict_name, Ingress, Programs, TestBed, BACKEND_IF_MAC, CLIENT, TEST_SECRET,
+        VIP, XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX,
     },
 };
 

@@ -245,8 +245,15 @@ impl Oracle {
     }
 
     /// Valid under the test secret in the window before or after the run (`[t0, t1]`).
-    fn cookie_valid(&self, p: &Pkt, t: u32) -> bool {
+    fn cookie_valid(&self, r: &Run, p: &Pkt, t: u32) -> bool {
+        self.cookie_data(r, p, t).is_some()
+    }
+
+    /// The data of the packet's cookie in window `t`, in the layout its timestamps (or
+    /// their absence) say, with those timestamps.
+    fn cookie_data(&self, r: &Run, p: &Pkt, t: u32) -> Option<(CookieData, Option<(u32, u32)>)> {
         let k = p.key();
+        let ts = input_timestamps(r);
         check_cookie(
             &self.keys,
             k.src,
@@ -256,8 +263,9 @@ impl Oracle {
             p.seq.wrapping_sub(1),
             p.ack.wrapping_sub(1),
             t,
+            CookieLayout::of_segment(ts.is_some()),
         )
-        .is_some()
+        .map(|d| (d, ts))
     }
 
     /// The backend a first segment must bind to, with the scan's outcome counter and
@@ -418,7 +426,7 @@ impl Oracle {
                 "syncookies_valid for a packet that is not an ACK to the cookie service"
             );
             ensure_that!(
-                r.windows.iter().any(|t| self.cookie_valid(p, *t)),
+                r.windows.iter().any(|t| self.cookie_valid(r, p, *t)),
                 "syncookie.valid",
                 "syncookies_valid but the cookie {:#010x} is invalid under the test secret",
                 p.ack.wrapping_sub(1)
@@ -450,7 +458,7 @@ impl Oracle {
         }
         if r.c(Counter::SyncookiesInvalid) && ack_only {
             ensure_that!(
-                !r.windows.iter().all(|t| self.cookie_valid(p, *t)),
+                !r.windows.iter().all(|t| self.cookie_valid(r, p, *t)),
                 "syncookie.invalid",
                 "syncookies_invalid for the valid cookie {:#010x}",
                 p.ack.wrapping_sub(1)
@@ -560,6 +568,21 @@ impl Oracle {
             if r.c(Counter::BindingsStarted) {
                 let segment = r.input[p.l4..p.ip_end].to_vec();
                 let cookie = p.ack.wrapping_sub(1);
+                let (data, ts) = r
+                    .windows
+                    .iter()
+                    .find_map(|t| self.cookie_data(r, p, *t))
+                    .unwrap_or((
+                        CookieData {
+                            mss: 0,
+                            option_bits: 0,
+                        },
+                        None,
+                    ));
+                let options = match ts {
+                    Some((_, ecr)) => ClientOptions::from_bits(ecr, true),
+                    None => ClientOptions::from_bits(data.option_bits, false),
+                };
                 self.shadow.spliced.remove(&key);
                 self.shadow.pending.insert(
                     key,
@@ -568,6 +591,9 @@ impl Oracle {
                         isn: p.seq.wrapping_sub(1),
                         cookie,
                         mss: decode_mss(cookie & 7).unwrap_or(0),
+                        options,
+                        client_tsval: ts.map_or(0, |t| t.0),
+                        synack_tsval: ts.map_or(0, |t| t.1),
                         segment,
                         residual: l4_residual(r.input, p),
                     },
@@ -644,4 +670,34 @@ impl Oracle {
         }
         Ok(())
     }
+}
+
+/// The option walk of the run's input frame (the data plane's walk, run on the host).
+pub(super) fn input_options(r: &Run) -> Option<(Walk, OptionBytes)> {
+    let pk = parse_slice(r.input).ok()?;
+    let start = r.input.as_ptr() as usize;
+    let o = segment_options(start, start + r.input.len(), &pk);
+    Some((walk(&o), o))
+}
+
+/// The timestamps of the run's input frame, if it has them.
+pub(super) fn input_timestamps(r: &Run) -> Option<(u32, u32)> {
+    let (w, o) = input_options(r)?;
+    w.timestamps(&o)
+}
+
+/// `segment` (a TCP header and payload) translated by `edit` as the splice translates it,
+/// checksum included; `None` when its options cannot be walked.
+pub(super) fn translated_segment(segment: &[u8], edit: &tcp_opts::Edit) -> Option<Vec<u8>> {
+    let mut s = segment.to_vec();
+    if s.len() < 20 {
+        return None;
+    }
+    let opt_len = ((s[12] >> 4) as usize * 4).saturating_sub(20);
+    let start = s.as_mut_ptr() as usize;
+    let delta = tcp_opts::translate(start, start + s.len(), 0, opt_len, edit)?;
+    let check = u16::from_ne_bytes([s[16], s[17]]);
+    let check = csum::apply_delta(check, delta).to_ne_bytes();
+    s[16..18].copy_from_slice(&check);
+    Some(s)
 }

@@ -82,7 +82,11 @@ impl Oracle {
             check: "output.synack",
             detail: format!("the data plane's parser refuses the SYN on the host: {e:?}"),
         })?;
-        let index = encode_mss(client_mss(start, start + r.input.len(), &pk));
+        let o_syn = segment_options(start, start + r.input.len(), &pk);
+        let w = walk(&o_syn);
+        let client = ClientOptions::of_syn(&w);
+        let index = encode_mss(w.mss.unwrap_or(536));
+        let layout = CookieLayout::of_segment(client.timestamps);
         let k = p.key();
         let candidates: Vec<u32> = r
             .windows
@@ -96,7 +100,8 @@ impl Oracle {
                     k.dport,
                     p.seq,
                     *t,
-                    index,
+                    cookie_data(layout, index, client.bits()),
+                    layout,
                 )
             })
             .collect();
@@ -120,11 +125,34 @@ impl Oracle {
             "SYN-ACK ISN {:#010x} is not the syncookie {candidates:#010x?}",
             o.seq
         );
+        // The options mirror the client's; the TSval is the data plane's clock with the
+        // client's options in its low 5 bits.
+        let out_start = r.out.as_ptr() as usize;
+        let out_pk = parse_slice(r.out).ok();
+        let out_ts = out_pk
+            .map(|pk| segment_options(out_start, out_start + r.out.len(), &pk))
+            .and_then(|oo| walk(&oo).timestamps(&oo));
+        let offer = SynOffer {
+            mss: offered,
+            wscale: client.wscale.map(|_| tcp_opts::OFFERED_WSCALE),
+            sack_ok: client.sack_ok,
+            timestamps: w
+                .timestamps(&o_syn)
+                .map(|(val, _)| (out_ts.map_or(0, |t| t.0), val)),
+        };
+        let want = offer_bytes(&offer);
         ensure_that!(
-            r.out[o.l4 + 20..o.payload] == mss_option(offered)[..] && o.payload == o.ip_end,
+            r.out[o.l4 + 20..o.payload] == want[..] && o.payload == o.ip_end,
             "output.synack",
-            "SYN-ACK options {} (expected MSS {offered})",
-            hex(&r.out[o.l4 + 20..o.payload])
+            "SYN-ACK options {} (expected {})",
+            hex(&r.out[o.l4 + 20..o.payload]),
+            hex(&want)
+        );
+        ensure_that!(
+            out_ts.is_none_or(|(val, _)| val & 0x1f == client.bits()),
+            "output.synack",
+            "SYN-ACK TSval {out_ts:x?} does not carry the client's options {:#x}",
+            client.bits()
         );
         self.count(PATH_SYNACK);
         Ok(())
@@ -171,12 +199,18 @@ impl Oracle {
             b.isn,
             p.window
         );
+        let want = offer_bytes(&SynOffer {
+            mss: b.mss,
+            wscale: b.options.wscale,
+            sack_ok: b.options.sack_ok,
+            timestamps: b.options.timestamps.then_some((b.client_tsval, 0)),
+        });
         ensure_that!(
-            r.out[o.l4 + 20..o.payload] == mss_option(b.mss)[..] && o.payload == o.ip_end,
+            r.out[o.l4 + 20..o.payload] == want[..] && o.payload == o.ip_end,
             "output.backend_syn",
-            "SYN options {} (expected MSS {})",
+            "SYN options {} (expected {})",
             hex(&r.out[o.l4 + 20..o.payload]),
-            b.mss
+            hex(&want)
         );
         check_verdict(r, r.to_backend_verdict(), "SYN to the backend")?;
         self.count(if r.c(Counter::BindingsStarted) {
@@ -242,7 +276,20 @@ impl Oracle {
             o.ip_end,
             b.segment.len()
         );
-        let diff = same_except(seg, &b.segment, &[2..4, 8..12, 16..18]);
+        // As the client sent it, translated like every later segment of the splice.
+        let backend_opts = input_options(r).ok_or_else(|| Finding {
+            check: "output.segment",
+            detail: "the backend's SYN-ACK does not parse".into(),
+        })?;
+        let splice =
+            SpliceOptions::negotiate(&b.options, b.synack_tsval, &backend_opts.0, &backend_opts.1);
+        let shift = b.cookie.wrapping_sub(p.seq);
+        let want =
+            translated_segment(&b.segment, &splice.to_backend(shift)).ok_or_else(|| Finding {
+                check: "output.segment",
+                detail: "a kept segment whose options cannot be translated was sent".into(),
+            })?;
+        let diff = same_except(seg, &want, &[2..4, 8..12, 16..18]);
         ensure_that!(
             diff.is_none(),
             "output.segment",
@@ -276,6 +323,7 @@ impl Oracle {
                 isn: b.isn,
                 cookie: b.cookie,
                 bisn: p.seq,
+                options: splice,
             },
         );
         self.shadow.tick += 1;
@@ -283,4 +331,10 @@ impl Oracle {
         self.count(PATH_SEGMENT);
         Ok(())
     }
+}
+
+/// The option bytes of a SYN or SYN-ACK the data plane builds with `offer`.
+fn offer_bytes(offer: &SynOffer) -> Vec<u8> {
+    let (words, n) = offer.words();
+    words[..n].iter().flat_map(|w| w.to_ne_bytes()).collect()
 }

@@ -13,6 +13,19 @@ impl Oracle {
         // The sequence or acknowledgement number, for a splice's shift.
         shifted: Option<std::ops::Range<usize>>,
     ) -> Result<(), Finding> {
+        self.check_rewrite_of(r, r.input, p, o, shifted)
+    }
+
+    /// [`Oracle::check_rewrite`] against `input`: the run's input, or for a splice the
+    /// input with its TCP options and window translated.
+    fn check_rewrite_of(
+        &mut self,
+        r: &Run,
+        input: &[u8],
+        p: &Pkt,
+        o: &Pkt,
+        shifted: Option<std::ops::Range<usize>>,
+    ) -> Result<(), Finding> {
         ensure_that!(
             p.ttl >= 2 && o.ttl == p.ttl - 1,
             "output.ttl",
@@ -28,13 +41,13 @@ impl Oracle {
         };
         let mut ranges = vec![0..12, l3 + 8..l3 + 9, l3 + 10..l3 + 20, l4..l4 + 4, csum];
         ranges.extend(shifted);
-        let diff = same_except(r.input, r.out, &ranges);
+        let diff = same_except(input, r.out, &ranges);
         ensure_that!(
             diff.is_none(),
             "output.rewrite",
             "a byte outside the rewritten fields changed (byte {diff:?})"
         );
-        let (iv, ov) = (ip_residual(r.input, p), ip_residual(r.out, o));
+        let (iv, ov) = (ip_residual(input, p), ip_residual(r.out, o));
         ensure_that!(
             same_residual(iv, ov),
             "output.checksum",
@@ -99,7 +112,26 @@ impl Oracle {
             "output.spliced",
             "{name} {before:#x} -> {after:#x}, expected the shift by K - B = {shift:#x}"
         );
-        self.check_rewrite(r, p, o, Some(at..at + 4))
+        // The options and window as the splice translates them.
+        let opts = sp.options;
+        let edit = match field {
+            Shifted::Ack => opts.to_backend(shift),
+            Shifted::Seq => tcp_opts::Edit {
+                flags: opts.to_client_flags,
+                to_client: true,
+                ts_offset: opts.ts_offset,
+                sack_delta: shift,
+                win_shift: opts.to_client_shift,
+            },
+        };
+        let mut input = r.input.to_vec();
+        let segment =
+            translated_segment(&r.input[p.l4..p.ip_end], &edit).ok_or_else(|| Finding {
+                check: "output.spliced",
+                detail: "a segment whose options cannot be translated was forwarded".into(),
+            })?;
+        input[p.l4..p.ip_end].copy_from_slice(&segment);
+        self.check_rewrite_of(r, &input, p, o, Some(at..at + 4))
     }
 
     pub(super) fn check_nat_forward(

@@ -12,6 +12,10 @@ pub(super) struct Pending {
     pub(super) isn: u32,
     pub(super) cookie: u32,
     pub(super) mss: u16,
+    /// What the client's SYN offered, and the TSval and TSecr of its first segment.
+    pub(super) options: ClientOptions,
+    pub(super) client_tsval: u32,
+    pub(super) synack_tsval: u32,
     /// The client's TCP segment as it came (header and payload).
     pub(super) segment: Vec<u8>,
     /// Its L4 checksum residual against the client -> VIP pseudo-header.
@@ -25,6 +29,8 @@ pub(super) struct Spliced {
     pub(super) isn: u32,
     pub(super) cookie: u32,
     pub(super) bisn: u32,
+    /// How the splice translates options (from the client's SYN and the backend's SYN-ACK).
+    pub(super) options: SpliceOptions,
 }
 
 /// Where the reply direction of a flow sends frames (learnt from the packet that created

@@ -175,12 +175,33 @@ pub(super) fn mss_choice(rng: &mut Rng) -> u16 {
     *rng.pick(&[536, 1220, 1440, 1460, 1460, 4312, 8960, 100, 0, 65535, 1400])
 }
 
-/// SYN options: Linux-like, MSS only, none, or soup.
+/// SYN options: Linux-like, another mix of MSS, SACK-permitted, timestamps and window
+/// scale, MSS only, or none.
 pub(super) fn syn_options(rng: &mut Rng, mss: u16) -> Vec<u8> {
-    match rng.below(4) {
+    match rng.below(6) {
         0 | 1 => linux_syn_options(mss),
-        2 => mss_option(mss),
+        2 => {
+            let o = client_options(rng);
+            let ts = o.timestamps.then(|| (rng.u32(), 0));
+            // Sometimes a window scale above 14, which the data plane clamps.
+            let ws = o.wscale.map(|s| if rng.one_in(8) { 15 + s } else { s });
+            syn_option_bytes(mss, o.sack_ok, ts, ws)
+        }
+        3 => mss_option(mss),
         _ => Vec::new(),
+    }
+}
+
+/// Random SYN options besides the MSS.
+pub(super) fn client_options(rng: &mut Rng) -> ClientOptions {
+    ClientOptions {
+        wscale: if rng.one_in(3) {
+            None
+        } else {
+            Some(rng.below(15) as u8)
+        },
+        sack_ok: rng.one_in(2),
+        timestamps: rng.one_in(2),
     }
 }
 

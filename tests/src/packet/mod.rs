@@ -349,6 +349,50 @@ pub fn linux_syn_options(mss: u16) -> Vec<u8> {
     o
 }
 
+/// A timestamps option behind two NOPs, as Linux sends it in every segment after the SYN
+/// (12 bytes).
+pub fn ts_option(tsval: u32, tsecr: u32) -> Vec<u8> {
+    let mut o = vec![1, 1, 8, 10];
+    o.extend_from_slice(&tsval.to_be_bytes());
+    o.extend_from_slice(&tsecr.to_be_bytes());
+    o
+}
+
+/// A SACK option with `blocks` (left and right edges) behind two NOPs.
+pub fn sack_option(blocks: &[(u32, u32)]) -> Vec<u8> {
+    let mut o = vec![1, 1, 5, (2 + 8 * blocks.len()) as u8];
+    for (l, r) in blocks {
+        o.extend_from_slice(&l.to_be_bytes());
+        o.extend_from_slice(&r.to_be_bytes());
+    }
+    o
+}
+
+/// The options of a SYN or SYN-ACK laid out as Linux lays them out: MSS; SACK-permitted
+/// and timestamps (NOP-padded when only one of them is there); NOP and window scale.
+pub fn syn_options(
+    mss: u16,
+    sack_ok: bool,
+    timestamps: Option<(u32, u32)>,
+    wscale: Option<u8>,
+) -> Vec<u8> {
+    let mut o = mss_option(mss);
+    match (timestamps, sack_ok) {
+        (Some((val, ecr)), sack) => {
+            o.extend_from_slice(if sack { &[4, 2] } else { &[1, 1] });
+            o.extend_from_slice(&[8, 10]);
+            o.extend_from_slice(&val.to_be_bytes());
+            o.extend_from_slice(&ecr.to_be_bytes());
+        }
+        (None, true) => o.extend_from_slice(&[1, 1, 4, 2]),
+        (None, false) => {}
+    }
+    if let Some(ws) = wscale {
+        o.extend_from_slice(&[1, 3, 3, ws]);
+    }
+    o
+}
+
 /// Recomputes the IPv4 header checksum of the header at `l3`.
 pub fn fix_ipv4_checksum(frame: &mut [u8], l3: usize) {
     // Bogus IHLs (tests build them) are clamped to what the frame holds.

@@ -322,7 +322,8 @@ impl TestBed {
         Ok(self.pending(key)?.map(|seg| seg.reply))
     }
 
-    fn pending(&self, key: &FlowKey) -> Result<Option<PendingSegment>> {
+    /// The whole PENDING value under `key`, if any.
+    pub fn pending(&self, key: &FlowKey) -> Result<Option<PendingSegment>> {
         let map: HashMap<MapData, FlowKey, PendingSegment> =
             self.pinned_map(map_names::PENDING, "PENDING")?;
         match map.get(key, 0) {

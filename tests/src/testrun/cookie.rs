@@ -35,7 +35,8 @@ pub fn tcp_key(src: SocketAddrV4, dst: SocketAddrV4) -> FlowKey {
 }
 
 /// The syncookie the data plane answers a SYN `client -> service` with sequence number
-/// `isn` and MSS option `client_mss` (536 for a SYN without one) in window `t`.
+/// `isn`, MSS option `client_mss` (536 for a SYN without one) and no other options, in
+/// window `t`.
 pub fn syncookie(
     secret: &CookieSecret,
     client: SocketAddrV4,
@@ -44,7 +45,31 @@ pub fn syncookie(
     client_mss: u16,
     t: u32,
 ) -> u32 {
+    syncookie_with(
+        secret,
+        client,
+        service,
+        isn,
+        client_mss,
+        &ClientOptions::default(),
+        t,
+    )
+}
+
+/// [`syncookie`] for a SYN that also offers `options`: with timestamps the cookie carries
+/// the MSS alone (the options ride in the SYN-ACK's TSval), without them the options
+/// too (docs/delayed-binding.md, "TCP options across the splice").
+pub fn syncookie_with(
+    secret: &CookieSecret,
+    client: SocketAddrV4,
+    service: SocketAddrV4,
+    isn: u32,
+    client_mss: u16,
+    options: &ClientOptions,
+    t: u32,
+) -> u32 {
     let k = tcp_key(client, service);
+    let layout = CookieLayout::of_segment(options.timestamps);
     make_cookie(
         secret,
         k.src,
@@ -53,7 +78,8 @@ pub fn syncookie(
         k.dport,
         isn,
         t,
-        encode_mss(client_mss),
+        cookie_data(layout, encode_mss(client_mss), options.bits()),
+        layout,
     )
 }
 

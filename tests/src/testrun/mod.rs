@@ -82,7 +82,8 @@ use aya::{
 };
 use balancer_common::{
     map_names,
-    syncookie::{encode_mss, make_cookie, time_window, CookieSecret},
+    syncookie::{cookie_data, encode_mss, make_cookie, time_window, CookieLayout, CookieSecret},
+    tcp_opts::ClientOptions,
     Backend, Counter, Flow, FlowKey, GlobalStats, PendingSegment, PROTO_TCP, RING_SIZE,
 };
 use balancer_user::{

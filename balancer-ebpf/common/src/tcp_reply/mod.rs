@@ -3,7 +3,8 @@
 //!
 //! The answer reuses the frame's first bytes: the Ethernet header (MACs swapped, a VLAN
 //! tag kept as it is), a fresh 20-byte IPv4 header and a fresh TCP header. Its length is
-//! fixed by the link header alone (see [`synack_len`], [`rst_len`]); the functions return
+//! fixed by the link header and the options it carries (see [`synack_len`], [`rst_len`]);
+//! the functions return
 //! it and the XDP program then sets the frame to that length with
 //! `bpf_xdp_adjust_tail(ctx, new_len - (data_end - data))`.
 //!
@@ -14,9 +15,8 @@
 //!
 //! **Room**: the functions write only inside `[start, end)` and never need the frame to
 //! grow for a RST (every TCP segment is at least as long as one). A SYN-ACK needs
-//! [`synack_len`] bytes: a SYN with at least 4 bytes of TCP or IP options always has
-//! them, and so does a minimum-size Ethernet frame (60 bytes, padded by the sender's NIC)
-//! without a VLAN tag. A shorter SYN (no options, not padded, e.g. over veth) makes
+//! [`synack_len`] bytes, which a SYN that offers the same options (the SYN-ACK mirrors
+//! them) nearly always has. A shorter SYN (e.g. no options, not padded, over veth) makes
 //! [`syn_to_synack`] return `None` without touching the frame; the caller grows the frame
 //! first (`bpf_xdp_adjust_tail` by `synack_len(&pkt) - (data_end - data)`), reloads
 //! `data`/`data_end` and calls again with the same [`Packet`] (its offsets are relative to
@@ -39,35 +39,29 @@ use crate::{
         ptr_at, ptr_at_mut, read, write, EthHdr, Ipv4Hdr, Packet, TcpHdr, TCP_ACK, TCP_FIN,
         TCP_RST, TCP_SYN,
     },
+    tcp_opts::{walk, OptionBytes, SynOffer},
     PROTO_TCP,
 };
 
+pub use crate::tcp_opts::{MAX_OPTION_BYTES as MAX_TCP_OPTION_BYTES, MAX_OPTION_STEPS};
+
 /// TTL of the answers.
 pub const REPLY_TTL: u8 = 64;
-/// Receive window offered in the SYN-ACK (no window scaling is offered).
+/// Receive window of the SYN-ACK (never scaled: RFC 7323 2.2).
 pub const SYNACK_WINDOW: u16 = 65535;
 /// MSS assumed for a SYN without an MSS option (RFC 9293, 3.7.1: 536 for IPv4).
 pub const DEFAULT_MSS: u16 = 536;
-/// Most option bytes a TCP header can carry (data offset 15).
-pub const MAX_TCP_OPTION_BYTES: usize = 40;
-/// Options [`client_mss`] looks at before giving up.
-pub const MAX_OPTION_STEPS: usize = 8;
 
 const IPV4_LEN: usize = size_of::<Ipv4Hdr>();
 const TCP_LEN: usize = size_of::<TcpHdr>();
-/// The SYN-ACK's only option: MSS (kind 2, length 4).
-const MSS_OPTION_LEN: usize = 4;
-const OPT_EOL: u8 = 0;
-const OPT_NOP: u8 = 1;
-const OPT_MSS: u8 = 2;
 /// IPv4 "don't fragment", host order.
 const IP_DF: u16 = 0x4000;
 
-/// Frame length of the SYN-ACK [`syn_to_synack`] builds for `pkt`: link header, 20-byte
-/// IPv4 header, 24-byte TCP header (20 + MSS option).
+/// Frame length of the SYN-ACK [`syn_to_synack`] builds for `pkt` with `offer`: link
+/// header, 20-byte IPv4 header, TCP header with the offer's options (24 to 40 bytes).
 #[inline(always)]
-pub fn synack_len(pkt: &Packet) -> usize {
-    pkt.l3_off + IPV4_LEN + TCP_LEN + MSS_OPTION_LEN
+pub fn synack_len(pkt: &Packet, offer: &SynOffer) -> usize {
+    pkt.l3_off + IPV4_LEN + TCP_LEN + 4 * offer.words().1
 }
 
 /// Frame length of the RST [`rst_for`] builds for `pkt`: link header, 20-byte IPv4 header,
@@ -88,74 +82,47 @@ pub fn tcp_seq_ack(start: usize, end: usize, pkt: &Packet) -> Option<(u32, u32)>
     Some((u32::from_be(tcp.seq), u32::from_be(tcp.ack_seq)))
 }
 
+/// The option bytes of the parsed TCP segment `pkt` (see [`OptionBytes::load`]).
+#[inline(always)]
+pub fn segment_options(start: usize, end: usize, pkt: &Packet) -> OptionBytes {
+    let opt_len = pkt.payload_off.saturating_sub(pkt.l4_off + TCP_LEN);
+    OptionBytes::load(start, end, pkt.l4_off, opt_len)
+}
+
 /// The MSS option of a SYN, or [`DEFAULT_MSS`] if it has none (or its options are
 /// malformed before the MSS option). The value is returned as sent, even if below 536;
 /// [`crate::syncookie::encode_mss`] rounds it into the cookie's table.
 ///
-/// Looks at the first [`MAX_OPTION_STEPS`] options only (a NOP counts as one). Linux,
-/// Windows, macOS and the BSDs send MSS first and at most 8 options in a SYN; a SYN whose
-/// MSS option comes later (say, behind NOP padding) gets the default, and works, with
-/// smaller segments. The limit keeps verification cheap: the verifier walks every path
-/// through the loop and their number grows exponentially with the steps (measured on
-/// 6.18: 8 steps, 3.9K instructions processed; 16, 36K; 40, 147K and 4.7 s).
-///
-/// Each step reads 4 bytes at the option's start, bounds-checked: an option that starts
-/// less than 4 bytes before the end of the frame cannot be followed by a (4-byte) MSS
-/// option inside it, so stopping there is exact. (A 1-byte read would need a check the
-/// verifier cannot use: LLVM rewrites `p + 1 > end` to `p >= end`, which proves no
-/// readable byte for a `p` with a variable offset.)
+/// Looks at the first [`MAX_OPTION_STEPS`] options only (see [`crate::tcp_opts::walk`]):
+/// a SYN whose MSS option comes later (say, behind NOP padding) gets the default, and
+/// works, with smaller segments. Only whole option words inside the frame are read.
 #[inline(always)]
 pub fn client_mss(start: usize, end: usize, pkt: &Packet) -> u16 {
-    let opt_start = pkt.l4_off + TCP_LEN;
-    let mut opt_len = pkt.payload_off.saturating_sub(opt_start);
-    if opt_len > MAX_TCP_OPTION_BYTES {
-        opt_len = MAX_TCP_OPTION_BYTES;
+    match walk(&segment_options(start, end, pkt)).mss {
+        Some(m) => m,
+        None => DEFAULT_MSS,
     }
-    let mut off = 0usize;
-    for _ in 0..MAX_OPTION_STEPS {
-        if off >= opt_len {
-            break;
-        }
-        let Some(p) = ptr_at::<[u8; 4]>(start, end, opt_start + off) else {
-            break;
-        };
-        // SAFETY: bounds-checked by ptr_at.
-        let o = unsafe { read(p) };
-        let kind = o[0];
-        if kind == OPT_EOL {
-            break;
-        }
-        if kind == OPT_NOP {
-            off += 1;
-            continue;
-        }
-        let len = o[1] as usize;
-        if len < 2 || off + len > opt_len {
-            break;
-        }
-        if kind == OPT_MSS {
-            if len != MSS_OPTION_LEN {
-                break;
-            }
-            return u16::from_be_bytes([o[2], o[3]]);
-        }
-        off += len;
-    }
-    DEFAULT_MSS
 }
 
 /// Turns the client's SYN in `[start, end)` (parsed into `pkt`) into the SYN-ACK from the
 /// service: MACs, addresses and ports swapped, `seq = isn` (the cookie), `ack = SYN.seq +
-/// 1`, flags SYN|ACK, window [`SYNACK_WINDOW`], one option: MSS `mss` (the MSS the
-/// balancer offers the client, not the client's). IPv4: IHL 5 (options dropped), TOS 0,
-/// id 0, DF, TTL [`REPLY_TTL`]. Both checksums are computed in full.
+/// 1`, flags SYN|ACK, window [`SYNACK_WINDOW`], the options of `offer` (the MSS the
+/// balancer offers the client, not the client's, and the options it mirrors). IPv4:
+/// IHL 5 (options dropped), TOS 0, id 0, DF, TTL [`REPLY_TTL`]. Both checksums are
+/// computed in full.
 ///
 /// Returns the new frame length ([`synack_len`]), or `None`, with the frame untouched, if
 /// the packet is not a plain SYN (SYN set; ACK, RST and FIN clear; a SYN+FIN is dropped by
 /// TCP stacks in LISTEN too), or the frame is shorter than [`synack_len`] (the caller grows
 /// it and calls again; see the module documentation).
 #[inline(always)]
-pub fn syn_to_synack(start: usize, end: usize, pkt: &Packet, isn: u32, mss: u16) -> Option<usize> {
+pub fn syn_to_synack(
+    start: usize,
+    end: usize,
+    pkt: &Packet,
+    isn: u32,
+    offer: &SynOffer,
+) -> Option<usize> {
     if pkt.key.proto != PROTO_TCP
         || pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) != TCP_SYN
     {
@@ -173,7 +140,7 @@ pub fn syn_to_synack(start: usize, end: usize, pkt: &Packet, isn: u32, mss: u16)
             ack: client_isn.wrapping_add(1),
             flags: TCP_SYN | TCP_ACK,
             window: SYNACK_WINDOW,
-            mss: Some(mss),
+            options: offer.words(),
         },
     )
 }
@@ -201,7 +168,7 @@ pub fn rst_for(start: usize, end: usize, pkt: &Packet) -> Option<usize> {
             ack: 0,
             flags: TCP_RST,
             window: 0,
-            mss: None,
+            options: NO_OPTIONS,
         }
     } else {
         let mut seg_len = pkt.ip_end.saturating_sub(pkt.payload_off) as u32;
@@ -216,7 +183,7 @@ pub fn rst_for(start: usize, end: usize, pkt: &Packet) -> Option<usize> {
             ack: u32::from_be(seg.seq).wrapping_add(seg_len),
             flags: TCP_RST | TCP_ACK,
             window: 0,
-            mss: None,
+            options: NO_OPTIONS,
         }
     };
     reply_in_place(start, end, pkt, r)
@@ -229,9 +196,11 @@ struct Reply {
     ack: u32,
     flags: u8,
     window: u16,
-    /// MSS option to include, if any.
-    mss: Option<u16>,
+    /// Option words (memory order) and how many of them to write.
+    options: ([u32; 5], usize),
 }
+
+const NO_OPTIONS: ([u32; 5], usize) = ([0; 5], 0);
 
 /// Where a built segment goes: back to the sender (addresses, ports and MACs swapped), or
 /// onwards from the sender to another destination (the MACs are left for the caller's
@@ -243,7 +212,7 @@ enum Route {
 }
 
 /// Writes the answer over the frame: Ethernet with MACs swapped, IPv4 header without
-/// options from the service to the client, TCP header (with the MSS option if asked).
+/// options from the service to the client, TCP header with the answer's options.
 /// Checks the whole answer fits before writing anything.
 #[inline(always)]
 fn reply_in_place(start: usize, end: usize, pkt: &Packet, r: Reply) -> Option<usize> {
@@ -253,10 +222,9 @@ fn reply_in_place(start: usize, end: usize, pkt: &Packet, r: Reply) -> Option<us
 /// [`reply_in_place`] with a choice of [`Route`].
 #[inline(always)]
 fn build_in_place(start: usize, end: usize, pkt: &Packet, r: Reply, route: Route) -> Option<usize> {
-    let tcp_len = match r.mss {
-        Some(_) => TCP_LEN + MSS_OPTION_LEN,
-        None => TCP_LEN,
-    };
+    let (words, n_words) = r.options;
+    let n_words = if n_words > 5 { 5 } else { n_words };
+    let tcp_len = TCP_LEN + 4 * n_words;
     let l3_off = pkt.l3_off;
     let l4_off = l3_off + IPV4_LEN;
     let new_len = l4_off + tcp_len;
@@ -278,13 +246,6 @@ fn build_in_place(start: usize, end: usize, pkt: &Packet, r: Reply, route: Route
         Route::Onwards { dst, dport } => (key.src, dst, key.sport, dport),
     };
     let ip = reply_ip_header(IPV4_LEN + tcp_len, src, dst);
-    let option = match r.mss {
-        Some(mss) => {
-            let m = mss.to_be_bytes();
-            u32::from_ne_bytes([OPT_MSS, MSS_OPTION_LEN as u8, m[0], m[1]])
-        }
-        None => 0,
-    };
     let mut tcp = TcpHdr {
         sport,
         dport,
@@ -296,8 +257,8 @@ fn build_in_place(start: usize, end: usize, pkt: &Packet, r: Reply, route: Route
         check: 0,
         urg_ptr: 0,
     };
-    // A zero option word adds nothing to the sum, so this covers both lengths.
-    tcp.check = tcp_checksum(&ip, &tcp, tcp_len as u16, option);
+    // Unused option words are zero and add nothing to the sum.
+    tcp.check = tcp_checksum(&ip, &tcp, tcp_len as u16, &words);
 
     if let Route::Back = route {
         swap_macs(start, end, &eth)?;
@@ -308,10 +269,13 @@ fn build_in_place(start: usize, end: usize, pkt: &Packet, r: Reply, route: Route
     let p = ptr_at_mut::<TcpHdr>(start, end, l4_off)?;
     // SAFETY: as above.
     unsafe { write(p, tcp) };
-    if r.mss.is_some() {
-        let p = ptr_at_mut::<u32>(start, end, l4_off + TCP_LEN)?;
+    for (i, word) in words.iter().enumerate() {
+        if i >= n_words {
+            break;
+        }
+        let p = ptr_at_mut::<u32>(start, end, l4_off + TCP_LEN + 4 * i)?;
         // SAFETY: as above.
-        unsafe { write(p, option) };
+        unsafe { write(p, *word) };
     }
     Some(new_len)
 }
@@ -342,15 +306,16 @@ fn swap_macs(start: usize, end: usize, eth: &EthHdr) -> Option<()> {
 
 /// Frame length of the SYN [`data_to_backend_syn`] builds (same layout as a SYN-ACK).
 #[inline(always)]
-pub fn backend_syn_len(pkt: &Packet) -> usize {
-    synack_len(pkt)
+pub fn backend_syn_len(pkt: &Packet, offer: &SynOffer) -> usize {
+    synack_len(pkt, offer)
 }
 
 /// Turns a client's first data segment (client -> VIP) into the SYN that opens the
 /// connection to the chosen backend: client -> backend, `seq` = the client's ISN, the
-/// client's window, one option (MSS), no payload. Returns the new frame length (the
-/// caller sets the frame to it and resolves the next hop); `None` leaves the frame
-/// untouched (not TCP, or fewer than [`backend_syn_len`] bytes: grow it and call again).
+/// client's window, the options of `offer` (the client's own), no payload. Returns the
+/// new frame length (the caller sets the frame to it and resolves the next hop); `None`
+/// leaves the frame untouched (not TCP, or fewer than [`backend_syn_len`] bytes: grow it
+/// and call again).
 #[inline(always)]
 pub fn data_to_backend_syn(
     start: usize,
@@ -359,7 +324,7 @@ pub fn data_to_backend_syn(
     backend_addr: u32,
     backend_port: u16,
     client_isn: u32,
-    mss: u16,
+    offer: &SynOffer,
 ) -> Option<usize> {
     if pkt.key.proto != PROTO_TCP {
         return None;
@@ -375,7 +340,7 @@ pub fn data_to_backend_syn(
             ack: 0,
             flags: TCP_SYN,
             window: u16::from_be(seg.window),
-            mss: Some(mss),
+            options: offer.words(),
         },
         Route::Onwards {
             dst: backend_addr,
@@ -471,10 +436,10 @@ fn ipv4_checksum(h: &Ipv4Hdr) -> u16 {
 }
 
 /// Full TCP checksum of a header without payload: pseudo-header (addresses, protocol,
-/// `tcp_len`), the 20-byte header (its `check` field ignored) and one 4-byte option word
-/// (0 if there is none).
+/// `tcp_len`), the 20-byte header (its `check` field ignored) and the option words
+/// (zero where there are none).
 #[inline(always)]
-fn tcp_checksum(ip: &Ipv4Hdr, t: &TcpHdr, tcp_len: u16, option: u32) -> u16 {
+fn tcp_checksum(ip: &Ipv4Hdr, t: &TcpHdr, tcp_len: u16, options: &[u32; 5]) -> u16 {
     let sum = halves(ip.src)
         + halves(ip.dst)
         + u16::from_ne_bytes([0, ip.proto]) as u32
@@ -486,7 +451,11 @@ fn tcp_checksum(ip: &Ipv4Hdr, t: &TcpHdr, tcp_len: u16, option: u32) -> u16 {
         + u16::from_ne_bytes([t.doff_res, t.flags]) as u32
         + t.window as u32
         + t.urg_ptr as u32
-        + halves(option);
+        + halves(options[0])
+        + halves(options[1])
+        + halves(options[2])
+        + halves(options[3])
+        + halves(options[4]);
     !fold(sum)
 }
 

@@ -138,8 +138,8 @@ fn synack(s: &Syn) -> Vec<u8> {
     let mut f = frame(s);
     let pkt = parse_slice(&f).unwrap();
     let (start, end) = range(&mut f);
-    let len = syn_to_synack(start, end, &pkt, COOKIE, 1460).expect("SYN-ACK");
-    assert_eq!(len, synack_len(&pkt));
+    let len = syn_to_synack(start, end, &pkt, COOKIE, &SynOffer::mss_only(1460)).expect("SYN-ACK");
+    assert_eq!(len, synack_len(&pkt, &SynOffer::mss_only(1460)));
     f.truncate(len);
     f
 }
@@ -229,16 +229,19 @@ fn synack_without_options_needs_padding_or_growth() {
     let mut f = frame(&s);
     assert_eq!(f.len(), 54);
     let pkt = parse_slice(&f).unwrap();
-    assert_eq!(synack_len(&pkt), 58);
+    assert_eq!(synack_len(&pkt, &SynOffer::mss_only(1460)), 58);
     let orig = f.clone();
     let (start, end) = range(&mut f);
-    assert_eq!(syn_to_synack(start, end, &pkt, COOKIE, 1460), None);
+    assert_eq!(
+        syn_to_synack(start, end, &pkt, COOKIE, &SynOffer::mss_only(1460)),
+        None
+    );
     assert_eq!(f, orig);
     // Padded to the Ethernet minimum (as received from a NIC), or grown by the caller:
     // the same Packet still applies.
     f.resize(60, 0);
     let (start, end) = range(&mut f);
-    let len = syn_to_synack(start, end, &pkt, COOKIE, 1460).unwrap();
+    let len = syn_to_synack(start, end, &pkt, COOKIE, &SynOffer::mss_only(1460)).unwrap();
     f.truncate(len);
     check_synack(&f, false);
 
@@ -252,10 +255,13 @@ fn synack_without_options_needs_padding_or_growth() {
     f.resize(60, 0);
     let pkt = parse_slice(&f).unwrap();
     let (start, end) = range(&mut f);
-    assert_eq!(syn_to_synack(start, end, &pkt, COOKIE, 1460), None);
-    f.resize(synack_len(&pkt), 0);
+    assert_eq!(
+        syn_to_synack(start, end, &pkt, COOKIE, &SynOffer::mss_only(1460)),
+        None
+    );
+    f.resize(synack_len(&pkt, &SynOffer::mss_only(1460)), 0);
     let (start, end) = range(&mut f);
-    assert!(syn_to_synack(start, end, &pkt, COOKIE, 1460).is_some());
+    assert!(syn_to_synack(start, end, &pkt, COOKIE, &SynOffer::mss_only(1460)).is_some());
     check_synack(&f, true);
 }
 
@@ -265,7 +271,7 @@ fn synack_mss_is_encoded_big_endian() {
         let mut f = frame(&Syn::default());
         let pkt = parse_slice(&f).unwrap();
         let (start, end) = range(&mut f);
-        let len = syn_to_synack(start, end, &pkt, COOKIE, mss).unwrap();
+        let len = syn_to_synack(start, end, &pkt, COOKIE, &SynOffer::mss_only(mss)).unwrap();
         f.truncate(len);
         let tcp = check_answer(&f, false, 24);
         let opts: Vec<_> = tcp.options_iterator().map(|o| o.unwrap()).collect();
@@ -284,7 +290,7 @@ fn synack_only_for_plain_syns() {
         let pkt = parse_slice(&f).unwrap();
         let (start, end) = range(&mut f);
         assert_eq!(
-            syn_to_synack(start, end, &pkt, COOKIE, 1460),
+            syn_to_synack(start, end, &pkt, COOKIE, &SynOffer::mss_only(1460)),
             None,
             "{flags}"
         );
@@ -302,10 +308,13 @@ fn truncated_frames_are_left_untouched() {
         };
         let full = frame(&s);
         let pkt = parse_slice(&full).unwrap();
-        for cut in 0..synack_len(&pkt) {
+        for cut in 0..synack_len(&pkt, &SynOffer::mss_only(1460)) {
             let mut f = full.clone();
             let start = f.as_mut_ptr() as usize;
-            assert_eq!(syn_to_synack(start, start + cut, &pkt, COOKIE, 1460), None);
+            assert_eq!(
+                syn_to_synack(start, start + cut, &pkt, COOKIE, &SynOffer::mss_only(1460)),
+                None
+            );
             assert_eq!(f, full, "SYN-ACK, cut at {cut}");
         }
         for cut in 0..rst_len(&pkt) {
@@ -333,7 +342,10 @@ fn not_tcp_is_refused() {
     let orig = f.clone();
     let pkt = parse_slice(&f).unwrap();
     let (start, end) = range(&mut f);
-    assert_eq!(syn_to_synack(start, end, &pkt, COOKIE, 1460), None);
+    assert_eq!(
+        syn_to_synack(start, end, &pkt, COOKIE, &SynOffer::mss_only(1460)),
+        None
+    );
     assert_eq!(rst_for(start, end, &pkt), None);
     assert_eq!(tcp_seq_ack(start, end, &pkt), None);
     assert_eq!(f, orig);
@@ -570,9 +582,17 @@ fn first_data_segment_becomes_the_backend_syn() {
     let pkt = parse_slice(&f).unwrap();
     let (start, end) = range(&mut f);
     let backend = u32::from_ne_bytes(BACKEND);
-    let len = data_to_backend_syn(start, end, &pkt, backend, 8080u16.to_be(), CLIENT_ISN, 1440)
-        .expect("SYN");
-    assert_eq!(len, backend_syn_len(&pkt));
+    let len = data_to_backend_syn(
+        start,
+        end,
+        &pkt,
+        backend,
+        8080u16.to_be(),
+        CLIENT_ISN,
+        &SynOffer::mss_only(1440),
+    )
+    .expect("SYN");
+    assert_eq!(len, backend_syn_len(&pkt, &SynOffer::mss_only(1440)));
     f.truncate(len);
     let h = PacketHeaders::from_ethernet_slice(&f).unwrap();
     let Some(LinkHeader::Ethernet2(eth)) = h.link else {
@@ -610,7 +630,10 @@ fn short_data_segment_needs_growth_for_the_backend_syn() {
     let before = f.clone();
     let pkt = parse_slice(&f).unwrap();
     let (start, end) = range(&mut f);
-    assert_eq!(data_to_backend_syn(start, end, &pkt, 1, 2, 3, 1460), None);
+    assert_eq!(
+        data_to_backend_syn(start, end, &pkt, 1, 2, 3, &SynOffer::mss_only(1460)),
+        None
+    );
     assert_eq!(f, before);
 }
 

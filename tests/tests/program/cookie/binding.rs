@@ -28,19 +28,21 @@ fn first_segment_binds_to_the_backend_its_cookie_names() {
                 // Until the backend's SYN-ACK, the sequence shift's field holds the
                 // syncookie ISN.
                 f.cookie_isn(),
-                f.mss,
             ),
-            (
-                phase::BINDING,
-                flow_state::SYN,
-                dir,
-                conn.isn,
-                conn.cookie,
-                1460,
-            ),
+            (phase::BINDING, flow_state::SYN, dir, conn.isn, conn.cookie,),
             "{what} entry"
         );
     }
+    // What the SYN to the backend offers is kept with the segment: the client's MSS and
+    // options (none here).
+    let pending = bed
+        .pending(&reply_key(&conn, backends[1]))
+        .unwrap()
+        .expect("PENDING value");
+    assert_eq!(
+        (pending.mss, pending.client_options, pending.client_tsval()),
+        (1460, ClientOptions::default().to_byte(), 0)
+    );
     assert!(
         fwd.has(flow_flags::L2_VALID),
         "the next hop resolved for the SYN is cached"

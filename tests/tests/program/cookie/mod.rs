@@ -12,6 +12,7 @@ mod binding;
 mod choice;
 mod failure;
 mod handshake;
+mod options;
 mod spliced;
 mod tc;
 use std::{
@@ -25,17 +26,28 @@ use balancer_common::{
     cookie::{scan_payload, CookieConfig, CookieOutcome},
     direction, flow_flags, flow_state, phase,
     syncookie::{decode_mss, encode_mss, CookieSecret},
+    tcp_opts::ClientOptions,
     Counter, Flow, FlowKey,
 };
 use balancer_tests::{packet::*, testrun::*};
+use etherparse::TcpOptionElement;
 
 use crate::{run, run_case, run_cases, run_counted, tc_counted, Case, Output};
 use balancer_user::{control::stats::BackendCountersValues, ServiceAddr};
 
 const FLOWS: u32 = 65_536;
-/// Frame length of the answers the data plane builds in place: a SYN-ACK or a SYN with
-/// one MSS option (14 + 20 + 24).
+/// Frame length of the answers the data plane builds in place for a client that offers
+/// only an MSS: a SYN-ACK or a SYN with one MSS option (14 + 20 + 24).
 const BUILT_SYN_LEN: u64 = 58;
+/// The TSval of every segment of a client that sends timestamps (its clock stands still
+/// for the length of a test).
+const CLIENT_TSVAL: u32 = 0x1234_5678;
+/// What a Linux client's SYN offers with default sysctls.
+const LINUX_CLIENT: ClientOptions = ClientOptions {
+    wscale: Some(7),
+    sack_ok: true,
+    timestamps: true,
+};
 /// The client's receive window in every segment it sends (`Frame`'s default).
 const CLIENT_WINDOW: u16 = 64240;
 /// TTL of the client's handshake and first segments: the frames the balancer builds
@@ -110,6 +122,28 @@ enum Choice {
     Policy,
 }
 
+/// What a backend's SYN-ACK offers besides its MSS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BackendOptions {
+    wscale: Option<u8>,
+    sack_ok: bool,
+    /// Its TSval, if it sends timestamps.
+    tsval: Option<u32>,
+}
+
+impl BackendOptions {
+    const NONE: BackendOptions = BackendOptions {
+        wscale: None,
+        sack_ok: false,
+        tsval: None,
+    };
+    const LINUX: BackendOptions = BackendOptions {
+        wscale: Some(7),
+        sack_ok: true,
+        tsval: Some(0x0bad_cafe),
+    };
+}
+
 /// One client connection to the VIP.
 #[derive(Clone, Copy, Debug)]
 struct Conn {
@@ -117,8 +151,14 @@ struct Conn {
     isn: u32,
     /// The MSS option of the client's SYN.
     mss: u16,
+    /// What else the client's SYN offers (default: nothing).
+    options: ClientOptions,
     /// The syncookie (the SYN-ACK's ISN), once the handshake ran.
     cookie: u32,
+    /// The SYN-ACK's TSval (`T0`), once the handshake ran, if the client sends timestamps.
+    synack_tsval: u32,
+    /// What the backend's SYN-ACK offers (default: nothing).
+    backend: BackendOptions,
 }
 
 impl Conn {
@@ -127,37 +167,152 @@ impl Conn {
             client: client(sport),
             isn,
             mss,
+            options: ClientOptions::default(),
             cookie: 0,
+            synack_tsval: 0,
+            backend: BackendOptions::NONE,
         }
+    }
+
+    /// A client offering `options`, bound to a backend offering `backend`.
+    fn with_options(mut self, options: ClientOptions, backend: BackendOptions) -> Conn {
+        self.options = options;
+        self.backend = backend;
+        self
+    }
+
+    /// The client's timestamps option in a segment after the SYN, if it sends them.
+    fn ts(&self) -> Option<Vec<u8>> {
+        self.options
+            .timestamps
+            .then(|| ts_option(CLIENT_TSVAL, self.synack_tsval))
+    }
+
+    /// Length of the SYN the balancer sends the backend (and of its SYN-ACK): 14 + 20 +
+    /// the TCP header with the client's options.
+    fn built_syn_len(&self) -> u64 {
+        let o = self.options;
+        let opts = syn_options(
+            self.mss,
+            o.sack_ok,
+            o.timestamps.then_some((0, 0)),
+            o.wscale,
+        );
+        (14 + 20 + 20 + opts.len()) as u64
+    }
+
+    /// `K - B` for the backend's ISN `b`.
+    fn shift(&self, b: u32) -> u32 {
+        self.cookie.wrapping_sub(b)
+    }
+
+    /// The splice's timestamp offset `T0 - B0` (both ends send timestamps).
+    fn ts_offset(&self) -> Option<u32> {
+        match (self.options.timestamps, self.backend.tsval) {
+            (true, Some(b0)) => Some(self.synack_tsval.wrapping_sub(b0)),
+            _ => None,
+        }
+    }
+
+    /// `options` of a client segment as the splice must hand them to the backend (ISN
+    /// `b`): TSecr in the backend's clock (or timestamps stripped when it refused them),
+    /// SACK blocks shifted like the acknowledgement (or stripped).
+    fn options_to_backend(&self, options: &[u8], b: u32) -> Vec<u8> {
+        let strip_ts = self.options.timestamps && self.backend.tsval.is_none();
+        let strip_sack = self.options.sack_ok && !self.backend.sack_ok;
+        let shift_sack = self.options.sack_ok && self.backend.sack_ok;
+        let (off, shift) = (self.ts_offset(), self.shift(b));
+        edit_options(options, |e| match e {
+            TcpOptionElement::Timestamp(_, _) if strip_ts => None,
+            TcpOptionElement::Timestamp(v, ecr) => Some(TcpOptionElement::Timestamp(
+                v,
+                off.map_or(ecr, |o| ecr.wrapping_sub(o)),
+            )),
+            TcpOptionElement::SelectiveAcknowledgement(..) if strip_sack => None,
+            TcpOptionElement::SelectiveAcknowledgement(first, rest) if shift_sack => {
+                let s = |(l, r): (u32, u32)| (l.wrapping_sub(shift), r.wrapping_sub(shift));
+                Some(TcpOptionElement::SelectiveAcknowledgement(
+                    s(first),
+                    rest.map(|b| b.map(s)),
+                ))
+            }
+            other => Some(other),
+        })
+    }
+
+    /// `options` of a backend segment as the splice must hand them to the client: TSval
+    /// in the clock the client saw in the SYN-ACK.
+    fn options_to_client(&self, options: &[u8]) -> Vec<u8> {
+        let off = self.ts_offset();
+        edit_options(options, |e| match e {
+            TcpOptionElement::Timestamp(v, ecr) => Some(TcpOptionElement::Timestamp(
+                off.map_or(v, |o| v.wrapping_add(o)),
+                ecr,
+            )),
+            other => Some(other),
+        })
+    }
+
+    /// A client window as the backend must see it: unchanged, unless the client scales
+    /// and the backend refused scaling (it reads windows unscaled).
+    fn window_to_backend(&self, w: u16) -> u16 {
+        match (self.options.wscale, self.backend.wscale) {
+            (Some(c), None) => ((w as u32) << c).min(0xffff) as u16,
+            _ => w,
+        }
+    }
+
+    /// A backend window as the client must see it: from the backend's scale to the 7 the
+    /// SYN-ACK offered, rounded down, capped at 65535.
+    fn window_to_client(&self, w: u16) -> u16 {
+        if self.options.wscale.is_none() {
+            return w;
+        }
+        let bytes = (w as u64) << self.backend.wscale.unwrap_or(0);
+        (bytes >> 7).min(0xffff) as u16
     }
 
     fn key(&self) -> FlowKey {
         tcp_key(self.client, vip())
     }
 
-    /// The client's SYN: Linux-like options (MSS, SACK, timestamps, window scale).
+    /// The client's SYN: its MSS and options, laid out as Linux does.
     fn syn(&self) -> Frame {
+        let o = self.options;
         Frame::tcp(self.client, vip(), SYN)
             .ttl(CLIENT_TTL)
             .seq(self.isn)
-            .tcp_options(&linux_syn_options(self.mss))
+            .tcp_options(&syn_options(
+                self.mss,
+                o.sack_ok,
+                o.timestamps.then_some((CLIENT_TSVAL, 0)),
+                o.wscale,
+            ))
     }
 
     /// The ACK completing the handshake.
     fn handshake_ack(&self) -> Frame {
-        Frame::tcp(self.client, vip(), ACK)
+        let f = Frame::tcp(self.client, vip(), ACK)
             .ttl(CLIENT_TTL)
             .seq(self.isn.wrapping_add(1))
-            .ack(self.cookie.wrapping_add(1))
+            .ack(self.cookie.wrapping_add(1));
+        match self.ts() {
+            Some(ts) => f.tcp_options(&ts),
+            None => f,
+        }
     }
 
     /// The first data segment.
     fn data(&self, payload: &[u8]) -> Frame {
-        Frame::tcp(self.client, vip(), PSH_ACK)
+        let f = Frame::tcp(self.client, vip(), PSH_ACK)
             .ttl(CLIENT_TTL)
             .seq(self.isn.wrapping_add(1))
             .ack(self.cookie.wrapping_add(1))
-            .payload(payload)
+            .payload(payload);
+        match self.ts() {
+            Some(ts) => f.tcp_options(&ts),
+            None => f,
+        }
     }
 
     /// The MSS the cookie carries (the client's, rounded down to the table).
@@ -165,48 +320,74 @@ impl Conn {
         decode_mss(encode_mss(self.mss)).unwrap()
     }
 
-    /// The SYN-ACK the balancer must answer the SYN with.
+    /// The SYN-ACK the balancer must answer the SYN with: the client's options mirrored
+    /// (window scale 7 whatever the client's, timestamps echoing the client's TSval).
     fn expected_synack(&self, cookie: u32) -> Frame {
+        let o = self.options;
         Frame::tcp(vip(), self.client, SYN_ACK)
             .macs(CLIENT_IF_MAC, CLIENT_MAC)
             .seq(cookie)
             .ack(self.isn.wrapping_add(1))
             .window(65535)
-            .tcp_options(&mss_option(self.cookie_mss().min(1460)))
+            .tcp_options(&syn_options(
+                self.cookie_mss().min(1460),
+                o.sack_ok,
+                o.timestamps.then_some((self.synack_tsval, CLIENT_TSVAL)),
+                o.wscale.map(|_| 7),
+            ))
     }
 
-    /// The SYN the balancer must send `backend` for this connection.
+    /// The SYN the balancer must send `backend` for this connection: the client's own
+    /// options, timestamps with the client's TSval.
     fn expected_backend_syn(&self, backend: SocketAddrV4) -> Frame {
+        let o = self.options;
         Frame::tcp(self.client, backend, SYN)
             .macs(BACKEND_IF_MAC, backend_mac(*backend.ip()))
             .seq(self.isn)
             .ack(0)
             .window(CLIENT_WINDOW)
-            .tcp_options(&mss_option(self.cookie_mss()))
+            .tcp_options(&syn_options(
+                self.cookie_mss(),
+                o.sack_ok,
+                o.timestamps.then_some((CLIENT_TSVAL, 0)),
+                o.wscale,
+            ))
     }
 
     /// The backend's SYN-ACK to the balancer's SYN, with ISN `b`.
     fn backend_synack(&self, backend: SocketAddrV4, b: u32) -> Frame {
+        let be = self.backend;
         Frame::reply(backend, self.client, SYN_ACK)
             .seq(b)
             .ack(self.isn.wrapping_add(1))
             .window(65160)
-            .tcp_options(&mss_option(1460))
+            .tcp_options(&syn_options(
+                1460,
+                be.sack_ok && self.options.sack_ok,
+                be.tsval
+                    .filter(|_| self.options.timestamps)
+                    .map(|v| (v, CLIENT_TSVAL)),
+                be.wscale.filter(|_| self.options.wscale.is_some()),
+            ))
     }
 
     /// The kept first segment as it must reach `backend` once its ISN `b` is known: in
     /// a fresh IPv4 header (TTL 64, no options), TCP header and payload as the client
     /// sent them but for the port and the acknowledgement number.
     fn expected_segment(&self, payload: &[u8], backend: SocketAddrV4, b: u32) -> Frame {
-        self.data(payload)
-            .addressed(
-                BACKEND_IF_MAC,
-                backend_mac(*backend.ip()),
-                self.client,
-                backend,
-            )
-            .ttl(64)
-            .ack(b.wrapping_add(1))
+        let data = self.data(payload);
+        let options = self.options_to_backend(&data.tcp_options, b);
+        let window = self.window_to_backend(data.window);
+        data.addressed(
+            BACKEND_IF_MAC,
+            backend_mac(*backend.ip()),
+            self.client,
+            backend,
+        )
+        .ttl(64)
+        .ack(b.wrapping_add(1))
+        .tcp_options(&options)
+        .window(window)
     }
 
     /// `f`, a segment of this connection from the client, as the splice to `backend`
@@ -223,6 +404,8 @@ impl Conn {
             )
             .ttl(f.ttl - 1)
             .ack(ack)
+            .tcp_options(&self.options_to_backend(&f.tcp_options, b))
+            .window(self.window_to_backend(f.window))
     }
 
     /// `f`, a segment of the backend (ISN `b`) to this connection's client, as the splice
@@ -234,7 +417,62 @@ impl Conn {
             .addressed(CLIENT_IF_MAC, CLIENT_MAC, vip(), self.client)
             .ttl(f.ttl - 1)
             .seq(seq)
+            .tcp_options(&self.options_to_client(&f.tcp_options))
+            .window(self.window_to_client(f.window))
     }
+}
+
+/// `options` with each option passed through `edit` (read with etherparse, not the data
+/// plane's parser): `None` overwrites the option with NOPs of its length. Bytes after the
+/// last option (EOL padding) are kept.
+fn edit_options(
+    options: &[u8],
+    edit: impl Fn(TcpOptionElement) -> Option<TcpOptionElement>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in etherparse::TcpOptionsIterator::from_slice(options) {
+        let e = e.expect("a well-formed option in a test frame");
+        let len = option_bytes(&e).len();
+        match edit(e) {
+            Some(new) => out.extend_from_slice(&option_bytes(&new)),
+            None => out.extend(std::iter::repeat_n(1u8, len)),
+        }
+    }
+    out.extend_from_slice(&options[out.len().min(options.len())..]);
+    out
+}
+
+/// The wire bytes of one option.
+fn option_bytes(e: &TcpOptionElement) -> Vec<u8> {
+    use TcpOptionElement::*;
+    match *e {
+        Noop => vec![1],
+        MaximumSegmentSize(m) => {
+            let m = m.to_be_bytes();
+            vec![2, 4, m[0], m[1]]
+        }
+        WindowScale(s) => vec![3, 3, s],
+        SelectiveAcknowledgementPermitted => vec![4, 2],
+        SelectiveAcknowledgement(first, rest) => {
+            let blocks: Vec<(u32, u32)> = std::iter::once(first)
+                .chain(rest.into_iter().flatten())
+                .collect();
+            sack_option(&blocks)[2..].to_vec()
+        }
+        Timestamp(v, e) => ts_option(v, e)[2..].to_vec(),
+    }
+}
+
+/// The timestamps option of a TCP frame (etherparse's reading).
+fn timestamps_of(frame: &[u8]) -> Option<(u32, u32)> {
+    let s = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(etherparse::TransportSlice::Tcp(t)) = s.transport else {
+        return None;
+    };
+    t.options_iterator().find_map(|o| match o {
+        Ok(TcpOptionElement::Timestamp(v, e)) => Some((v, e)),
+        _ => None,
+    })
 }
 
 fn tcp_seq(f: &Frame) -> u32 {
@@ -294,12 +532,32 @@ fn handshake(bed: &TestBed, mut conn: Conn) -> Conn {
     let got = decode_checked(&r.output).expect("SYN-ACK").seq.unwrap();
     let candidates: Vec<u32> = [t0, t1]
         .iter()
-        .map(|t| syncookie(&TEST_SECRET, conn.client, vip(), conn.isn, conn.mss, *t))
+        .map(|t| {
+            syncookie_with(
+                &TEST_SECRET,
+                conn.client,
+                vip(),
+                conn.isn,
+                conn.mss,
+                &conn.options,
+                *t,
+            )
+        })
         .collect();
     assert!(
         candidates.contains(&got),
         "SYN-ACK ISN {got:#010x} is not the syncookie {candidates:#010x?}"
     );
+    if conn.options.timestamps {
+        // The options the cookie has no room for ride in the TSval's low 5 bits.
+        let (tsval, _) = timestamps_of(&r.output).expect("SYN-ACK timestamps");
+        assert_eq!(
+            tsval & 0x1f,
+            conn.options.bits(),
+            "SYN-ACK TSval {tsval:#x}"
+        );
+        conn.synack_tsval = tsval;
+    }
     check_frame(&r.output, &conn.expected_synack(got)).expect("SYN-ACK");
     conn.cookie = got;
     conn
@@ -329,7 +587,7 @@ fn bind(
         (Counter::NewFlows, 1),
         (Counter::BindingsStarted, 1),
         (Counter::TxRedirect, 1),
-        (Counter::TxBytes, BUILT_SYN_LEN),
+        (Counter::TxBytes, conn.built_syn_len()),
     ];
     if let Some(c) = outcome {
         expect.push((c, 1));
@@ -355,7 +613,7 @@ fn bind(
     check_frame(&r.output, &conn.expected_backend_syn(backend)).expect("SYN to the backend");
     let mut want = BackendCountersValues {
         packets_to: 1,
-        bytes_to: BUILT_SYN_LEN,
+        bytes_to: conn.built_syn_len(),
         new_flows: 1,
         ..Default::default()
     };
