@@ -19,7 +19,7 @@ const PASS_TERMINALS: [Counter; 6] = [
     Counter::PassNoNeighbour,
     Counter::PassStaleAckToTc,
 ];
-const DROP_TERMINALS: [Counter; 9] = [
+const DROP_TERMINALS: [Counter; 10] = [
     Counter::DropFragment,
     Counter::DropNoBackend,
     Counter::DropNoRoute,
@@ -29,6 +29,7 @@ const DROP_TERMINALS: [Counter; 9] = [
     Counter::DropOddNoFlow,
     Counter::DropNoSyncookieKey,
     Counter::DropWhileBinding,
+    Counter::DropUntranslatableOptions,
 ];
 const TX_TERMINALS: [Counter; 5] = [
     Counter::TxSameInterface,
@@ -432,6 +433,14 @@ impl Oracle {
                 p.ack.wrapping_sub(1)
             );
         }
+        // A spliced segment dropped for its options: they must really not walk.
+        if r.c(Counter::DropUntranslatableOptions) {
+            ensure_that!(
+                !input_walkable(r),
+                "options.untranslatable",
+                "drop_untranslatable_options for a segment whose options walk to their end"
+            );
+        }
         // What a cookie service drops without a flow, by the segment's flags.
         let rst = p.tcp() && p.flags & F_RST != 0;
         for (counter, fits, what) in [
@@ -678,6 +687,16 @@ pub(super) fn input_options(r: &Run) -> Option<(Walk, OptionBytes)> {
     let start = r.input.as_ptr() as usize;
     let o = segment_options(start, start + r.input.len(), &pk);
     Some((walk(&o), o))
+}
+
+/// Whether the run's input frame has all its TCP options in the frame and they walk to
+/// their end.
+pub(super) fn input_walkable(r: &Run) -> bool {
+    let Ok(pk) = parse_slice(r.input) else {
+        return false;
+    };
+    let opt_len = pk.payload_off.saturating_sub(pk.l4_off + 20);
+    input_options(r).is_some_and(|(w, o)| w.complete && o.len == opt_len)
 }
 
 /// The timestamps of the run's input frame, if it has them.

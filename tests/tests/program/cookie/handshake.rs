@@ -135,11 +135,33 @@ fn invalid_cookies_are_dropped() {
     let conn = handshake(&bed, Conn::new(40000, 1000, 1460));
     let t = cookie_window();
     let mut cases: Vec<(String, Frame)> = Vec::new();
-    for bit in [3, 8, 20, 31] {
+    // Without timestamps the cookie's 8 low bits carry the MSS and the options (not
+    // hashed, like the MSS); with them only the 3 low bits do.
+    for bit in [8, 20, 31] {
         let mut c = conn;
         c.cookie ^= 1 << bit;
         cases.push((format!("cookie bit {bit} flipped"), c.handshake_ack()));
     }
+    let ts_conn = handshake(
+        &bed,
+        Conn::new(40002, 2000, 1460).with_options(LINUX_CLIENT, BackendOptions::NONE),
+    );
+    for bit in [3, 7, 31] {
+        let mut c = ts_conn;
+        c.cookie ^= 1 << bit;
+        cases.push((
+            format!("timestamps cookie bit {bit} flipped"),
+            c.handshake_ack(),
+        ));
+    }
+    // A client that sent timestamps in its SYN must send them in its ACK: without them
+    // the cookie is checked in the other layout, under which it never validates.
+    let mut c = ts_conn;
+    c.options.timestamps = false;
+    cases.push((
+        "timestamps cookie in an ACK without timestamps".into(),
+        c.handshake_ack(),
+    ));
     for index in [6, 7] {
         let mut c = conn;
         c.cookie = (conn.cookie & !7) | index;
