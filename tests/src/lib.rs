@@ -21,5 +21,6 @@ pub mod packet;
 pub mod rawsock;
 pub mod rng;
 pub mod session;
+pub mod ss;
 pub mod testrun;
 pub mod topology;
