@@ -46,6 +46,68 @@ pub struct TcpSocketInfo {
     pub raw: String,
 }
 
+/// The TCP options a host offers in its SYN (or SYN-ACK), as its namespace's sysctls
+/// `net.ipv4.tcp_timestamps`, `tcp_sack` and `tcp_window_scaling` say; the MSS option is
+/// always sent. Also what an end negotiated, as `ss` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpOptions {
+    pub timestamps: bool,
+    pub sack: bool,
+    pub window_scaling: bool,
+}
+
+impl TcpOptions {
+    /// Linux's defaults: everything on.
+    pub const ALL: TcpOptions = TcpOptions {
+        timestamps: true,
+        sack: true,
+        window_scaling: true,
+    };
+    /// MSS only.
+    pub const MSS_ONLY: TcpOptions = TcpOptions {
+        timestamps: false,
+        sack: false,
+        window_scaling: false,
+    };
+
+    /// Sets the three sysctls in `ns` (new connections of that namespace use them).
+    pub fn apply(&self, ns: &Netns) -> Result<()> {
+        for (key, on) in [
+            ("net.ipv4.tcp_timestamps", self.timestamps),
+            ("net.ipv4.tcp_sack", self.sack),
+            ("net.ipv4.tcp_window_scaling", self.window_scaling),
+        ] {
+            ns.sysctl(key, if on { "1" } else { "0" })?;
+        }
+        Ok(())
+    }
+
+    /// What two ends that offer `self` and `other` negotiate: the options both offer.
+    pub fn and(self, other: TcpOptions) -> TcpOptions {
+        TcpOptions {
+            timestamps: self.timestamps && other.timestamps,
+            sack: self.sack && other.sack,
+            window_scaling: self.window_scaling && other.window_scaling,
+        }
+    }
+}
+
+impl std::fmt::Display for TcpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut words = vec!["mss"];
+        for (on, name) in [
+            (self.timestamps, "ts"),
+            (self.sack, "sack"),
+            (self.window_scaling, "wscale"),
+        ] {
+            if on {
+                words.push(name);
+            }
+        }
+        f.write_str(&words.join("+"))
+    }
+}
+
 /// Flags `ss` prints as bare words before the congestion algorithm.
 const FLAGS: &[&str] = &[
     "ts",
@@ -66,6 +128,15 @@ impl TcpSocketInfo {
             return 0.0;
         }
         self.retrans.1 as f64 / self.data_segs_out as f64
+    }
+
+    /// The options this end negotiated.
+    pub fn negotiated(&self) -> TcpOptions {
+        TcpOptions {
+            timestamps: self.ts,
+            sack: self.sack,
+            window_scaling: self.wscale.is_some(),
+        }
     }
 
     /// The negotiated options in a few words (for messages): e.g. `ts sack wscale:7,10`.
@@ -260,6 +331,7 @@ mod tests {
         assert_eq!(s.snd_wnd, Some(4_177_920));
         assert!((s.retrans_fraction() - 132.0 / 20_852.0).abs() < 1e-12);
         assert_eq!(s.options(), "ts sack wscale:10,10");
+        assert_eq!(s.negotiated(), TcpOptions::ALL);
     }
 
     #[test]
@@ -274,6 +346,7 @@ mod tests {
         assert_eq!(s.snd_wnd, Some(64_240));
         assert_eq!(s.retrans_fraction(), 0.0);
         assert_eq!(s.options(), "no options");
+        assert_eq!(s.negotiated(), TcpOptions::MSS_ONLY);
         assert_eq!(s.congestion.as_deref(), Some("bbr"));
     }
 
@@ -295,5 +368,27 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert!(all[0].sack && !all[1].sack);
         assert_eq!(all[1].peer, Some("10.99.0.2:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn options_of_two_ends_are_those_both_offer() {
+        let no_ts = TcpOptions {
+            timestamps: false,
+            ..TcpOptions::ALL
+        };
+        let no_sack = TcpOptions {
+            sack: false,
+            ..TcpOptions::ALL
+        };
+        assert_eq!(TcpOptions::ALL.and(no_ts), no_ts);
+        assert_eq!(
+            no_ts.and(no_sack),
+            TcpOptions {
+                window_scaling: true,
+                ..TcpOptions::MSS_ONLY
+            }
+        );
+        assert_eq!(TcpOptions::ALL.to_string(), "mss+ts+sack+wscale");
+        assert_eq!(TcpOptions::MSS_ONLY.to_string(), "mss");
     }
 }

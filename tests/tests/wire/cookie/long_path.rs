@@ -1,0 +1,240 @@
+//! Spliced connections at full speed (issue 12): Linux's own TCP on both ends, over a
+//! path with a 50 ms round trip (the impairment relay's delay, 25 ms each way, on the
+//! client's link), without and with 1% loss. The balancer's SYN-ACK mirrors the options
+//! the client offered (it does not know the backend yet) and the splice translates them,
+//! so the client's end negotiates exactly what the client offered and the backend's end
+//! what both offered; `ss` on each end says which, and how many segments were resent.
+
+use std::{net::SocketAddr, time::Duration};
+
+use balancer_tests::{
+    bulk::{self, Transfer},
+    ss::{self, TcpOptions, TcpSocketInfo},
+    topology::BACKEND_PORT,
+};
+
+use super::*;
+
+/// Each way, for the large transfers.
+const LARGE: usize = 100 << 20;
+/// Each way, for every combination of options.
+const SMALL: usize = 2 << 20;
+/// Reads and writes of a transfer time out after this long without progress.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The long path with `loss`, one backend in a cookie-mode service.
+fn long_path_setup(loss: f64) -> Topology {
+    assert_root();
+    let mut t = bulk::long_path_topology(
+        1,
+        topology::balancer_bin().expect("the balancer binary"),
+        loss,
+        0x1012,
+    )
+    .expect("building the long-path topology");
+    add_cookie_service(&mut t);
+    t
+}
+
+/// The two ends of the spliced connection whose client socket is `client`: the client's
+/// (to the VIP) and the backend's (whose peer is the client's address: the splice
+/// keeps it).
+fn both_ends(t: &Topology, client: SocketAddr) -> (TcpSocketInfo, TcpSocketInfo) {
+    let c = ss::find(&t.client, Some(client), Some(vip())).expect("ss on the client");
+    let b = ss::find(&t.backends[0].ns, None, Some(client)).expect("ss on the backend");
+    assert_eq!(
+        b.local.map(|a| a.port()),
+        Some(BACKEND_PORT),
+        "backend socket: {b:?}"
+    );
+    (c, b)
+}
+
+/// The options each end negotiated are those expected for a client offering `client`
+/// and a backend offering `backend`.
+fn assert_negotiated(
+    what: &str,
+    ends: &(TcpSocketInfo, TcpSocketInfo),
+    client: TcpOptions,
+    backend: TcpOptions,
+) {
+    let (c, b) = ends;
+    assert_eq!(
+        c.negotiated(),
+        client,
+        "{what}: the client's end (client <-> VIP) negotiated {}, the client offered {client}: {}",
+        c.options(),
+        c.raw
+    );
+    let both = client.and(backend);
+    assert_eq!(
+        b.negotiated(),
+        both,
+        "{what}: the backend's end negotiated {}, expected {both} (client {client}, backend {backend}): {}",
+        b.options(),
+        b.raw
+    );
+}
+
+/// The sender of a transfer resent at most `bound` of its data segments.
+fn assert_few_retransmissions(what: &str, sender: &TcpSocketInfo, bound: f64) {
+    assert!(
+        sender.retrans_fraction() < bound,
+        "{what}: {} of {} data segments retransmitted (bound {:.1}%): {}",
+        sender.retrans.1,
+        sender.data_segs_out,
+        bound * 100.0,
+        sender.raw
+    );
+}
+
+/// On one spliced connection over the long path: the options of both ends (before the
+/// transfers, so a missing option fails at once), a `LARGE` download then a `LARGE`
+/// upload, each checked, with `ss` read after each while the connection is open.
+fn large_transfers(t: &Topology, loss: f64) {
+    let label = format!("50 ms RTT, {:.0}% loss", loss * 100.0);
+    let body = bulk::upload_body(LARGE);
+    // Segments lost on the path are resent; a storm resends many times more.
+    let bound = 3.0 * loss + 0.01;
+    let (down, up, client_end, backend_end) = std::thread::scope(|s| {
+        s.spawn(|| {
+            t.client
+                .enter_current_thread()
+                .expect("entering the client");
+            let mut c = bulk::connect(vip(), IO_TIMEOUT).expect("connecting to the VIP");
+            let local = c.local_addr().unwrap();
+            let r = c.get("/").expect("a first request binds the connection");
+            assert_eq!(r.answering_backend().unwrap(), "be1");
+            let ends = both_ends(t, local);
+            assert_negotiated(&label, &ends, TcpOptions::ALL, TcpOptions::ALL);
+
+            let (down, _) = bulk::download(&mut c, LARGE, &[])
+                .unwrap_or_else(|e| panic!("{label}: download: {e:#}"));
+            let (_, backend_sent) = both_ends(t, local);
+            assert_few_retransmissions(&format!("{label}, download"), &backend_sent, bound);
+            let (up, _) = bulk::upload(&mut c, &body, &[])
+                .unwrap_or_else(|e| panic!("{label}: upload: {e:#}"));
+            let (client_sent, backend_end) = both_ends(t, local);
+            assert_few_retransmissions(&format!("{label}, upload"), &client_sent, bound);
+            (down, up, client_sent, backend_end)
+        })
+        .join()
+        .expect("the transfers panicked")
+    });
+    let relay = &t.wan.as_ref().unwrap().relay;
+    eprintln!(
+        "{label}: spliced {} MiB download {:.1} Mbit/s ({:.1} s), upload {:.1} Mbit/s ({:.1} s); congestion control {:?}; client {} rtt {:?} retrans {:?}; backend {} rtt {:?} retrans {:?}; relay {}",
+        LARGE >> 20,
+        down.mbit_s(),
+        down.elapsed.as_secs_f64(),
+        up.mbit_s(),
+        up.elapsed.as_secs_f64(),
+        client_end.congestion,
+        client_end.options(),
+        client_end.rtt_ms,
+        client_end.retrans,
+        backend_end.options(),
+        backend_end.rtt_ms,
+        backend_end.retrans,
+        relay.summary()
+    );
+    // The path really was long (and lossy when asked), both ways.
+    let rtt = client_end.rtt_ms.expect("the client's RTT").0;
+    assert!(rtt >= 50.0, "client RTT {rtt} ms: {}", relay.summary());
+    for d in [relay.a_to_b(), relay.b_to_a()] {
+        assert_eq!(d.oversized, 0, "{}", relay.summary());
+        assert!(d.delayed > 0, "{}", relay.summary());
+        if loss > 0.0 {
+            assert!(d.lost > 0, "{}", relay.summary());
+        }
+    }
+    let s = Stats::read(t);
+    assert_eq!(s.global("bindings_completed"), 1, "{}", s.summary());
+    assert_no_failures(&s);
+}
+
+#[test]
+fn hundred_megabytes_each_way_over_a_50_ms_path() {
+    let _g = topology::machine_shared();
+    let t = long_path_setup(0.0);
+    large_transfers(&t, 0.0);
+}
+
+#[test]
+fn hundred_megabytes_each_way_over_a_50_ms_path_with_1_percent_loss() {
+    let _g = topology::machine_shared();
+    let t = long_path_setup(0.01);
+    large_transfers(&t, 0.01);
+}
+
+/// The client offers `client`, the backend `backend`: one connection binds, a `SMALL`
+/// upload and download arrive whole, and each end negotiated what it should.
+fn options_case(t: &Topology, client: TcpOptions, backend: TcpOptions) -> (Transfer, Transfer) {
+    let what = format!("client {client}, backend {backend}");
+    client.apply(&t.client).expect("client sysctls");
+    backend.apply(&t.backends[0].ns).expect("backend sysctls");
+    let body = bulk::upload_body(SMALL);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            t.client
+                .enter_current_thread()
+                .expect("entering the client");
+            let mut c = bulk::connect(vip(), IO_TIMEOUT).expect("connecting to the VIP");
+            let local = c.local_addr().unwrap();
+            let (up, be) =
+                bulk::upload(&mut c, &body, &[]).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert_eq!(be, "be1");
+            let (down, _) =
+                bulk::download(&mut c, SMALL, &[]).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert_negotiated(&what, &both_ends(t, local), client, backend);
+            (up, down)
+        })
+        .join()
+        .expect("the transfers panicked")
+    })
+}
+
+#[test]
+fn clients_and_backends_offering_some_options_bind_and_transfer() {
+    let _g = topology::machine_shared();
+    let t = long_path_setup(0.0);
+    let all = TcpOptions::ALL;
+    let no_ts = TcpOptions {
+        timestamps: false,
+        ..all
+    };
+    let no_sack = TcpOptions { sack: false, ..all };
+    let no_wscale = TcpOptions {
+        window_scaling: false,
+        ..all
+    };
+    // Linux always sends MSS: "no options" from a Linux client is MSS only.
+    let cases = [
+        (TcpOptions::MSS_ONLY, all),
+        (no_ts, all),   // SACK without timestamps
+        (no_sack, all), // timestamps without SACK
+        (no_wscale, all),
+        (all, no_ts),
+        (all, no_sack),
+        (all, no_wscale),
+        (TcpOptions::MSS_ONLY, TcpOptions::MSS_ONLY),
+        (no_ts, no_sack),
+    ];
+    for (client, backend) in cases {
+        let (up, down) = options_case(&t, client, backend);
+        eprintln!(
+            "client {client}, backend {backend}: {} MiB upload {:.1} Mbit/s, download {:.1} Mbit/s",
+            SMALL >> 20,
+            up.mbit_s(),
+            down.mbit_s()
+        );
+    }
+    let s = Stats::read(&t);
+    assert_eq!(
+        s.global("bindings_completed"),
+        cases.len() as u64,
+        "{}",
+        s.summary()
+    );
+    assert_no_failures(&s);
+}
