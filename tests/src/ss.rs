@@ -279,24 +279,6 @@ pub fn find(
     }
 }
 
-/// The established socket of `ns` whose local port is `port` (a server's side of a
-/// connection, whatever address the client came from); fails unless there is exactly one.
-pub fn find_by_local_port(ns: &Netns, port: u16) -> Result<TcpSocketInfo> {
-    let all = established(ns)?;
-    let matching: Vec<&TcpSocketInfo> = all
-        .iter()
-        .filter(|s| s.local.map(|a| a.port()) == Some(port))
-        .collect();
-    match matching.as_slice() {
-        [one] => Ok((*one).clone()),
-        _ => anyhow::bail!(
-            "{} established sockets in {} on local port {port}: {all:?}",
-            matching.len(),
-            ns.name()
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
