@@ -70,6 +70,12 @@ struct Args {
     /// Failover runs per setting (default 5, quick 3).
     #[arg(long)]
     failover_runs: Option<usize>,
+    /// MiB of each download and upload of the splice-throughput part (default 32, quick 8).
+    #[arg(long)]
+    splice_mib: Option<usize>,
+    /// Rounds per case of the splice-throughput part (default 5, quick 2).
+    #[arg(long)]
+    splice_rounds: Option<usize>,
     /// Also write the results as Markdown here (e.g. BENCHMARKS.md).
     #[arg(long)]
     markdown: Option<PathBuf>,

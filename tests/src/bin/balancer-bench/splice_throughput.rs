@@ -106,11 +106,11 @@ fn exchange(t: &Topology, addr: SocketAddr, body: &[u8], spliced: bool) -> Resul
 
 pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<SpliceThroughputReport> {
     let (balancer, testsrv) = crate::binaries(args)?;
-    let (bytes, rounds) = if args.quick {
-        (8 << 20, 2)
-    } else {
-        (64 << 20, 3)
-    };
+    let bytes = args.splice_mib.unwrap_or(if args.quick { 8 } else { 32 }) << 20;
+    let rounds = args
+        .splice_rounds
+        .unwrap_or(if args.quick { 2 } else { 5 })
+        .max(1);
     let mut t = bulk::long_path_topology(1, balancer, 0.0, 0x5b1c)?;
     t.attach()?;
     t.start_servers(Path::new(&testsrv))?;
