@@ -114,6 +114,9 @@ pub struct DirectionStats {
     pub oversized: AtomicU64,
     /// Sends that failed (e.g. ENOBUFS): also lost.
     pub send_errors: AtomicU64,
+    /// Frames the kernel dropped because the relay did not read them in time (its
+    /// socket's receive buffer was full): lost too, but not on purpose.
+    pub socket_drops: AtomicU64,
 }
 
 /// A snapshot of one direction's counters.
@@ -127,6 +130,7 @@ pub struct DirectionCounts {
     pub delay_queue_peak: u64,
     pub oversized: u64,
     pub send_errors: u64,
+    pub socket_drops: u64,
 }
 
 impl DirectionStats {
@@ -140,6 +144,7 @@ impl DirectionStats {
             delay_queue_peak: self.delay_queue_peak.load(Ordering::Relaxed),
             oversized: self.oversized.load(Ordering::Relaxed),
             send_errors: self.send_errors.load(Ordering::Relaxed),
+            socket_drops: self.socket_drops.load(Ordering::Relaxed),
         }
     }
 }
@@ -457,6 +462,34 @@ fn wait_readable(fd: &OwnedFd, timeout: Duration) -> bool {
     ready > 0
 }
 
+/// Adds the frames the kernel dropped on `rx` since the last call to `stats` (reading
+/// `PACKET_STATISTICS` resets them).
+fn count_socket_drops(rx: &OwnedFd, stats: &DirectionStats) {
+    let mut st = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: st and len are valid for the size passed.
+    let r = unsafe {
+        libc::getsockopt(
+            rx.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            &mut st as *mut libc::tpacket_stats as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r == 0 {
+        stats
+            .socket_drops
+            .fetch_add(u64::from(st.tp_drops), Ordering::Relaxed);
+    }
+}
+
+/// Batches between two reads of the socket's drop counter while frames keep coming.
+const BATCHES_PER_DROP_COUNT: u32 = 64;
+
 /// Relays frames from `rx` to `tx` until `shared.stop` is set.
 fn relay_loop(rx: &OwnedFd, tx: &OwnedFd, shared: &Shared, dir: usize, seed: u64) {
     let stats = &shared.stats[dir];
@@ -469,6 +502,7 @@ fn relay_loop(rx: &OwnedFd, tx: &OwnedFd, shared: &Shared, dir: usize, seed: u64
         held: None,
         delayed: DelayLine::default(),
     };
+    let mut batches = 0u32;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         d.flush_due(now, false);
@@ -480,7 +514,12 @@ fn relay_loop(rx: &OwnedFd, tx: &OwnedFd, shared: &Shared, dir: usize, seed: u64
             ],
         );
         if !wait_readable(rx, timeout) {
+            count_socket_drops(rx, stats);
             continue;
+        }
+        batches += 1;
+        if batches.is_multiple_of(BATCHES_PER_DROP_COUNT) {
+            count_socket_drops(rx, stats);
         }
         let now = Instant::now();
         for _ in 0..RECV_BATCH {
@@ -515,6 +554,7 @@ fn relay_loop(rx: &OwnedFd, tx: &OwnedFd, shared: &Shared, dir: usize, seed: u64
     }
     // Stopping: what is held or queued goes now, in order.
     d.flush_due(Instant::now(), true);
+    count_socket_drops(rx, stats);
 }
 
 #[cfg(test)]

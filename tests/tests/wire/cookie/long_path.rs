@@ -98,11 +98,16 @@ fn expected_ends(
     (if spliced { client } else { both }, both)
 }
 
-/// The sender of a transfer resent at most `bound` of its data segments.
-fn assert_few_retransmissions(what: &str, sender: &TcpSocketInfo, bound: f64) {
+/// The sender of a transfer resent at most `bound` of its data segments, not counting
+/// as many as the relay's socket dropped (frames it could not read in time on a busy
+/// machine are lost like the ones it drops on purpose).
+fn assert_few_retransmissions(what: &str, sender: &TcpSocketInfo, bound: f64, t: &Topology) {
+    let relay = &t.wan.as_ref().unwrap().relay;
+    let dropped = relay.a_to_b().socket_drops + relay.b_to_a().socket_drops;
+    let allowed = bound * sender.data_segs_out as f64 + dropped as f64;
     assert!(
-        sender.retrans_fraction() < bound,
-        "{what}: {} of {} data segments retransmitted (bound {:.1}%): {}",
+        f64::from(sender.retrans.1) < allowed,
+        "{what}: {} of {} data segments retransmitted (bound {:.1}% + {dropped} dropped by the relay's socket): {}",
         sender.retrans.1,
         sender.data_segs_out,
         bound * 100.0,
@@ -145,11 +150,11 @@ fn large_transfers(t: &Topology, loss: f64, server: SocketAddr) {
             let (down, _) = bulk::download(&mut c, LARGE, &[])
                 .unwrap_or_else(|e| panic!("{label}: download: {e:#}"));
             let (_, backend_sent) = both_ends(t, local, server);
-            assert_few_retransmissions(&format!("{label}, download"), &backend_sent, bound);
+            assert_few_retransmissions(&format!("{label}, download"), &backend_sent, bound, t);
             let (up, _) = bulk::upload(&mut c, &body, &[])
                 .unwrap_or_else(|e| panic!("{label}: upload: {e:#}"));
             let (client_sent, backend_end) = both_ends(t, local, server);
-            assert_few_retransmissions(&format!("{label}, upload"), &client_sent, bound);
+            assert_few_retransmissions(&format!("{label}, upload"), &client_sent, bound, t);
             (down, up, client_sent, backend_end)
         })
         .join()
