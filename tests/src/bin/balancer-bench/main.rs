@@ -8,6 +8,8 @@
 //! - `end_to_end`: wrk through our balancer, HAProxy and directly, on the netns topology.
 //! - `failover`: kill of a primary's app server -> first request of one of its sessions
 //!   served by its secondary, end to end on network namespaces, ours and HAProxy's.
+//! - `splice_throughput`: goodput of a spliced connection over a 50 ms path (and with 1%
+//!   loss) against a direct connection over the same path.
 //!
 //! Results go to a JSON file (`--out`), and, with `--markdown`, to a Markdown report.
 
@@ -17,6 +19,7 @@ mod failover;
 mod markdown;
 mod plot;
 mod scale;
+mod splice_throughput;
 mod stats;
 
 use std::{
@@ -34,6 +37,7 @@ use crate::{
     dataplane::{DataplaneOptions, DataplaneReport},
     failover::FailoverReport,
     scale::ScaleReport,
+    splice_throughput::SpliceThroughputReport,
     stats::{machine, Machine},
 };
 
@@ -66,6 +70,12 @@ struct Args {
     /// Failover runs per setting (default 5, quick 3).
     #[arg(long)]
     failover_runs: Option<usize>,
+    /// MiB of each download and upload of the splice-throughput part (default 32, quick 8).
+    #[arg(long)]
+    splice_mib: Option<usize>,
+    /// Rounds per case of the splice-throughput part (default 5, quick 2).
+    #[arg(long)]
+    splice_rounds: Option<usize>,
     /// Also write the results as Markdown here (e.g. BENCHMARKS.md).
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -91,6 +101,7 @@ enum Part {
     Scale,
     EndToEnd,
     Failover,
+    SpliceThroughput,
 }
 
 impl Args {
@@ -170,6 +181,8 @@ struct Report {
     failover: Option<FailoverReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     scale: Option<ScaleReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    splice_throughput: Option<SpliceThroughputReport>,
     /// Every target of the parts run, in the order of the parts.
     targets: Vec<Target>,
     all_targets_met: bool,
@@ -231,6 +244,11 @@ fn main() -> Result<()> {
         || failover::measure(&args, &progress),
         failover::print,
     )?;
+    let splice_throughput = run_part(
+        args.runs(Part::SpliceThroughput),
+        || splice_throughput::measure(&args, &progress),
+        splice_throughput::print,
+    )?;
 
     let mut targets = Vec::new();
     if let Some(d) = &dataplane {
@@ -244,6 +262,9 @@ fn main() -> Result<()> {
     }
     if let Some(t) = failover.as_ref().and_then(failover::target) {
         targets.push(t);
+    }
+    if let Some(s) = &splice_throughput {
+        targets.extend(splice_throughput::targets(s));
     }
     println!("\ntargets:");
     for t in &targets {
@@ -268,6 +289,7 @@ fn main() -> Result<()> {
         scale,
         end_to_end,
         failover,
+        splice_throughput,
         all_targets_met: targets.iter().all(|t| t.met),
         targets,
         seconds: started.elapsed().as_secs_f64(),

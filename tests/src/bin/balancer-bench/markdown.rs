@@ -49,6 +49,9 @@ pub fn render(report: &Value, links: &Links, analysis: Option<&str>) -> String {
     if let Some(f) = report.get("failover") {
         failover(&mut md, f);
     }
+    if let Some(st) = report.get("splice_throughput") {
+        splice_throughput(&mut md, st);
+    }
     md
 }
 
@@ -355,6 +358,51 @@ fn failover(md: &mut String, f: &Value) {
     notes(md, &f["notes"]);
 }
 
+fn splice_throughput(md: &mut String, st: &Value) {
+    let _ = writeln!(md, "## Splice throughput over a long path\n");
+    let _ = writeln!(
+        md,
+        "{}; congestion control {}. Ratio to direct (lowest case): {}.\n",
+        str_of(&st["method"]),
+        str_of(&st["congestion_control"]),
+        num(&st["ratio_to_direct"])
+    );
+    let _ = writeln!(
+        md,
+        "| case | direct Mbit/s | spliced Mbit/s | spliced / direct | per round: direct down / up, spliced down / up (Mbit/s) | spliced options: client end | backend end | backend retransmitted / data segments |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---|---|---|---|");
+    for c in st["cases"].as_array().into_iter().flatten() {
+        let rounds: Vec<String> = c["rounds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                format!(
+                    "{} / {}, {} / {}",
+                    num(&r["direct_download_mbit_s"]),
+                    num(&r["direct_upload_mbit_s"]),
+                    num(&r["spliced_download_mbit_s"]),
+                    num(&r["spliced_upload_mbit_s"])
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {}x | {} | {} | {} | {} |",
+            cell(&c["name"]),
+            num(&c["direct_mbit_s"]),
+            num(&c["spliced_mbit_s"]),
+            num(&c["ratio_to_direct"]),
+            rounds.join("; "),
+            cell(&c["spliced_client_options"]),
+            cell(&c["spliced_backend_options"]),
+            cell(&c["spliced_backend_retrans"])
+        );
+    }
+    md.push('\n');
+}
+
 /// An array of objects as a table of their scalar fields (nested values summarised).
 fn table(md: &mut String, rows: &[Value]) {
     let mut columns: Vec<&str> = Vec::new();
@@ -467,5 +515,39 @@ mod tests {
         assert!(md.contains("| keep_alive | 1.93 |"), "{md}");
         assert!(md.contains("# keep_alive\nwrk -c64 '<url>'\n"), "{md}");
         assert!(md.contains("## Analysis"));
+    }
+
+    #[test]
+    fn renders_splice_throughput() {
+        let report = json!({
+            "machine": {},
+            "targets": [],
+            "splice_throughput": {
+                "method": "m", "congestion_control": "bbr", "ratio_to_direct": 0.115,
+                "cases": [{"name": "50 ms RTT, 1% loss", "direct_mbit_s": 180.25, "spliced_mbit_s": 9.6,
+                           "ratio_to_direct": 0.0533,
+                           "rounds": [{"direct_download_mbit_s": 181.0, "direct_upload_mbit_s": 179.5,
+                                       "spliced_download_mbit_s": 9.61, "spliced_upload_mbit_s": 9.59}],
+                           "spliced_client_options": "no options", "spliced_backend_options": "no options",
+                           "spliced_backend_retrans": "3 / 5000"}]
+            }
+        });
+        let md = render(
+            &report,
+            &Links {
+                plot: None,
+                json: Path::new("r.json"),
+            },
+            None,
+        );
+        assert!(md.contains("## Splice throughput over a long path"), "{md}");
+        assert!(
+            md.contains("m; congestion control bbr. Ratio to direct (lowest case): 0.12."),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 50 ms RTT, 1% loss | 180 | 9.60 | 0.05x | 181 / 180, 9.61 / 9.59 | no options | no options | 3 / 5000 |"),
+            "{md}"
+        );
     }
 }

@@ -31,6 +31,17 @@ pub fn median(v: &[u64]) -> f64 {
     percentile(&s, 0.5)
 }
 
+/// Median of floating-point figures (NaN if there are none).
+pub fn median_f64(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// The step the kernel's durations come in: the largest of a few candidates that (within
 /// +-1 ns of rounding) divides 90% of the samples.
 pub fn quantum(samples: &[u64]) -> u64 {

@@ -7,6 +7,7 @@
 //! other tests' timings do not disturb each other.
 
 mod backend_failure;
+mod long_path;
 mod ports;
 mod routing;
 mod syn_flood;
