@@ -522,6 +522,9 @@ pub fn translate(
     opt_len: usize,
     e: &Edit,
 ) -> Option<u32> {
+    if let Some(d) = translate_quick(start, end, tcp_off, opt_len, e) {
+        return Some(d);
+    }
     translate_with(start, end, tcp_off, opt_len, e, walk)
 }
 
@@ -562,6 +565,85 @@ pub fn translate_with(
         }
     }
     Some(delta)
+}
+
+/// [`translate`] for the layouts real stacks send after the SYN ([`quick_walk`]'s:
+/// `NOP NOP TS`, alone or followed by `NOP NOP SACK` filling the area) and shifts only:
+/// every field it changes is a whole, aligned word, read and written in place, so the
+/// forwarding path pays a few instructions rather than the general walk. `None`, with the
+/// frame untouched, for anything else (the caller falls back to the general path).
+// One macro arm per size: the 12-byte one has no SACK words (an empty range).
+#[allow(clippy::reversed_empty_ranges)]
+#[inline(always)]
+pub fn translate_quick(
+    start: usize,
+    end: usize,
+    tcp_off: usize,
+    opt_len: usize,
+    e: &Edit,
+) -> Option<u32> {
+    if e.flags & (edit_flags::TS_STRIP | edit_flags::SACK_STRIP) != 0 {
+        return None;
+    }
+    let win = ptr_at_mut::<u16>(start, end, tcp_off + 14)?;
+    let at = tcp_off + TCP_HDR_LEN;
+    let ts_head = u32::from_ne_bytes([OPT_NOP, OPT_NOP, OPT_TIMESTAMP, 10]);
+    let mut delta = 0u32;
+    // Words 1 and 2 are TSval and TSecr; from word 4 on, SACK edges.
+    let shift = |w: &mut u32, by: u32, delta: &mut u32| {
+        let new = u32::from_be(*w).wrapping_add(by).to_be();
+        *delta += crate::csum::u32_delta(*w, new);
+        *w = new;
+    };
+    macro_rules! quick_sizes {
+        ($($n:literal)*) => {
+            $(if opt_len == $n * 4 {
+                let p = ptr_at_mut::<[u32; $n]>(opaque(start), opaque(end), at)?;
+                // SAFETY: bounds-checked by ptr_at_mut.
+                let mut w = unsafe { read(p) };
+                if w[0] != ts_head {
+                    return None;
+                }
+                if $n > 3 {
+                    let sack = w[3 % $n].to_ne_bytes();
+                    if sack[0] != OPT_NOP
+                        || sack[1] != OPT_NOP
+                        || sack[2] != OPT_SACK
+                        || sack[3] as usize != $n * 4 - 14
+                    {
+                        return None;
+                    }
+                }
+                if e.flags & edit_flags::TS_SHIFT != 0 {
+                    if e.to_client {
+                        shift(&mut w[1], e.ts_offset, &mut delta);
+                    } else {
+                        shift(&mut w[2], e.ts_offset.wrapping_neg(), &mut delta);
+                    }
+                }
+                if e.flags & edit_flags::SACK_SHIFT != 0 {
+                    for i in 4..$n {
+                        shift(&mut w[i], e.sack_delta.wrapping_neg(), &mut delta);
+                    }
+                }
+                // SAFETY: as above.
+                unsafe { write(p, w) };
+                if e.win_shift != 0 {
+                    // SAFETY: bounds-checked by ptr_at_mut.
+                    unsafe {
+                        let old = read(win);
+                        let new = rescale_window(u16::from_be(old), e.win_shift).to_be();
+                        write(win, new);
+                        delta += crate::csum::word_delta(old, new);
+                    }
+                }
+                return Some(delta);
+            })*
+        };
+    }
+    // 12 bytes: timestamps alone; 24, 32, 40: and one to three SACK blocks.
+    quick_sizes!(3 6 8 10);
+    None
 }
 
 /// A window of one scale in another: `(window << from) >> to` as `window << shift` for

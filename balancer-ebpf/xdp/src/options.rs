@@ -18,8 +18,8 @@ use balancer_common::{
     csum::word_delta,
     parse::{ptr_at_mut, read, write, Packet},
     tcp_opts::{
-        apply_walked, edit_flags, quick_walk_into, rescale_window, Edit, OptionBytes,
-        SpliceOptions, Walk, Walker, MAX_OPTION_STEPS,
+        apply_walked, edit_flags, quick_walk_into, rescale_window, translate_quick, Edit,
+        OptionBytes, SpliceOptions, Walk, Walker, MAX_OPTION_STEPS,
     },
 };
 
@@ -164,6 +164,9 @@ pub fn translate(
     opt_len: usize,
     e: &Edit,
 ) -> Option<u32> {
+    if let Some(d) = translate_quick(start, end, tcp_off, opt_len, e) {
+        return Some(d);
+    }
     let s = OPTION_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: per-CPU scratch, used by this CPU only while the program runs.
     unsafe { (*s).edit = *e };

@@ -5,7 +5,7 @@ use std::vec::Vec;
 /// Options as raw bytes, padded with EOL to whole words.
 fn opts(bytes: &[u8]) -> OptionBytes {
     let mut b = bytes.to_vec();
-    while b.len() % 4 != 0 {
+    while !b.len().is_multiple_of(4) {
         b.push(0);
     }
     OptionBytes::from_slice(&b)

@@ -83,6 +83,7 @@ fn rewrite(f: &mut [u8], p: &Packet, new: Endpoints, decrement_ttl: bool, shift:
         dport: p.key.dport,
     };
     let (ip_delta, l4_delta) = rewrite_delta(old, new);
+    let (ip_delta, l4_delta) = (ip_delta as u32, l4_delta as u32);
     let l3 = p.l3_off;
     f[l3 + 12..l3 + 16].copy_from_slice(&new.src.to_ne_bytes());
     f[l3 + 16..l3 + 20].copy_from_slice(&new.dst.to_ne_bytes());
@@ -289,9 +290,10 @@ proptest! {
     fn deltas_compose(check in any::<u16>(), a in endpoints(), b in endpoints(), c in endpoints()) {
         // 0xffff is not a value a full checksum of a header produces.
         let check = if check == 0xffff { 0 } else { check };
-        let (ip_ab, l4_ab) = rewrite_delta(a, b);
-        let (ip_bc, l4_bc) = rewrite_delta(b, c);
-        let (ip_ac, l4_ac) = rewrite_delta(a, c);
+        let wide = |(ip, l4): (u16, u16)| (ip as u32, l4 as u32);
+        let (ip_ab, l4_ab) = wide(rewrite_delta(a, b));
+        let (ip_bc, l4_bc) = wide(rewrite_delta(b, c));
+        let (ip_ac, l4_ac) = wide(rewrite_delta(a, c));
         let restore = ttl_restore_delta();
         let norm = |x: u16| if x == 0xffff { 0 } else { x };
         prop_assert_eq!(

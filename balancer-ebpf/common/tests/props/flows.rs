@@ -51,16 +51,16 @@ fn apply(f: &mut [u8], p: &Packet, flow: &Flow) {
     f[l3 + 16..l3 + 20].copy_from_slice(&flow.new_dst.to_ne_bytes());
     f[l3 + 8] -= 1;
     let c = u16::from_ne_bytes([f[l3 + 10], f[l3 + 11]]);
-    f[l3 + 10..l3 + 12].copy_from_slice(&apply_delta(c, flow.ip_csum_delta).to_ne_bytes());
+    f[l3 + 10..l3 + 12].copy_from_slice(&apply_delta(c, flow.ip_csum_delta as u32).to_ne_bytes());
     let l4 = p.l4_off;
     f[l4..l4 + 2].copy_from_slice(&flow.new_sport.to_ne_bytes());
     f[l4 + 2..l4 + 4].copy_from_slice(&flow.new_dport.to_ne_bytes());
     let at = l4 + if p.key.proto == PROTO_TCP { 16 } else { 6 };
     let c = u16::from_ne_bytes([f[at], f[at + 1]]);
     let c = if p.key.proto == PROTO_TCP {
-        apply_delta(c, flow.l4_csum_delta)
+        apply_delta(c, flow.l4_csum_delta as u32)
     } else {
-        apply_delta_udp(c, flow.l4_csum_delta)
+        apply_delta_udp(c, flow.l4_csum_delta as u32)
     };
     f[at..at + 2].copy_from_slice(&c.to_ne_bytes());
 }

@@ -10,6 +10,7 @@
 mod checksums;
 mod flows;
 mod frames;
+mod options;
 mod parser;
 mod replies;
 mod syncookies;

@@ -22,6 +22,7 @@ use std::{format, vec, vec::Vec};
 
 use super::frames::{self, Frame, Guarded, FILLS, L4};
 use balancer_common::parse::{parse_slice, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use balancer_common::tcp_opts::SynOffer;
 use balancer_common::tcp_reply::*;
 use balancer_common::PROTO_TCP;
 
@@ -211,9 +212,14 @@ fn port(f: &[u8], at: usize) -> u16 {
 /// area readable in the frame) are looked at: none that starts later can be a whole MSS
 /// option.
 fn reference_mss(opts: &[u8], visible: usize) -> u16 {
+    // The options are read whole or not at all (only whole areas are loaded).
+    if visible < opts.len() {
+        return DEFAULT_MSS;
+    }
     let mut i = 0;
+    let (mut ts, mut sack) = (false, false);
     for _ in 0..MAX_OPTION_STEPS {
-        if i >= opts.len() || i + 4 > visible {
+        if i >= opts.len() {
             break;
         }
         match opts[i] {
@@ -227,10 +233,22 @@ fn reference_mss(opts: &[u8], visible: usize) -> u16 {
                 if len < 2 || i + len > opts.len() {
                     break;
                 }
+                // A known kind with the wrong length, or a second timestamps or SACK
+                // option, ends the walk.
+                let fits = match kind {
+                    2 => len == 4,
+                    3 => len == 3,
+                    4 => len == 2,
+                    8 => len == 10,
+                    5 => len >= 10 && (len - 2) % 8 == 0,
+                    _ => true,
+                };
+                if !fits || (kind == 8 && ts) || (kind == 5 && sack) {
+                    break;
+                }
+                ts |= kind == 8;
+                sack |= kind == 5;
                 if kind == 2 {
-                    if len != 4 {
-                        break;
-                    }
                     return u16::from_be_bytes([opts[i + 2], opts[i + 3]]);
                 }
                 i += len;
@@ -250,16 +268,16 @@ proptest! {
     fn synack_from_syn(c in segments(syn_flags()), isn in any::<u32>(), mss in any::<u16>()) {
         let end_len = c.end_len();
         let pkt = c.pkt;
-        let (r, after) = run(&c.frame, end_len, |s, e| syn_to_synack(s, e, &pkt, isn, mss))?;
+        let (r, after) = run(&c.frame, end_len, |s, e| syn_to_synack(s, e, &pkt, isn, &SynOffer::mss_only(mss)))?;
         let plain_syn = pkt.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN) == TCP_SYN;
-        let fits = end_len >= synack_len(&pkt).max(pkt.l4_off + 20);
+        let fits = end_len >= synack_len(&pkt, &SynOffer::mss_only(mss)).max(pkt.l4_off + 20);
         let Some(n) = r else {
             prop_assert!(!(plain_syn && fits), "refused a plain SYN that fits");
             prop_assert_eq!(&after, &c.frame, "None but the frame changed");
             return Ok(());
         };
         prop_assert!(plain_syn && fits, "answered flags {:#x} / end {}", pkt.tcp_flags, end_len);
-        prop_assert_eq!(n, synack_len(&pkt));
+        prop_assert_eq!(n, synack_len(&pkt, &SynOffer::mss_only(mss)));
         prop_assert_eq!(&after[n..], &c.frame[n..], "wrote beyond the answer");
         let (ip, tcp) = check_answer(&after[..n], &c.frame, &pkt, 24)?;
         let l3 = pkt.l3_off;
@@ -334,16 +352,16 @@ proptest! {
         let pkt = c.pkt;
         let baddr = u32::from_ne_bytes(backend);
         let (r, after) = run(&c.frame, end_len, |s, e| {
-            data_to_backend_syn(s, e, &pkt, baddr, bport.to_be(), isn, mss)
+            data_to_backend_syn(s, e, &pkt, baddr, bport.to_be(), isn, &SynOffer::mss_only(mss))
         })?;
-        let fits = end_len >= backend_syn_len(&pkt).max(pkt.l4_off + 20);
+        let fits = end_len >= backend_syn_len(&pkt, &SynOffer::mss_only(mss)).max(pkt.l4_off + 20);
         let Some(n) = r else {
             prop_assert!(!fits, "refused a segment that fits");
             prop_assert_eq!(&after, &c.frame, "None but the frame changed");
             return Ok(());
         };
         prop_assert!(fits);
-        prop_assert_eq!(n, backend_syn_len(&pkt));
+        prop_assert_eq!(n, backend_syn_len(&pkt, &SynOffer::mss_only(mss)));
         prop_assert_eq!(&after[n..], &c.frame[n..], "wrote beyond the answer");
         prop_assert_eq!(&after[..12], &c.frame[..12], "MACs are the caller's");
         let (ip, tcp) = check_answer(&after[..n], &c.frame, &pkt, 24)?;
@@ -375,7 +393,7 @@ proptest! {
     }
 
     /// `client_mss` is the reference option walk (exact, also with `end` cut inside the
-    /// options), and agrees with etherparse's option iterator wherever that one reads the
+    /// options, which then count as none), and agrees with etherparse's option iterator wherever that one reads the
     /// options up to the MSS option (it stops at kinds it does not know).
     #[test]
     fn client_mss_matches_references(c in segments(select_flags(&[0x02, 0xc2]))) {
@@ -390,12 +408,18 @@ proptest! {
             // Looking at the bytes past the option area changes nothing: the walk is exact.
             prop_assert_eq!(got, reference_mss(opts, usize::MAX));
             let mut expected = Some(DEFAULT_MSS);
+            let (mut ts, mut sack) = (false, false);
             for (step, o) in etherparse::TcpOptionsIterator::from_slice(opts).enumerate() {
                 match o {
                     Ok(TcpOptionElement::MaximumSegmentSize(m)) => {
                         expected = (step < MAX_OPTION_STEPS).then_some(m).or(Some(DEFAULT_MSS));
                         break;
                     }
+                    // A second timestamps or SACK option ends the data plane's walk.
+                    Ok(TcpOptionElement::Timestamp(..)) if ts => break,
+                    Ok(TcpOptionElement::SelectiveAcknowledgement(..)) if sack => break,
+                    Ok(TcpOptionElement::Timestamp(..)) => ts = true,
+                    Ok(TcpOptionElement::SelectiveAcknowledgement(..)) => sack = true,
                     Ok(_) => {}
                     Err(_) => {
                         expected = None; // etherparse cannot tell
@@ -622,11 +646,11 @@ proptest! {
             }
             Ok(())
         };
-        let (r, after) = run(&f, n, |s, e| syn_to_synack(s, e, &pkt, isn, mss))?;
+        let (r, after) = run(&f, n, |s, e| syn_to_synack(s, e, &pkt, isn, &SynOffer::mss_only(mss)))?;
         answer(r, &after)?;
         let (r, after) = run(&f, n, |s, e| rst_for(s, e, &pkt))?;
         answer(r, &after)?;
-        let (r, after) = run(&f, n, |s, e| data_to_backend_syn(s, e, &pkt, value, 80, isn, mss))?;
+        let (r, after) = run(&f, n, |s, e| data_to_backend_syn(s, e, &pkt, value, 80, isn, &SynOffer::mss_only(mss)))?;
         answer(r, &after)?;
         let (r, after) = run(&f, n, |s, e| synack_to_segment_headers(s, e, &pkt, seg_len))?;
         answer(r.map(|l4| l4 + seg_len), &after)?;

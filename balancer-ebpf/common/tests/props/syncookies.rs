@@ -1,4 +1,5 @@
-//! `syncookie`: what a cookie validates for, and the MSS table.
+//! `syncookie`: what a cookie validates for, and the MSS table (in the timestamps layout;
+//! the options layout's own round trip is a unit test of `syncookie.rs`).
 //!
 //! A cookie is a 29-bit keyed hash, so any "must not validate" check can fail by chance
 //! (about 4 * 2^-29 per check: two windows, two secrets). A failure is only reported when
@@ -26,14 +27,31 @@ struct Input {
 impl Input {
     fn cookie(&self, secret: &CookieSecret) -> u32 {
         make_cookie(
-            secret, self.saddr, self.daddr, self.sport, self.dport, self.isn, self.t, self.index,
+            secret,
+            self.saddr,
+            self.daddr,
+            self.sport,
+            self.dport,
+            self.isn,
+            self.t,
+            self.index,
+            CookieLayout::Timestamps,
         )
     }
 
     fn check(&self, keys: &SyncookieKeys, cookie: u32, now_t: u32) -> Option<u16> {
         check_cookie(
-            keys, self.saddr, self.daddr, self.sport, self.dport, self.isn, cookie, now_t,
+            keys,
+            self.saddr,
+            self.daddr,
+            self.sport,
+            self.dport,
+            self.isn,
+            cookie,
+            now_t,
+            CookieLayout::Timestamps,
         )
+        .map(|d| d.mss)
     }
 
     /// The independent second input of the module documentation.

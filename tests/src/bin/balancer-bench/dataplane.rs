@@ -61,9 +61,10 @@ enum PathId {
     BindMiddle,
     BindEnd,
     Spliced,
+    SplicedOptions,
 }
 
-const PATHS: [PathId; 9] = [
+const PATHS: [PathId; 10] = [
     PathId::Baseline,
     PathId::NonService,
     PathId::NewFlow,
@@ -73,6 +74,7 @@ const PATHS: [PathId; 9] = [
     PathId::BindMiddle,
     PathId::BindEnd,
     PathId::Spliced,
+    PathId::SplicedOptions,
 ];
 
 /// The bind paths, and where their request head has the session cookie (fraction of the
@@ -95,6 +97,7 @@ impl PathId {
             PathId::BindMiddle => "cookie_bind_middle",
             PathId::BindEnd => "cookie_bind_end",
             PathId::Spliced => "spliced_forward",
+            PathId::SplicedOptions => "spliced_options_forward",
         }
     }
 
@@ -104,11 +107,12 @@ impl PathId {
             PathId::NonService => "TCP ACK to an address that is no service: parse, flow and service lookup miss, XDP_PASS",
             PathId::NewFlow => "TCP SYN to the VIP, a new 5-tuple each call: Maglev pick, two flow inserts, FIB lookup, rewrite, XDP_REDIRECT",
             PathId::Established => "TCP ACK of an established flow: flow hit, rewrite, cached next hop, XDP_REDIRECT",
-            PathId::SyncookieSynack => "Linux-like SYN (MSS, SACK, timestamps, window scale; 74 bytes) to the cookie VIP: flow and service lookup, syncookie (SipHash-2-4), SYN-ACK built in place (58 bytes), XDP_TX",
+            PathId::SyncookieSynack => "Linux-like SYN (MSS, SACK, timestamps, window scale; 74 bytes) to the cookie VIP: flow and service lookup, syncookie (SipHash-2-4), SYN-ACK with the same options built in place (74 bytes), XDP_TX",
             PathId::BindStart => "first data segment (valid syncookie, new 5-tuple each call) with a 1,400-byte request head, Cookie header first: validate the cookie, scan, server-id hit, keep the segment, two flow entries, SYN to the backend (frame shrunk to 58 bytes), FIB lookup, XDP_REDIRECT",
             PathId::BindMiddle => "as cookie_bind_start, Cookie header in the middle of the 1,400-byte head",
             PathId::BindEnd => "as cookie_bind_start, Cookie header last in the 1,400-byte head (the scanner crosses every header line)",
             PathId::Spliced => "TCP ACK of a spliced cookie-mode flow, client -> backend: flow hit, rewrite plus the ack shift, cached next hop, XDP_REDIRECT",
+            PathId::SplicedOptions => "as spliced_forward, the ACK with timestamps and two SACK blocks (NOP NOP TS NOP NOP SACK) of a flow whose backend scales no windows: TSecr shifted, SACK edges shifted, window rescaled, XDP_REDIRECT",
         }
     }
 
@@ -154,6 +158,8 @@ pub struct DataplaneReport {
     /// highest per-round value.
     pub spliced_to_established_ratio: f64,
     pub spliced_to_established_round_ratios: (f64, f64),
+    /// spliced_options_forward / established_forward, medians over all calls.
+    pub spliced_options_to_established_ratio: f64,
     /// new_flow_syn / baseline, medians over all calls.
     pub new_flow_ratio: f64,
     /// `size_of::<Flow>()`, the flow table's value.
@@ -179,6 +185,8 @@ pub struct DataplaneOptions {
 const TARGET_RATIO: f64 = 2.3;
 /// spliced_forward / established_forward, at most.
 const TARGET_SPLICED_RATIO: f64 = 1.1;
+/// spliced_options_forward / established_forward, at most.
+const TARGET_SPLICED_OPTIONS_RATIO: f64 = 1.3;
 /// new_flow_syn / XDP_PASS baseline, at most.
 const TARGET_NEW_FLOW_RATIO: f64 = 8.0;
 /// Size of the flow table's value, at most: with the 16-byte key and the kernel's
@@ -341,18 +349,42 @@ fn check_cookie_paths(
         .seq
         .context("SYN-ACK sequence number")?;
     let isn = 0x0102_0304;
+    // The SYN is Linux's: the SYN-ACK mirrors its options, the cookie keeps the MSS and
+    // the TSval (read from the answer: it holds a clock) the others.
+    let linux = balancer_common::tcp_opts::ClientOptions {
+        wscale: Some(7),
+        sack_ok: true,
+        timestamps: true,
+    };
     ensure!(
-        [t0, t1]
-            .iter()
-            .any(|t| syncookie(&TEST_SECRET, SYN_CLIENT, COOKIE_VIP, isn, 1460, *t) == cookie),
+        [t0, t1].iter().any(|t| syncookie_with(
+            &TEST_SECRET,
+            SYN_CLIENT,
+            COOKIE_VIP,
+            isn,
+            1460,
+            &linux,
+            *t
+        ) == cookie),
         "syncookie path: SYN-ACK ISN {cookie:#x} is not the expected cookie"
+    );
+    let o = &r.output[14 + 20 + 20..];
+    let tsval = u32::from_be_bytes([o[8], o[9], o[10], o[11]]);
+    ensure!(
+        tsval & 0x1f == linux.bits(),
+        "syncookie path: SYN-ACK TSval {tsval:#x} does not carry the options"
     );
     let want = Frame::tcp(COOKIE_VIP, SYN_CLIENT, SYN_ACK)
         .macs(CLIENT_IF_MAC, CLIENT_MAC)
         .seq(cookie)
         .ack(isn + 1)
         .window(65535)
-        .tcp_options(&mss_option(1460));
+        .tcp_options(&syn_options(
+            1460,
+            true,
+            Some((tsval, 0x1234_5678)),
+            Some(7),
+        ));
     check_frame(&r.output, &want).context("syncookie SYN-ACK")?;
 
     let batch = gen.batch(1);
@@ -381,6 +413,7 @@ struct Frames {
     non_service: Vec<u8>,
     syncookie_syn: Vec<u8>,
     spliced: Vec<u8>,
+    spliced_options: Vec<u8>,
 }
 
 /// The per-call frames of one round: a new-flow SYN per call, and per bind path a first
@@ -479,6 +512,7 @@ fn round(
                         (&p.balancer, &batch.binds[bind.expect("bind path")][i].frame)
                     }
                     PathId::Spliced => (&p.balancer, &frames.spliced),
+                    PathId::SplicedOptions => (&p.balancer, &frames.spliced_options),
                 };
                 let r = test_run(prog, frame, ifx, 1, &mut out)?;
                 if r.return_value != path.verdict() {
@@ -600,6 +634,7 @@ pub fn measure(
         .context("established flow missing")?;
     ensure!(flow.state == "established", "flow state {}", flow.state);
     let spliced = splice_one(&bed, cookie_backends[1])?;
+    let spliced_options = crate::spliced_options::splice_with_options(&bed, cookie_backends[1])?;
     let frames = Frames {
         established: Frame::tcp(EST_CLIENT, vip(), ACK).build(),
         non_service: Frame::tcp(
@@ -613,6 +648,7 @@ pub fn measure(
             .tcp_options(&linux_syn_options(1460))
             .build(),
         spliced,
+        spliced_options,
     };
     // Each path once, with the output checked.
     let r = bed.run(&frames.established, Ingress::Client)?;
@@ -784,6 +820,8 @@ pub fn measure(
     let spliced_ratio = results[spl].median_ns / results[est].median_ns;
     let spliced_iqm_ratio = results[spl].iqm_ns / results[est].iqm_ns;
     let spliced_round_range = round_range(&per_round[spl], &per_round[est]);
+    let spliced_options_ratio =
+        results[PathId::SplicedOptions.index()].median_ns / results[est].median_ns;
     let median_of = |p: PathId| results[p.index()].median_ns;
     let bind_end = median_of(PathId::BindEnd);
     let fixed = base_median - rep_base;
@@ -851,6 +889,12 @@ pub fn measure(
             spliced_ratio,
             "x",
         ),
+        Target::at_most(
+            "spliced forward with option translation (timestamps, SACK, window) / plain NAT forward (single-shot medians)",
+            TARGET_SPLICED_OPTIONS_RATIO,
+            spliced_options_ratio,
+            "x",
+        ),
         Target::below(
             &format!("cookie bind, cookie at the end of a {HEAD_LEN}-byte head (single-shot median, fixed cost included)"),
             TARGET_BIND_END_NS,
@@ -868,6 +912,7 @@ pub fn measure(
         established_forward_round_ratios: est_round_range,
         spliced_to_established_ratio: spliced_ratio,
         spliced_to_established_round_ratios: spliced_round_range,
+        spliced_options_to_established_ratio: spliced_options_ratio,
         new_flow_ratio,
         flow_value_bytes,
         fixed_cost_estimate_ns: fixed,

@@ -20,6 +20,7 @@ mod markdown;
 mod plot;
 mod scale;
 mod splice_throughput;
+mod spliced_options;
 mod stats;
 
 use std::{
@@ -73,6 +74,10 @@ struct Args {
     /// MiB of each download and upload of the splice-throughput part (default 32, quick 8).
     #[arg(long)]
     splice_mib: Option<usize>,
+    /// Congestion control of the backends in the splice-throughput part (default: the
+    /// namespace's, which is the host's), e.g. `cubic` for a controlled comparison.
+    #[arg(long)]
+    splice_backend_cc: Option<String>,
     /// Rounds per case of the splice-throughput part (default 5, quick 2).
     #[arg(long)]
     splice_rounds: Option<usize>,

@@ -113,6 +113,15 @@ pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<SpliceThroughpu
         .max(1);
     let mut t = bulk::long_path_topology(1, balancer, 0.0, 0x5b1c)?;
     t.attach()?;
+    // Before the servers start: their listening sockets take the namespace's default.
+    if let Some(cc) = &args.splice_backend_cc {
+        for b in &t.backends {
+            b.ns.exec(
+                "sysctl",
+                &["-qw", &format!("net.ipv4.tcp_congestion_control={cc}")],
+            )?;
+        }
+    }
     t.start_servers(Path::new(&testsrv))?;
     t.add_cookie_service_with_backends()?;
     let congestion_control = String::from_utf8_lossy(
