@@ -17,7 +17,7 @@ use etherparse::PacketBuilder;
 fn frame(options: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut o = options.to_vec();
     o.truncate(40);
-    while o.len() % 4 != 0 {
+    while !o.len().is_multiple_of(4) {
         o.push(0);
     }
     let mut f = Vec::new();
@@ -66,15 +66,20 @@ fn apply(f: &mut [u8], delta: u32) {
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
-    (0u8..16, any::<bool>(), any::<u32>(), any::<u32>(), -14i8..=14).prop_map(
-        |(f, to_client, ts_offset, sack_delta, win_shift)| Edit {
+    (
+        0u8..16,
+        any::<bool>(),
+        any::<u32>(),
+        any::<u32>(),
+        -14i8..=14,
+    )
+        .prop_map(|(f, to_client, ts_offset, sack_delta, win_shift)| Edit {
             flags: f << 4,
             to_client,
             ts_offset,
             sack_delta,
             win_shift,
-        },
-    )
+        })
 }
 
 /// Option soup: kinds from the ones that matter, lengths right, wrong, zero or too big.
@@ -88,8 +93,11 @@ fn soup() -> impl Strategy<Value = Vec<u8>> {
                 let len = 2 + 8 * n as usize;
                 [vec![5u8, len as u8], b[..len - 2].to_vec()].concat()
             }),
-            (any::<u8>(), any::<u8>(), any::<[u8; 8]>())
-                .prop_map(|(k, l, b)| [vec![k, l], b.to_vec()].concat()),
+            (any::<u8>(), any::<u8>(), any::<[u8; 8]>()).prop_map(|(k, l, b)| [
+                vec![k, l],
+                b.to_vec()
+            ]
+            .concat()),
         ],
         0..8,
     )
