@@ -555,15 +555,8 @@ pub fn translate_with(
             delta += d;
         }
     }
-    if e.win_shift != 0 {
-        // SAFETY: bounds-checked by ptr_at_mut.
-        unsafe {
-            let old = read(win);
-            let new = rescale_window(u16::from_be(old), e.win_shift).to_be();
-            write(win, new);
-            delta += crate::csum::word_delta(old, new);
-        }
-    }
+    // SAFETY: bounds-checked by ptr_at_mut above.
+    delta += unsafe { rescale_window_at(win, e.win_shift) };
     Some(delta)
 }
 
@@ -628,15 +621,8 @@ pub fn translate_quick(
                 }
                 // SAFETY: as above.
                 unsafe { write(p, w) };
-                if e.win_shift != 0 {
-                    // SAFETY: bounds-checked by ptr_at_mut.
-                    unsafe {
-                        let old = read(win);
-                        let new = rescale_window(u16::from_be(old), e.win_shift).to_be();
-                        write(win, new);
-                        delta += crate::csum::word_delta(old, new);
-                    }
-                }
+                // SAFETY: bounds-checked by ptr_at_mut above.
+                delta += unsafe { rescale_window_at(win, e.win_shift) };
                 return Some(delta);
             })*
         };
@@ -644,6 +630,25 @@ pub fn translate_quick(
     // 12 bytes: timestamps alone; 24, 32, 40: and one to three SACK blocks.
     quick_sizes!(3 6 8 10);
     None
+}
+
+/// Rescales the TCP window field at `win` by `shift` ([`rescale_window`]; 0 leaves it)
+/// and returns the checksum delta.
+///
+/// # Safety
+/// `win` must point at the window field of a TCP header inside the frame (bounds-checked).
+#[inline(always)]
+pub unsafe fn rescale_window_at(win: *mut u16, shift: i8) -> u32 {
+    if shift == 0 {
+        return 0;
+    }
+    // SAFETY: the caller's contract.
+    unsafe {
+        let old = read(win);
+        let new = rescale_window(u16::from_be(old), shift).to_be();
+        write(win, new);
+        crate::csum::word_delta(old, new)
+    }
 }
 
 /// A window of one scale in another: `(window << from) >> to` as `window << shift` for

@@ -15,10 +15,9 @@ use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::bpf_loop;
 use balancer_common::{
-    csum::word_delta,
-    parse::{ptr_at_mut, read, write, Packet},
+    parse::{ptr_at_mut, Packet},
     tcp_opts::{
-        apply_walked, edit_flags, quick_walk_into, rescale_window, translate_quick, Edit,
+        apply_walked, edit_flags, quick_walk_into, rescale_window_at, translate_quick, Edit,
         OptionBytes, SpliceOptions, Walk, Walker, MAX_OPTION_STEPS,
     },
 };
@@ -99,25 +98,6 @@ pub extern "C" fn balancer_edit_options() -> i64 {
     }
 }
 
-/// The scratch value with the options of the TCP header at `tcp_off` in `[start, end)`
-/// (`opt_len` bytes) loaded, if they are all in the frame.
-#[inline(always)]
-pub fn load(
-    start: usize,
-    end: usize,
-    tcp_off: usize,
-    opt_len: usize,
-) -> Option<&'static mut OptionScratch> {
-    let s = OPTION_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: per-CPU scratch, used by this CPU only while the program runs.
-    let s = unsafe { &mut *s };
-    s.options.load_into(start, end, tcp_off, opt_len);
-    if s.options.len != opt_len {
-        return None;
-    }
-    Some(s)
-}
-
 /// The walk of the options of the TCP header at `tcp_off`, or of no options if they are
 /// not all in the frame: the scratch value, its `walk` filled in.
 #[inline(always)]
@@ -137,8 +117,8 @@ pub fn walk_or_none(
     Some(s)
 }
 
-/// The walk of the options of the TCP header at `tcp_off` (see [`load`]): the scratch
-/// value, its `walk` filled in.
+/// The walk of the options of the TCP header at `tcp_off`, if they are all in the frame:
+/// the scratch value, its `walk` filled in.
 #[inline(always)]
 pub fn walk(
     start: usize,
@@ -146,8 +126,8 @@ pub fn walk(
     tcp_off: usize,
     opt_len: usize,
 ) -> Option<&'static mut OptionScratch> {
-    let s = load(start, end, tcp_off, opt_len)?;
-    if balancer_walk_options() != 0 {
+    let s = walk_or_none(start, end, tcp_off, opt_len)?;
+    if s.options.len != opt_len {
         return None;
     }
     Some(s)
@@ -202,16 +182,8 @@ pub fn translate_by_scratch(
             delta += s.delta;
         }
     }
-    let shift = s.edit.win_shift;
-    if shift != 0 {
-        // SAFETY: bounds-checked by ptr_at_mut.
-        unsafe {
-            let old = read(win);
-            let new = rescale_window(u16::from_be(old), shift).to_be();
-            write(win, new);
-            delta += word_delta(old, new);
-        }
-    }
+    // SAFETY: bounds-checked by ptr_at_mut above.
+    delta += unsafe { rescale_window_at(win, s.edit.win_shift) };
     Some(delta)
 }
 

@@ -233,7 +233,7 @@ impl Generator<'_> {
                 if fl.psh {
                     f = f.payload(&first_payload(rng));
                 }
-                f
+                f.tcp_options(&spliced_segment_options(rng, ack))
             }
             CookieSplicedBackend => {
                 let Some((client, s)) = self.spliced(rng) else {
@@ -242,7 +242,8 @@ impl Generator<'_> {
                 let fl = *rng.pick(&[ACK, PSH_ACK, PSH_ACK, FIN_ACK, RST_ACK, SYN_ACK]);
                 let seq = s.bisn.wrapping_add(1 + rng.below(5000) as u32);
                 let ack = s.isn.wrapping_add(1 + rng.below(5000) as u32);
-                let mut f = tcp_to(s.backend, client, fl, seq, ack);
+                let mut f = tcp_to(s.backend, client, fl, seq, ack)
+                    .tcp_options(&spliced_segment_options(rng, ack));
                 if fl.psh {
                     f = f.payload(&rng.bytes_in(1, 1400));
                 }

@@ -163,8 +163,8 @@ use balancer_user::{model::addr::ip_to_map, CookieSettings, Proto, ServiceAddr};
 use crate::{
     packet::{
         arp_frame, fix_ipv4_checksum, icmp_echo_frame, ipv6_syn_frame, l4_checksum,
-        linux_syn_options, mss_option, syn_options as syn_option_bytes, ts_option, Frame, TcpFlags,
-        L4,
+        linux_syn_options, mss_option, sack_option, syn_options as syn_option_bytes, ts_option,
+        Frame, TcpFlags, L4,
     },
     rng::Rng,
     testrun::{

@@ -192,6 +192,24 @@ pub(super) fn syn_options(rng: &mut Rng, mss: u16) -> Vec<u8> {
     }
 }
 
+/// Options of a segment after the SYN, as real stacks send them (none; timestamps;
+/// timestamps and 1 to 3 SACK blocks near `ack`), for the splice's translation.
+pub(super) fn spliced_segment_options(rng: &mut Rng, ack: u32) -> Vec<u8> {
+    match rng.below(4) {
+        0 => Vec::new(),
+        1 => ts_option(rng.u32(), rng.u32()),
+        _ => {
+            let blocks: Vec<(u32, u32)> = (0..rng.range(1, 4))
+                .map(|i| {
+                    let l = ack.wrapping_add(1000 * (i as u32 + 1));
+                    (l, l.wrapping_add(500))
+                })
+                .collect();
+            [ts_option(rng.u32(), rng.u32()), sack_option(&blocks)].concat()
+        }
+    }
+}
+
 /// Random SYN options besides the MSS.
 pub(super) fn client_options(rng: &mut Rng) -> ClientOptions {
     ClientOptions {
