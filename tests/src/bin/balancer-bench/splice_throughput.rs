@@ -60,6 +60,11 @@ pub struct SpliceCase {
     pub spliced_backend_options: String,
     /// Segments the backend resent on the last spliced connection / its data segments.
     pub spliced_backend_retrans: String,
+    /// The backends' congestion control in this case.
+    pub backend_congestion_control: String,
+    /// A controlled comparison (another congestion control on the backends), not what
+    /// the target is about.
+    pub comparison: bool,
 }
 
 #[derive(Serialize, Clone, Copy)]
@@ -105,16 +110,65 @@ fn exchange(t: &Topology, addr: SocketAddr, body: &[u8], spliced: bool) -> Resul
 }
 
 pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<SpliceThroughputReport> {
-    let (balancer, testsrv) = crate::binaries(args)?;
-    let bytes = args.splice_mib.unwrap_or(if args.quick { 8 } else { 32 }) << 20;
+    let bytes = args.splice_mib.unwrap_or(if args.quick { 8 } else { 16 }) << 20;
     let rounds = args
         .splice_rounds
-        .unwrap_or(if args.quick { 2 } else { 5 })
+        .unwrap_or(if args.quick { 2 } else { 3 })
         .max(1);
+    let (mut cases, congestion_control) = measure_cases(
+        args,
+        args.splice_backend_cc.as_deref(),
+        false,
+        bytes,
+        rounds,
+        progress,
+    )?;
+    // The full run also measures the backends with reno, a loss-based congestion control
+    // that does not size its window from the smallest RTT seen, as BBR does (see
+    // docs/bench-analysis.md: the balancer completes the backend's handshake on the LAN).
+    if !args.quick && args.splice_backend_cc.is_none() {
+        let (reno, _) = measure_cases(args, Some("reno"), true, bytes, rounds, progress)?;
+        cases.extend(reno);
+    }
+    let ratio_to_direct = cases
+        .iter()
+        .filter(|c| !c.comparison)
+        .map(|c| c.ratio_to_direct)
+        .fold(f64::INFINITY, f64::min);
+    Ok(SpliceThroughputReport {
+        method: format!(
+            "{rounds} round(s) per case, each a direct and a spliced connection (order alternating), \
+             each a {} MiB download then a {} MiB upload on a fresh connection; the client's \
+             link through the userspace impairment relay with {} ms each way; goodput = both \
+             bodies over both times, median over rounds",
+            bytes >> 20,
+            bytes >> 20,
+            bulk::ONE_WAY_DELAY.as_millis()
+        ),
+        rtt_ms: 2.0 * bulk::ONE_WAY_DELAY.as_secs_f64() * 1e3,
+        transfer_bytes: bytes,
+        rounds,
+        congestion_control,
+        cases,
+        ratio_to_direct,
+    })
+}
+
+/// The cases on one topology whose backends use congestion control `backend_cc` (their
+/// namespace's default if `None`), and the client's congestion control.
+fn measure_cases(
+    args: &Args,
+    backend_cc: Option<&str>,
+    comparison: bool,
+    bytes: usize,
+    rounds: usize,
+    progress: &dyn Fn(String),
+) -> Result<(Vec<SpliceCase>, String)> {
+    let (balancer, testsrv) = crate::binaries(args)?;
     let mut t = bulk::long_path_topology(1, balancer, 0.0, 0x5b1c)?;
     t.attach()?;
     // Before the servers start: their listening sockets take the namespace's default.
-    if let Some(cc) = &args.splice_backend_cc {
+    if let Some(cc) = backend_cc {
         for b in &t.backends {
             b.ns.exec(
                 "sysctl",
@@ -124,13 +178,16 @@ pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<SpliceThroughpu
     }
     t.start_servers(Path::new(&testsrv))?;
     t.add_cookie_service_with_backends()?;
-    let congestion_control = String::from_utf8_lossy(
-        &t.client
-            .exec("sysctl", &["-n", "net.ipv4.tcp_congestion_control"])?
-            .stdout,
-    )
-    .trim()
-    .to_string();
+    let sysctl_cc = |ns: &balancer_tests::netns::Netns| -> Result<String> {
+        Ok(String::from_utf8_lossy(
+            &ns.exec("sysctl", &["-n", "net.ipv4.tcp_congestion_control"])?
+                .stdout,
+        )
+        .trim()
+        .to_string())
+    };
+    let congestion_control = sysctl_cc(&t.client)?;
+    let backend_congestion_control = sysctl_cc(&t.backends[0].ns)?;
     let direct = SocketAddr::V4(SocketAddrV4::new(t.backends[0].addr, BACKEND_PORT));
     let body = bulk::upload_body(bytes);
     let mut cases = Vec::new();
@@ -140,7 +197,14 @@ pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<SpliceThroughpu
             .context("the long path has a relay")?
             .relay
             .set(bulk::long_path(loss, 0x5b1c + k as u64));
-        let name = format!("50 ms RTT, {}% loss", loss * 100.0);
+        let name = if comparison {
+            format!(
+                "50 ms RTT, {}% loss, backends {backend_congestion_control}",
+                loss * 100.0
+            )
+        } else {
+            format!("50 ms RTT, {}% loss", loss * 100.0)
+        };
         let mut round_figures = Vec::new();
         let (mut direct_rates, mut spliced_rates) = (Vec::new(), Vec::new());
         let mut last_ends = None;
@@ -196,29 +260,11 @@ pub fn measure(args: &Args, progress: &dyn Fn(String)) -> Result<SpliceThroughpu
                 "{} / {}",
                 backend_end.retrans.1, backend_end.data_segs_out
             ),
+            backend_congestion_control: backend_congestion_control.clone(),
+            comparison,
         });
     }
-    let ratio_to_direct = cases
-        .iter()
-        .map(|c| c.ratio_to_direct)
-        .fold(f64::INFINITY, f64::min);
-    Ok(SpliceThroughputReport {
-        method: format!(
-            "{rounds} round(s) per case, each a direct and a spliced connection (order alternating), \
-             each a {} MiB download then a {} MiB upload on a fresh connection; the client's \
-             link through the userspace impairment relay with {} ms each way; goodput = both \
-             bodies over both times, median over rounds",
-            bytes >> 20,
-            bytes >> 20,
-            bulk::ONE_WAY_DELAY.as_millis()
-        ),
-        rtt_ms: 2.0 * bulk::ONE_WAY_DELAY.as_secs_f64() * 1e3,
-        transfer_bytes: bytes,
-        rounds,
-        congestion_control,
-        cases,
-        ratio_to_direct,
-    })
+    Ok((cases, congestion_control))
 }
 
 pub fn print(r: &SpliceThroughputReport) {
@@ -243,10 +289,11 @@ pub fn print(r: &SpliceThroughputReport) {
     }
 }
 
-/// One target per case: spliced goodput over direct, at least 0.9.
+/// One target per case (not the comparisons): spliced goodput over direct, at least 0.9.
 pub fn targets(r: &SpliceThroughputReport) -> Vec<Target> {
     r.cases
         .iter()
+        .filter(|c| !c.comparison)
         .map(|c| {
             Target::at_least(
                 &format!("splice throughput, {}: goodput spliced / direct", c.name),
