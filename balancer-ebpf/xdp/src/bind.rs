@@ -159,6 +159,11 @@ fn backend_offer(mss: u16, client: ClientOptions, client_tsval: u32) -> SynOffer
 /// 32-bit fields instead and widens `data_end` in here, which the verifier refuses.)
 #[inline(never)]
 fn segment_timestamps(start: usize, end: usize, pkt: &Packet, out: &mut [u32; 2]) -> bool {
+    // No options, no timestamps: not worth the walk (the bind path of every client that
+    // sends none).
+    if option_len(pkt) == 0 {
+        return false;
+    }
     let Some(s) = options::walk(start, end, pkt.l4_off, option_len(pkt)) else {
         return false;
     };
