@@ -63,12 +63,6 @@ pub struct OptionBytes {
 }
 
 impl OptionBytes {
-    /// No options.
-    pub const EMPTY: OptionBytes = OptionBytes {
-        words: [0; BUF_WORDS],
-        len: 0,
-    };
-
     /// Options given as bytes (host code and tests); at most [`MAX_OPTION_BYTES`] are
     /// taken, rounded down to whole words.
     pub fn from_slice(bytes: &[u8]) -> OptionBytes {
@@ -397,8 +391,8 @@ impl Walker {
     /// The walk, once the steps are over (or [`MAX_OPTION_STEPS`] have run).
     #[inline(always)]
     pub fn finish(self, o: &OptionBytes) -> Walk {
-        let mut w = self.w;
-        w.complete = !self.broken && (self.ended || self.off >= o.len);
+        let mut w = Walk::default();
+        self.finish_into(o, &mut w);
         w
     }
 
@@ -525,19 +519,18 @@ pub fn translate(
     if let Some(d) = translate_quick(start, end, tcp_off, opt_len, e) {
         return Some(d);
     }
-    translate_with(start, end, tcp_off, opt_len, e, walk)
+    translate_general(start, end, tcp_off, opt_len, e)
 }
 
-/// [`translate`] with another implementation of [`walk`] (the BPF programs' `bpf_loop`
-/// one).
+/// [`translate`] by the general walk, for any layout (the BPF programs run the same steps
+/// over a scratch map value, in the XDP crate's `options.rs`).
 #[inline(always)]
-pub fn translate_with(
+pub fn translate_general(
     start: usize,
     end: usize,
     tcp_off: usize,
     opt_len: usize,
     e: &Edit,
-    walker: impl Fn(&OptionBytes) -> Walk,
 ) -> Option<u32> {
     // The only check that can fail after the options changed is this one: made first.
     let win = ptr_at_mut::<u16>(start, end, tcp_off + 14)?;
@@ -547,7 +540,7 @@ pub fn translate_with(
         if o.len != opt_len {
             return None;
         }
-        let w = walker(&o);
+        let w = walk(&o);
         let d = apply_walked(&mut o, &w, e)?;
         if d != 0 {
             // Writes the words `load` read: inside the frame.

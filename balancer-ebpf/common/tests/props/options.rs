@@ -9,7 +9,9 @@ use std::{vec, vec::Vec};
 use balancer_common::{
     csum::apply_delta,
     parse::parse_slice,
-    tcp_opts::{edit_flags, translate, translate_quick, translate_with, walk, Edit, OptionBytes},
+    tcp_opts::{
+        edit_flags, translate, translate_general, translate_quick, walk, Edit, OptionBytes,
+    },
 };
 use etherparse::PacketBuilder;
 
@@ -160,7 +162,7 @@ proptest! {
         let s = quick.as_mut_ptr() as usize;
         let dq = translate_quick(s, s + quick.len(), l4, opt_len, &e);
         let s = general.as_mut_ptr() as usize;
-        let dg = translate_with(s, s + general.len(), l4, opt_len, &e, walk);
+        let dg = translate_general(s, s + general.len(), l4, opt_len, &e);
         prop_assert!(dq.is_some() && dg.is_some());
         apply(&mut quick, dq.unwrap());
         apply(&mut general, dg.unwrap());
